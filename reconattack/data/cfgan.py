@@ -1,0 +1,254 @@
+"""CFGAN data: images + their sparse SIFT keypoints, seeded splits, and the LightningDataModule.
+
+Samples carry the resized image and the cached sparse keypoints; the dense SIFT maps are
+built per batch on the training device by :func:`reconattack.data.sift.build_maps` (the
+attack module does it in ``on_after_batch_transfer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reconattack.data.images import (
+    ArraySource,
+    DataNotFoundError,
+    ImageReadError,
+    lfw_faces,
+    open_source,
+    resize,
+)
+from reconattack.data.sift import SiftCache
+
+log = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("lfw_faces", "folder", "lmdb", "auto")
+
+
+def make_source(kind: str, path: str | None = None, n: int | None = None):
+    """Build an image source from config values.
+
+    ``kind``: ``lfw_faces`` (the 100 faces of ``skimage.data.lfw_subset``, no download),
+    ``folder`` (image files below ``path``), ``lmdb`` (LSUN's LMDB export at ``path``), or
+    ``auto`` (lmdb if ``path/data.mdb`` exists, else folder).
+    """
+    if kind == "lfw_faces":
+        return lfw_faces(n or 100)
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"data.source.kind must be one of {SOURCE_KINDS}, got {kind!r}")
+    if not path:
+        raise ValueError(f"data.source.path is required for data.source.kind={kind!r}")
+    return open_source(kind, path)
+
+
+def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
+    """Sizes (train, val, test) of ``n`` items.
+
+    ``val`` / ``test`` are fractions when given as floats <= 1 (``1.0`` = everything) and
+    counts when given as integers.
+    """
+    def count(x: float) -> int:
+        return int(round(x * n)) if isinstance(x, float) and x <= 1 else int(x)
+
+    n_val, n_test = count(val), count(test)
+    if n_val + n_test > n:
+        raise ValueError(f"split asks for {n_val} val + {n_test} test images but only {n} are available")
+    return n - n_val - n_test, n_val, n_test
+
+
+def make_split(names: Sequence[str], val: float, test: float, seed: int,
+               max_images: int | None = None) -> dict[str, list[str]]:
+    """Seeded random selection of ``max_images`` names, then a random train/val/test split.
+
+    Returns ``{"train": [...], "val": [...], "test": [...]}`` of item names, each list in the
+    random order it was drawn (deterministic given ``seed``).
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(names))
+    if max_images is not None:
+        if max_images > len(names):
+            log.warning("data.max_images=%d but only %d images exist; using all", max_images, len(names))
+        order = order[:max_images]
+    n_train, n_val, n_test = split_counts(len(order), val, test)
+    picked = [names[i] for i in order]
+    return {"train": picked[:n_train], "val": picked[n_train:n_train + n_val],
+            "test": picked[n_train + n_val:]}
+
+
+def _scan_one(args):
+    """Worker: decode, resize and cache SIFT of one item. Returns (name, error message or None)."""
+    source, cache, i, size = args
+    name = source.name(i)
+    try:
+        cache.get(resize(source.load(i), size, source=str(getattr(source, "root", "")) or None))
+    except ImageReadError as exc:
+        return name, str(exc)
+    return name, None
+
+
+class SiftImageDataset(Dataset):
+    """Items of a source with their cached SIFT keypoints.
+
+    ``__getitem__`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
+    (N, 128), "index": int}`` where S is ``image_size``.
+    """
+
+    def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache):
+        self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        img = resize(self.source.load(self.indices[k]), self.image_size)
+        xy, desc = self.cache.get(img)
+        return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+                "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
+
+
+def collate_sift(items: list[dict]) -> dict:
+    """Stack images (B, 3, S, S) uint8; keep keypoints as lists of (N_i, 2) / (N_i, 128) tensors."""
+    return {"image": torch.stack([it["image"] for it in items]),
+            "xy": [it["xy"] for it in items], "desc": [it["desc"] for it in items],
+            "index": torch.tensor([it["index"] for it in items])}
+
+
+class CFGANDataModule(pl.LightningDataModule):
+    """Images resized to ``image_size`` with their SIFT keypoints, split train/val/test.
+
+    Args:
+        source: ``{"kind": ..., "path": ...}`` (see :func:`make_source`).
+        image_size: side of the square images (paper 256; ``cv2.resize`` bilinear, no crop).
+        compress: SIFT map 2x2 compression (map side ``image_size // 2``) or not.
+        contrast_threshold: OpenCV SIFT contrast threshold (paper 0.03).
+        val, test: fractions (< 1) or counts (>= 1) of the selected images; ``test: 1.0`` puts
+            every image in the test split (generalisation sets such as FFHQ).
+        max_images: random subset size before splitting (paper: 50,000 LSUN images), or None.
+        split_file: a ``split.json`` written by an earlier run; reused when given.
+        run_dir: where ``split.json`` (and the unreadable-file report) are written.
+        cache_dir: SIFT keypoint cache (shared across runs; keyed by image content + settings).
+        batch_size, eval_batch_size, num_workers: loader settings.
+        seed: split seed.
+    """
+
+    def __init__(self, source: dict, image_size: int = 256, compress: bool = True,
+                 contrast_threshold: float = 0.03, val: float = 0.1, test: float = 0.1,
+                 max_images: int | None = None, split_file: str | None = None,
+                 run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
+                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.source_cfg = dict(source)
+        self.image_size, self.compress = int(image_size), bool(compress)
+        self.map_size = self.image_size // 2 if self.compress else self.image_size
+        self.contrast_threshold = contrast_threshold
+        self.val, self.test, self.max_images = val, test, max_images
+        self.split_file, self.run_dir = split_file, Path(run_dir) if run_dir else None
+        self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.source = None
+        self.split: dict[str, list[str]] | None = None
+        self.datasets: dict[str, SiftImageDataset] = {}
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _open(self):
+        if self.source is None:
+            self.source = make_source(self.source_cfg.get("kind", "auto"), self.source_cfg.get("path"))
+        return self.source
+
+    def _unreadable_file(self) -> Path:
+        key = f"{self.source_cfg.get('kind')}:{self.source_cfg.get('path')}:{self.image_size}"
+        return self.cache.root / f"unreadable-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+    def prepare_data(self) -> None:
+        """Check the data, fill the SIFT cache (parallel), record unreadable files. Rank 0 only."""
+        source = self._open()
+        jobs = [(source, self.cache, i, self.image_size) for i in range(len(source))]
+        if self.num_workers > 1 and len(jobs) > 64:
+            with get_context("spawn").Pool(self.num_workers) as pool:
+                results = pool.map(_scan_one, jobs, chunksize=32)
+        else:
+            results = [_scan_one(j) for j in jobs]
+        bad = {name: err for name, err in results if err is not None}
+        if bad:
+            log.warning("skipping %d unreadable image(s): %s", len(bad),
+                        "; ".join(f"{k}: {v}" for k, v in list(bad.items())[:5]))
+        if len(bad) == len(source):
+            raise DataNotFoundError(f"none of the {len(source)} images in {self.source_cfg.get('path')} could be read")
+        out = self._unreadable_file()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(bad, indent=1))
+        os.replace(tmp, out)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        source = self._open()
+        names = [source.name(i) for i in range(len(source))]
+        index_of = {n: i for i, n in enumerate(names)}
+        if self.split_file:
+            path = Path(self.split_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"data.split_file={path} does not exist")
+            split = json.loads(path.read_text())["split"]
+            missing = [n for part in split.values() for n in part if n not in index_of]
+            if missing:
+                raise ValueError(f"{len(missing)} image(s) of split file {path} are not in the data "
+                                 f"source (e.g. {missing[0]!r})")
+        else:
+            bad_file = self._unreadable_file()
+            bad = set(json.loads(bad_file.read_text())) if bad_file.is_file() else set()
+            usable = [n for n in names if n not in bad]
+            split = make_split(usable, self.val, self.test, self.seed, self.max_images)
+        self.split = split
+        if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "split.json").write_text(json.dumps(
+                {"source": self.source_cfg, "seed": self.seed, "split": split}, indent=1))
+        self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
+                                                self.image_size, self.cache) for part in split}
+        log.info("data split: %s", {k: len(v) for k, v in split.items()})
+
+    # -- loaders --------------------------------------------------------------------------
+    def _loader(self, part: str, train: bool) -> DataLoader:
+        ds = self.datasets.get(part)
+        if ds is None or len(ds) == 0:
+            raise ValueError(f"the {part} split is empty; check data.val / data.test / data.max_images")
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, drop_last=train and len(ds) >= self.batch_size,
+                          num_workers=self.num_workers, collate_fn=collate_sift,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def mean_train_image(self, limit: int | None = None) -> torch.Tensor:
+        """Mean of the training images, (3, S, S) float in [-1, 1] (the mean-image baseline)."""
+        ds = self.datasets["train"]
+        n = len(ds) if limit is None else min(limit, len(ds))
+        acc = torch.zeros(3, self.image_size, self.image_size, dtype=torch.float64)
+        for k in range(n):
+            acc += ds[k]["image"].double()
+        return (acc / max(n, 1) / 127.5 - 1).float()
+
+
+__all__ = ["CFGANDataModule", "SiftImageDataset", "collate_sift", "make_split", "make_source",
+           "split_counts", "ArraySource"]

@@ -1,0 +1,25 @@
+"""Shared fixtures. Every test runs offline: no download is ever attempted."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["RECONATTACK_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_isolated(monkeypatch, tmp_path_factory):
+    """No network, and a private empty torch hub cache, for every test."""
+    monkeypatch.setenv("RECONATTACK_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    import socket
+
+    def _no_network(*args, **kwargs):
+        raise OSError("network access is disabled in tests")
+
+    monkeypatch.setattr(socket, "create_connection", _no_network)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a, **k: _no_network())
