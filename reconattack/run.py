@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reconattack.runtime import is_global_zero, write_metrics
+from reconattack.utils.weights import MissingWeightsError
 
 log = logging.getLogger("reconattack")
 
@@ -43,10 +45,20 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
+# errors a user causes (missing data, weights, files; bad config values): one clear line, exit 2
+USER_ERRORS = (FileNotFoundError, MissingWeightsError, ValueError)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except USER_ERRORS as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s: %s", type(exc).__name__, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     key = cfg.get("optimized_metric")
     value = metrics.get(key) if key else None
     return value if isinstance(value, (int, float)) else None

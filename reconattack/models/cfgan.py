@@ -149,10 +149,15 @@ class _Decoder(nn.Module):
         return torch.tanh(x) if self.output_activation == "tanh" else x
 
 
-def _encoder(in_ch: int, enc_channels: Sequence[int]) -> nn.ModuleList:
+def _encoder(in_ch: int, enc_channels: Sequence[int], enc_mid: Sequence[int] | None = None) -> nn.ModuleList:
+    """Encoder blocks; block i maps width ``prev`` to ``enc_channels[i]`` through a middle width
+    ``enc_mid[i]`` (official layout: the block's input width, ``enc_mid=None``)."""
+    if enc_mid is not None and len(enc_mid) != len(enc_channels):
+        raise ValueError(f"model enc_mid must have as many entries as enc_channels "
+                         f"(got {len(enc_mid)} and {len(enc_channels)})")
     blocks, prev = [], in_ch
-    for out_ch in enc_channels:
-        blocks.append(EncoderBlock(prev, prev, out_ch))
+    for i, out_ch in enumerate(enc_channels):
+        blocks.append(EncoderBlock(prev, prev if enc_mid is None else enc_mid[i], out_ch))
         prev = out_ch
     return nn.ModuleList(blocks)
 
@@ -163,13 +168,15 @@ class CoarseGenerator(nn.Module):
     Paper/official sizes: in_ch 128, enc_channels (256, 512, 512, 512, 512, 512) taking 128x128
     down to 2x2x512, dec_channels (512, 512, 512, 256, 128, 64), final_scale 2 -> 256x256x3.
     ``in_ch`` is 131 for the fine net's ``fusion=concat`` variant (SIFT map + coarse image).
+    ``enc_mid``: middle widths of the encoder blocks (default: each block's input width, as
+    the official code; small models narrow the 128-channel first block with it).
     """
 
     def __init__(self, in_ch: int = 128, enc_channels: Sequence[int] = (256, 512, 512, 512, 512, 512),
                  dec_channels: Sequence[int] = (512, 512, 512, 256, 128, 64), final_scale: int = 2,
-                 output_activation: str = "none"):
+                 output_activation: str = "none", enc_mid: Sequence[int] | None = None):
         super().__init__()
-        self.encoder = _encoder(in_ch, enc_channels)
+        self.encoder = _encoder(in_ch, enc_channels, enc_mid)
         self.decoder = _Decoder(enc_channels, dec_channels, final_scale, output_activation)
         init_weights(self)
 
@@ -196,22 +203,27 @@ class FineGenerator(nn.Module):
         AdaIN(sift features, image features).
       - ``"concat"``: no fusion (Table V "w/o fusion"): SIFT map and the coarse image (resized
         to S x S by area averaging) are concatenated (131 channels) into a coarse-style net.
+
+    ``enc_mid`` / ``stem_mid``: middle widths of the encoder blocks / the image stem (default:
+    official layout).
     """
 
     def __init__(self, in_ch: int = 128, enc_channels: Sequence[int] = (256, 512, 512, 512, 512, 512),
                  dec_channels: Sequence[int] = (512, 512, 512, 256, 128, 64), final_scale: int = 2,
-                 output_activation: str = "none", fusion: str = "paper"):
+                 output_activation: str = "none", fusion: str = "paper",
+                 enc_mid: Sequence[int] | None = None, stem_mid: int | None = None):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.fusion = fusion
         self.final_scale = final_scale
         if fusion == "concat":
-            self.net = CoarseGenerator(in_ch + 3, enc_channels, dec_channels, final_scale, output_activation)
+            self.net = CoarseGenerator(in_ch + 3, enc_channels, dec_channels, final_scale,
+                                       output_activation, enc_mid)
             return
-        self.image_stem = EncoderBlock(3, in_ch, in_ch)
-        self.sift_encoder = _encoder(in_ch, enc_channels)
-        self.image_encoder = _encoder(in_ch, enc_channels)
+        self.image_stem = EncoderBlock(3, stem_mid or in_ch, in_ch)
+        self.sift_encoder = _encoder(in_ch, enc_channels, enc_mid)
+        self.image_encoder = _encoder(in_ch, enc_channels, enc_mid)
         self.decoder = _Decoder(enc_channels, dec_channels, final_scale, output_activation)
         init_weights(self)
 

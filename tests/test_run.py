@@ -1,0 +1,126 @@
+"""End-to-end: configs compose, every experiment runs a fast_dev_run on CPU, CLI errors are clear."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconattack.run import run
+from tests.helpers import CONF_DIR, compose_cfg, make_image_folder, make_lmdb, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+PAPER_TINY = [  # paper depth, tiny widths: keeps the structure, runs in seconds
+    "model.coarse.enc_channels=[8,8,8,8,8,8]",
+    "model.coarse.dec_channels=[8,8,8,8,8,8]",
+    "model.discriminator.stem=4",
+    "model.discriminator.channels=[4,4,4,4,4,4]",
+]
+
+
+@pytest.fixture(scope="module")
+def paper_data(tmp_path_factory):
+    """The layouts the paper experiments expect under paths.data_dir: folders and LSUN LMDBs."""
+    root = tmp_path_factory.mktemp("data")
+    make_image_folder(root / "celebahq", n=10, size=72)
+    make_image_folder(root / "ffhq", n=4, size=300, seed=3)
+    make_lmdb(root / "lsun" / "bird", n=10, size=80)
+    make_image_folder(root / "lsun" / "dining_room", n=10, size=64, seed=5)
+    return root
+
+
+def test_default_config_is_the_cpu_demo():
+    cfg = compose_cfg()
+    assert cfg.attack.name == "cfgan" and cfg.data.source.kind == "lfw_faces"
+    assert cfg.trainer.accelerator == "cpu" and cfg.loss.per == 0
+    assert list(cfg.attack.stages) == ["coarse", "fine"]
+
+
+def test_paper_experiment_settings():
+    cfg = compose_cfg(["+experiment=cfgan_lsun_bird"])
+    assert cfg.data.image_size == 256 and cfg.data.batch_size == 8 and cfg.data.compress
+    assert cfg.attack.optimizer.lr == 1e-4 and list(cfg.attack.optimizer.betas) == [0.9, 0.999]
+    assert (cfg.loss.pix, cfg.loss.per, cfg.loss.adv, cfg.loss.sift) == (1.0, 0.01, 0.02, 0.01)
+    assert list(cfg.model.coarse.enc_channels) == [256, 512, 512, 512, 512, 512]
+    assert cfg.data.max_images == 50000 and cfg.data.source.path.endswith("lsun/bird")
+    # command-line choices win over the experiment's
+    assert compose_cfg(["+experiment=cfgan_lsun_bird", "trainer=cpu"]).trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_fast_dev_run(name, paper_data, tmp_path):
+    overrides = [f"+experiment={name}", *tiny_overrides(tmp_path), *PAPER_TINY,
+                 f"paths.data_dir={paper_data}"]
+    if name == "cfgan_ffhq_eval":  # needs a CelebA-HQ fine checkpoint: make one first
+        first = run(compose_cfg(["+experiment=cfgan_celebahq", *tiny_overrides(tmp_path / "c"), *PAPER_TINY,
+                                 f"paths.data_dir={paper_data}"]))
+        assert "test/psnr" in first
+        overrides.append(f"attack.fine_checkpoint={tmp_path / 'c' / 'run' / 'checkpoints' / 'fine.ckpt'}")
+    cfg = compose_cfg(overrides)
+    metrics = run(cfg)
+    run_dir = tmp_path / "run"
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved.keys() == metrics.keys()
+    for key in ("test/psnr", "test/ssim", "test/mse", "baseline/mean_image/psnr",
+                "baseline/shuffled_sift/ssim"):
+        assert isinstance(saved[key], float), key
+    for key in ("test/fid", "test/lpips", "test/clip"):  # offline: reported missing, with a reason
+        assert isinstance(saved[key], str) and saved[key].startswith("missing"), saved[key]
+    assert (run_dir / "samples" / "test_grid.png").is_file()
+    assert json.loads((run_dir / "split.json").read_text())["split"]["test"]
+    if name != "cfgan_ffhq_eval":
+        assert (run_dir / "checkpoints" / "coarse.ckpt").is_file()
+        assert (run_dir / "checkpoints" / "fine.ckpt").is_file() == ("coarse_only" not in name)
+
+
+def _cli(*args, env_extra=None, cwd=ROOT, timeout=300):
+    env = dict(os.environ, RECONATTACK_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "reconattack.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_data_stops_before_training_with_a_clear_message(tmp_path):
+    res = _cli("+experiment=cfgan_lsun_bird", "trainer=cpu", "loss.per=0",
+               f"hydra.run.dir={tmp_path / 'run'}", env_extra={"RECONATTACK_DATA": str(tmp_path / "nodata")})
+    assert res.returncode != 0
+    err = res.stdout + res.stderr
+    assert str(tmp_path / "nodata" / "lsun" / "bird") in err and "data.mdb" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_experiment_is_a_clear_error(tmp_path):
+    res = _cli("+experiment=no_such_experiment", f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0
+    assert "no_such_experiment" in res.stderr and "cfgan_lsun_bird" in res.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    cfg = compose_cfg([*tiny_overrides(tmp_path), "attack.fine_checkpoint=/nonexistent/fine.ckpt"])
+    with pytest.raises(FileNotFoundError, match="/nonexistent/fine.ckpt"):
+        run(cfg)
+
+
+def test_perceptual_loss_without_vgg_weights_is_refused_before_training(tmp_path):
+    cfg = compose_cfg([*tiny_overrides(tmp_path), "loss.per=0.01"])
+    from reconattack.utils.weights import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="vgg19-dcbb9e9d.pth"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_split_file_is_reused(tmp_path):
+    first = compose_cfg([*tiny_overrides(tmp_path / "a"), "attack.stages=[coarse]", "seed=1"])
+    run(first)
+    split_file = tmp_path / "a" / "run" / "split.json"
+    second = compose_cfg([*tiny_overrides(tmp_path / "b"), "attack.stages=[coarse]", "seed=2",
+                          f"data.split_file={split_file}"])
+    run(second)
+    a = json.loads(split_file.read_text())["split"]
+    b = json.loads((tmp_path / "b" / "run" / "split.json").read_text())["split"]
+    assert a == b
