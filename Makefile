@@ -27,7 +27,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check reconattack tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_sift.py
+	$(PY) benchmarks/bench_sift.py --threads 1
+	$(PY) benchmarks/bench_sift.py --threads $$(nproc)
 	$(PY) benchmarks/bench_step.py
 
 # make report DIR=outputs/cfgan/multiruns/...

@@ -124,3 +124,39 @@ def test_split_file_is_reused(tmp_path):
     a = json.loads(split_file.read_text())["split"]
     b = json.loads((tmp_path / "b" / "run" / "split.json").read_text())["split"]
     assert a == b
+
+
+CLI_TINY = ["attack.steps.coarse=2", "attack.steps.fine=2", "data.batch_size=4", "data.eval_batch_size=10",
+            "loss.sift=0", "metrics.metrics=[mse,psnr,ssim]", "trainer.callbacks.progress=null",
+            "attack.num_samples=2"]
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb", "none"])
+def test_loggers(logger, tmp_path):
+    cfg = compose_cfg([*tiny_overrides(tmp_path), f"logger={logger}", "attack.stages=[coarse]"])
+    metrics = run(cfg)
+    assert isinstance(metrics["test/psnr"], float)
+    if logger == "wandb":  # no API key here: offline run files
+        assert list((tmp_path / "run").rglob("offline-run-*"))
+
+
+def test_cli_multirun_sweep(tmp_path):
+    res = _cli("-m", "seed=0,1", *CLI_TINY, "attack.stages=[coarse]", f"hydra.sweep.dir={tmp_path}",
+               env_extra={"RECONATTACK_CACHE": str(tmp_path / "cache")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0", "1"):
+        m = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert isinstance(m["test/psnr"], float)
+    from reconattack.report import write_reports
+
+    written = write_reports(tmp_path)
+    table = (tmp_path / "report.md").read_text()
+    assert "test/psnr" in table and "±" in table and any(p.suffix == ".png" for p in written) is False
+
+
+def test_cli_ddp_cpu_two_processes(tmp_path):
+    res = _cli("trainer=ddp_cpu", *CLI_TINY, f"hydra.run.dir={tmp_path / 'run'}",
+               env_extra={"RECONATTACK_CACHE": str(tmp_path / "cache")}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert isinstance(m["test/psnr"], float) and isinstance(m["baseline/shuffled_sift/psnr"], float)

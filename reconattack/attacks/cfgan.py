@@ -58,7 +58,10 @@ class CFGANStage(pl.LightningModule):
         stage: ``"coarse"`` or ``"fine"``.
         generator: :class:`~reconattack.models.cfgan.CoarseGenerator` or ``FineGenerator``.
         discriminator: :class:`~reconattack.models.cfgan.Discriminator` (needed when ``adv > 0``).
-        optimizer: partial optimiser factory (``_partial_: true``), used for G and D.
+        optimizer: partial optimiser factory (``_partial_: true``) for G (and D unless
+            ``optimizer_d`` is given).
+        optimizer_d: partial optimiser factory for D, or None to use ``optimizer``.
+        lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 0 over the stage's steps).
         loss_weights: ``{"pix", "per", "adv", "sift", "style"}`` weights (paper 1 / 0.01 / 0.02 /
             0.01 / 0).
         image_size, compress: image side and SIFT-map compression (map side image_size // 2).
@@ -70,7 +73,8 @@ class CFGANStage(pl.LightningModule):
 
     def __init__(self, stage: str, generator: nn.Module, discriminator: nn.Module | None, optimizer,
                  loss_weights: dict, image_size: int, compress: bool, coarse: nn.Module | None = None,
-                 vgg: VGGFeatures | None = None, grad_clip: float | None = None, seed: int = 0):
+                 vgg: VGGFeatures | None = None, grad_clip: float | None = None, seed: int = 0,
+                 optimizer_d=None, lr_schedule: str = "constant"):
         super().__init__()
         if stage not in ("coarse", "fine"):
             raise ValueError(f"stage must be 'coarse' or 'fine', got {stage!r}")
@@ -94,6 +98,10 @@ class CFGANStage(pl.LightningModule):
         self._vgg = [vgg] if vgg is not None else []  # not a submodule: kept out of checkpoints
         self.sift_loss = SiftLoss() if self.w["sift"] > 0 else None
         self.optimizer_factory = optimizer
+        self.optimizer_d_factory = optimizer_d or optimizer
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"attack.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.image_size, self.compress = image_size, compress
         self.grad_clip, self.seed = grad_clip, seed
         self._map_gen: torch.Generator | None = None
@@ -136,10 +144,21 @@ class CFGANStage(pl.LightningModule):
         return self.generator(sift, self.coarse_image(sift))
 
     def configure_optimizers(self):
-        opt_g = self.optimizer_factory(self.generator.parameters())
-        if self.discriminator is None:
-            return opt_g
-        return opt_g, self.optimizer_factory(self.discriminator.parameters())
+        opts = [self.optimizer_factory(self.generator.parameters())]
+        if self.discriminator is not None:
+            opts.append(self.optimizer_d_factory(self.discriminator.parameters()))
+        if self.lr_schedule == "constant":
+            return opts
+        total = self.trainer.max_steps // len(opts)  # generator steps of this stage
+        scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(total, 1)) for o in opts]
+        return opts, scheds
+
+    def _step_schedulers(self) -> None:
+        scheds = self.lr_schedulers()
+        if scheds is None:
+            return
+        for s in scheds if isinstance(scheds, list) else [scheds]:
+            s.step()
 
     def on_fit_start(self) -> None:
         for v in self._vgg:
@@ -188,6 +207,7 @@ class CFGANStage(pl.LightningModule):
         self._step(opt_g, terms["total"], self.generator.parameters())
         if self.discriminator is not None:
             self.untoggle_optimizer(opt_g)
+        self._step_schedulers()
         logs.update({f"loss_g/{k}": v.detach() for k, v in terms.items()})
         self.log_dict({f"{self.stage}/train/{k}": v for k, v in logs.items()},
                       prog_bar=False, batch_size=real.shape[0])
@@ -252,9 +272,32 @@ def build_stage(cfg: DictConfig, stage: str, final_scale: int, coarse: nn.Module
     generator = hydra.utils.instantiate(cfg.model[stage], final_scale=final_scale)
     weights = {k: cfg.loss.get(k, 0.0) for k in LOSS_TERMS}
     disc = hydra.utils.instantiate(cfg.model.discriminator) if weights["adv"] > 0 else None
+    opt_d = cfg.attack.get("optimizer_d")
     return CFGANStage(stage, generator, disc, hydra.utils.instantiate(cfg.attack.optimizer), weights,
                       image_size=cfg.data.image_size, compress=cfg.data.compress, coarse=coarse,
-                      vgg=vgg, grad_clip=cfg.attack.get("grad_clip"), seed=cfg.seed)
+                      vgg=vgg, grad_clip=cfg.attack.get("grad_clip"), seed=cfg.seed,
+                      optimizer_d=hydra.utils.instantiate(opt_d) if opt_d else None,
+                      lr_schedule=cfg.attack.get("lr_schedule", "constant"))
+
+
+def init_fine_from_coarse(fine: nn.Module, coarse: nn.Module) -> int:
+    """Warm start (not in the paper): copy the trained coarse generator's encoder into the fine
+    net's SIFT encoder and its decoder into the fine decoder, where shapes match.
+
+    Returns the number of tensors copied. Only for ``fusion`` paper/official (the two share the
+    coarse net's encoder and decoder layout).
+    """
+    if not hasattr(fine, "sift_encoder"):
+        raise ValueError("attack.fine_init_from_coarse needs model.fine.fusion paper or official")
+    copied = 0
+    for dst, src in ((fine.sift_encoder, coarse.encoder), (fine.decoder, coarse.decoder)):
+        dst_state = dst.state_dict()
+        for k, v in src.state_dict().items():
+            if k in dst_state and dst_state[k].shape == v.shape:
+                dst_state[k] = v.clone()
+                copied += 1
+        dst.load_state_dict(dst_state)
+    return copied
 
 
 def _metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None):
@@ -273,9 +316,11 @@ def fit_stage(cfg: DictConfig, run_dir: Path, module: CFGANStage, dm, logger) ->
     """Train one stage for ``cfg.attack.steps[stage]`` steps; returns its checkpoint path."""
     steps = int(cfg.attack.steps[module.stage])
     val_cb = _metric_callback(cfg, ("val",), metrics=("mse", "psnr", "ssim"))
+    has_val = len(dm.datasets.get("val", ())) > 0
     trainer = make_trainer(cfg, run_dir, module.stage, _steps_to_trainer_steps(module, steps),
                            logger=logger, callbacks=[val_cb],
-                           check_val_every_n_epoch=int(cfg.attack.val_every_n_epochs))
+                           check_val_every_n_epoch=int(cfg.attack.val_every_n_epochs),
+                           **({} if has_val else {"limit_val_batches": 0}))
     trainer.fit(module, datamodule=dm)
     ckpt = run_dir / "checkpoints" / f"{module.stage}.ckpt"
     trainer.save_checkpoint(str(ckpt))
@@ -369,6 +414,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
         # hand the *trained* coarse net over explicitly: a fresh instance loaded from its checkpoint
         frozen = load_generator_weights(copy.deepcopy(coarse.generator), coarse_ckpt, prefix)
         fine = build_stage(cfg, "fine", final_scale, coarse=frozen, vgg=vgg)
+        if cfg.attack.get("fine_init_from_coarse", False) and fine_ckpt is None:
+            log.info("fine stage: warm start from the coarse net (%d tensors)",
+                     init_fine_from_coarse(fine.generator, frozen))
         if fine_ckpt is not None:
             load_generator_weights(fine.generator, fine_ckpt, "generator.")
         else:

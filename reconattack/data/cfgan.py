@@ -76,8 +76,6 @@ def make_split(names: Sequence[str], val: float, test: float, seed: int,
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(names))
     if max_images is not None:
-        if max_images > len(names):
-            log.warning("data.max_images=%d but only %d images exist; using all", max_images, len(names))
         order = order[:max_images]
     n_train, n_val, n_test = split_counts(len(order), val, test)
     picked = [names[i] for i in order]
@@ -85,9 +83,17 @@ def make_split(names: Sequence[str], val: float, test: float, seed: int,
             "test": picked[n_train + n_val:]}
 
 
-def _scan_one(args):
-    """Worker: decode, resize and cache SIFT of one item. Returns (name, error message or None)."""
-    source, cache, i, size = args
+_SCAN: dict = {}
+
+
+def _scan_init(source, cache, size) -> None:
+    """Pool initializer: the source and cache are sent to each worker once."""
+    _SCAN.update(source=source, cache=cache, size=size)
+
+
+def _scan_one(i: int) -> tuple[str, str | None]:
+    """Decode, resize and cache the SIFT keypoints of item ``i``; returns (name, error or None)."""
+    source, cache, size = _SCAN["source"], _SCAN["cache"], _SCAN["size"]
     name = source.name(i)
     try:
         cache.get(resize(source.load(i), size, source=str(getattr(source, "root", "")) or None))
@@ -100,17 +106,23 @@ class SiftImageDataset(Dataset):
     """Items of a source with their cached SIFT keypoints.
 
     ``__getitem__`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
-    (N, 128), "index": int}`` where S is ``image_size``.
+    (N, 128), "index": int}`` where S is ``image_size``. With ``hflip`` the image is mirrored
+    with probability 0.5 *before* SIFT extraction, so keypoints always belong to the image
+    that is shown (both variants are cached).
     """
 
-    def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache):
+    def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache,
+                 hflip: bool = False):
         self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
+        self.hflip = hflip
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict:
         img = resize(self.source.load(self.indices[k]), self.image_size)
+        if self.hflip and torch.rand(()) < 0.5:
+            img = np.ascontiguousarray(img[:, ::-1])
         xy, desc = self.cache.get(img)
         return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
@@ -139,13 +151,16 @@ class CFGANDataModule(pl.LightningDataModule):
         cache_dir: SIFT keypoint cache (shared across runs; keyed by image content + settings).
         batch_size, eval_batch_size, num_workers: loader settings.
         seed: split seed.
+        hflip: random horizontal flips of training images (SIFT extracted after the flip). Not
+            in the paper (default off); the CPU demo's 80 training faces use it.
     """
 
     def __init__(self, source: dict, image_size: int = 256, compress: bool = True,
                  contrast_threshold: float = 0.03, val: float = 0.1, test: float = 0.1,
                  max_images: int | None = None, split_file: str | None = None,
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
-                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0):
+                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 hflip: bool = False):
         super().__init__()
         self.source_cfg = dict(source)
         self.image_size, self.compress = int(image_size), bool(compress)
@@ -156,7 +171,7 @@ class CFGANDataModule(pl.LightningDataModule):
         self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.hflip = num_workers, seed, hflip
         self.source = None
         self.split: dict[str, list[str]] | None = None
         self.datasets: dict[str, SiftImageDataset] = {}
@@ -168,24 +183,39 @@ class CFGANDataModule(pl.LightningDataModule):
         return self.source
 
     def _unreadable_file(self) -> Path:
-        key = f"{self.source_cfg.get('kind')}:{self.source_cfg.get('path')}:{self.image_size}"
+        key = (f"{self.source_cfg.get('kind')}:{self.source_cfg.get('path')}:{self.image_size}:"
+               f"{self.max_images}:{self.seed if self.max_images else ''}")
         return self.cache.root / f"unreadable-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
+    def _selected(self, names: Sequence[str]) -> list[int]:
+        """Indices of the images this run may use: a seeded random subset of ``max_images``."""
+        if self.max_images is None or self.max_images >= len(names):
+            if self.max_images is not None and self.max_images > len(names):
+                log.warning("data.max_images=%d but only %d images exist; using all",
+                            self.max_images, len(names))
+            return list(range(len(names)))
+        return np.random.default_rng(self.seed).permutation(len(names))[: self.max_images].tolist()
+
     def prepare_data(self) -> None:
-        """Check the data, fill the SIFT cache (parallel), record unreadable files. Rank 0 only."""
+        """Check the data, fill the SIFT cache of the selected images (in parallel with
+        ``num_workers`` processes) and record unreadable files. Called on rank 0 only."""
         source = self._open()
-        jobs = [(source, self.cache, i, self.image_size) for i in range(len(source))]
-        if self.num_workers > 1 and len(jobs) > 64:
-            with get_context("spawn").Pool(self.num_workers) as pool:
-                results = pool.map(_scan_one, jobs, chunksize=32)
+        indices = self._selected([source.name(i) for i in range(len(source))]) if self.max_images else \
+            list(range(len(source)))
+        if self.num_workers > 1 and len(indices) > 64:
+            with get_context("spawn").Pool(self.num_workers, initializer=_scan_init,
+                                           initargs=(source, self.cache, self.image_size)) as pool:
+                results = pool.map(_scan_one, indices, chunksize=64)
         else:
-            results = [_scan_one(j) for j in jobs]
+            _scan_init(source, self.cache, self.image_size)
+            results = [_scan_one(i) for i in indices]
         bad = {name: err for name, err in results if err is not None}
         if bad:
             log.warning("skipping %d unreadable image(s): %s", len(bad),
                         "; ".join(f"{k}: {v}" for k, v in list(bad.items())[:5]))
-        if len(bad) == len(source):
-            raise DataNotFoundError(f"none of the {len(source)} images in {self.source_cfg.get('path')} could be read")
+        if len(bad) == len(indices):
+            raise DataNotFoundError(f"none of the {len(indices)} images in "
+                                    f"{self.source_cfg.get('path')} could be read")
         out = self._unreadable_file()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -210,15 +240,16 @@ class CFGANDataModule(pl.LightningDataModule):
         else:
             bad_file = self._unreadable_file()
             bad = set(json.loads(bad_file.read_text())) if bad_file.is_file() else set()
-            usable = [n for n in names if n not in bad]
-            split = make_split(usable, self.val, self.test, self.seed, self.max_images)
+            usable = [names[i] for i in self._selected(names) if names[i] not in bad]
+            split = make_split(usable, self.val, self.test, self.seed)
         self.split = split
         if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "split.json").write_text(json.dumps(
                 {"source": self.source_cfg, "seed": self.seed, "split": split}, indent=1))
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
-                                                self.image_size, self.cache) for part in split}
+                                                self.image_size, self.cache,
+                                                hflip=self.hflip and part == "train") for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
 
     # -- loaders --------------------------------------------------------------------------
@@ -234,7 +265,9 @@ class CFGANDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if not len(self.datasets.get("val", ())):
+            return []  # no validation split (data.val=0)
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
@@ -245,8 +278,9 @@ class CFGANDataModule(pl.LightningDataModule):
         ds = self.datasets["train"]
         n = len(ds) if limit is None else min(limit, len(ds))
         acc = torch.zeros(3, self.image_size, self.image_size, dtype=torch.float64)
-        for k in range(n):
-            acc += ds[k]["image"].double()
+        for k in range(n):  # the images as stored (no augmentation)
+            img = resize(ds.source.load(ds.indices[k]), self.image_size)
+            acc += torch.from_numpy(img.transpose(2, 0, 1).astype(np.float64))
         return (acc / max(n, 1) / 127.5 - 1).float()
 
 

@@ -63,12 +63,13 @@ class EncoderBlock(nn.Module):
     """``Residual(in, mid, mid)``, ``Residual(mid, out, out)``, AvgPool(2).
 
     (B, in, H, W) -> pooled (B, out, H/2, W/2) and the pre-pool skip (B, out, H, W).
+    ``res2_mid`` narrows the second unit's middle width (default ``out``, official layout).
     """
 
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, res2_mid: int | None = None):
         super().__init__()
         self.res1 = Residual(in_ch, mid_ch, mid_ch)
-        self.res2 = Residual(mid_ch, out_ch, out_ch)
+        self.res2 = Residual(mid_ch, res2_mid or out_ch, out_ch)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +205,8 @@ class FineGenerator(nn.Module):
       - ``"concat"``: no fusion (Table V "w/o fusion"): SIFT map and the coarse image (resized
         to S x S by area averaging) are concatenated (131 channels) into a coarse-style net.
 
-    ``enc_mid`` / ``stem_mid``: middle widths of the encoder blocks / the image stem (default:
-    official layout).
+    ``enc_mid`` / ``stem_mid``: middle widths of the encoder blocks / of both units of the
+    image stem (default: official layout).
     """
 
     def __init__(self, in_ch: int = 128, enc_channels: Sequence[int] = (256, 512, 512, 512, 512, 512),
@@ -221,7 +222,7 @@ class FineGenerator(nn.Module):
             self.net = CoarseGenerator(in_ch + 3, enc_channels, dec_channels, final_scale,
                                        output_activation, enc_mid)
             return
-        self.image_stem = EncoderBlock(3, stem_mid or in_ch, in_ch)
+        self.image_stem = EncoderBlock(3, stem_mid or in_ch, in_ch, res2_mid=stem_mid)
         self.sift_encoder = _encoder(in_ch, enc_channels, enc_mid)
         self.image_encoder = _encoder(in_ch, enc_channels, enc_mid)
         self.decoder = _Decoder(enc_channels, dec_channels, final_scale, output_activation)

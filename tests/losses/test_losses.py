@@ -5,7 +5,13 @@ import torch
 import torchvision
 
 from reconattack.losses.gan import ragan_d_loss, ragan_g_loss
-from reconattack.losses.perceptual import VGG19_WEIGHTS, VGGFeatures, gram, perceptual_loss, style_loss
+from reconattack.losses.perceptual import (
+    VGG19_WEIGHTS,
+    VGGFeatures,
+    gram,
+    perceptual_loss,
+    style_loss,
+)
 from reconattack.losses.sift import SiftLoss
 from reconattack.utils.weights import MissingWeightsError
 

@@ -1,0 +1,468 @@
+"""SIFT features as CFGAN input (SPEC §2.1).
+
+Pipeline: :func:`extract` runs OpenCV SIFT once per image and returns the *sparse* result
+(keypoint coordinates + uint8 descriptors); :class:`SiftCache` keeps it on disk keyed by the
+image content and the SIFT settings; :func:`build_maps` turns a batch of sparse results into
+dense descriptor maps on the training device, vectorised. :func:`to_map` is a plain,
+independent reference implementation of the same placement rules for one sample.
+
+Placement rules (official CFGAN code, except where noted):
+
+- a keypoint at OpenCV coordinates ``(x, y)`` goes to row ``ceil(y) - 1``, column
+  ``ceil(x) - 1``, **clamped** to ``[0, size - 1]`` (the official code would wrap the index
+  ``-1`` of a keypoint with ``y <= 0`` to the last row; we clamp instead);
+- on a pixel collision the first keypoint in OpenCV's order wins;
+- an occupied pixel holds ``desc / 127.5 - 1`` (128 values in ``[-1, 1]``), an empty one 0;
+- compression (paper §III-B): aligned 2×2 blocks of the ``size``-resolution placement; a block
+  with several occupied pixels keeps ONE of them — deterministically the first-placed one
+  (smallest OpenCV index among the block's pixel winners) when no generator is given, else
+  one chosen uniformly at random with the generator. (The official code keeps a fixed pixel
+  of a window shifted by one pixel; that bug is not reproduced.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "DESC_DIM",
+    "SiftCache",
+    "build_maps",
+    "extract",
+    "to_map",
+]
+
+log = logging.getLogger(__name__)
+
+DESC_DIM = 128
+#: bump when the on-disk format or the extraction procedure changes
+CACHE_FORMAT_VERSION = 1
+
+_local = threading.local()
+
+
+# --------------------------------------------------------------------------------------------
+# extraction
+# --------------------------------------------------------------------------------------------
+
+
+def _detector(contrast_threshold: float) -> cv2.SIFT:
+    """A SIFT detector for ``contrast_threshold``, created once per process and thread."""
+    pid = os.getpid()
+    cache = getattr(_local, "detectors", None)
+    if cache is None or getattr(_local, "pid", None) != pid:
+        cache = _local.detectors = {}
+        _local.pid = pid
+    key = float(contrast_threshold)
+    det = cache.get(key)
+    if det is None:
+        det = cache[key] = cv2.SIFT_create(contrastThreshold=key)
+    return det
+
+
+def extract(image: np.ndarray, contrast_threshold: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """Run OpenCV SIFT on an RGB image, as given (no resize).
+
+    The image is converted with ``cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)`` and passed to
+    ``cv2.SIFT_create(contrastThreshold=contrast_threshold).detectAndCompute(grey, None)``
+    (other parameters default).
+
+    Args:
+        image: uint8 ``(H, W, 3)`` RGB in ``[0, 255]``.
+        contrast_threshold: SIFT contrast threshold (CFGAN: 0.03).
+
+    Returns:
+        ``(xy, desc)``: ``xy`` float32 ``(N, 2)``, OpenCV keypoint coordinates ``(x, y)`` in
+        pixels (``x`` along the width), in OpenCV's keypoint order; ``desc`` uint8
+        ``(N, 128)`` in ``[0, 255]`` (OpenCV's float descriptors, rounded and clipped).
+        ``N`` may be 0: shapes ``(0, 2)`` and ``(0, 128)``.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"extract expects a uint8 (H, W, 3) RGB image, got {image.dtype} {tuple(image.shape)}"
+        )
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    keypoints, desc = _detector(contrast_threshold).detectAndCompute(grey, None)
+    if not keypoints or desc is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8)
+    xy = np.asarray(cv2.KeyPoint_convert(keypoints), dtype=np.float32).reshape(-1, 2)
+    desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
+    return xy, desc
+
+
+# --------------------------------------------------------------------------------------------
+# dense maps
+# --------------------------------------------------------------------------------------------
+
+
+def _as_tensor(a, dtype: torch.dtype, shape_tail: tuple[int, ...], what: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        t = a
+    else:
+        arr = np.asarray(a)
+        t = torch.from_numpy(arr) if arr.flags.writeable else torch.tensor(arr)
+    if t.numel() == 0:
+        return torch.zeros((0, *shape_tail), dtype=dtype, device=t.device)
+    if t.ndim != 1 + len(shape_tail) or tuple(t.shape[1:]) != shape_tail:
+        raise ValueError(
+            f"{what} must have shape (N, {', '.join(map(str, shape_tail))}), got {tuple(t.shape)}"
+        )
+    return t.to(dtype)
+
+
+def _check_size(size: int, compress: bool) -> int:
+    size = int(size)
+    if size <= 0 or (compress and size % 2):
+        raise ValueError(f"size must be positive (and even when compress=True), got {size}")
+    return size // 2 if compress else size
+
+
+def to_map(
+    xy,
+    desc,
+    size: int,
+    compress: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Dense SIFT descriptor map of one image — the plain reference implementation.
+
+    See the module docstring for the placement and compression rules. This version loops
+    over keypoints in Python; :func:`build_maps` is the vectorised batched version and gives
+    exactly the same result when ``generator`` is None.
+
+    Args:
+        xy: float ``(N, 2)`` keypoint coordinates ``(x, y)`` from :func:`extract` (numpy or
+            torch).
+        desc: uint8 ``(N, 128)`` descriptors in ``[0, 255]`` (numpy or torch).
+        size: side of the placement grid (the image size, e.g. 256).
+        compress: keep one keypoint per aligned 2×2 block (output side ``size // 2``).
+        generator: with compression, pick a block's keypoint at random with this CPU
+            generator; None picks the first-placed one (deterministic).
+
+    Returns:
+        float32 ``(128, S, S)`` on the CPU, ``S = size // 2 if compress else size``; values in
+        ``[-1, 1]`` at occupied pixels, 0 at empty ones.
+    """
+    out_size = _check_size(size, compress)
+    xy_t = _as_tensor(xy, torch.float32, (2,), "xy").cpu()
+    desc_t = _as_tensor(desc, torch.uint8, (DESC_DIM,), "desc").cpu()
+    if len(xy_t) != len(desc_t):
+        raise ValueError(f"{len(xy_t)} keypoints but {len(desc_t)} descriptors")
+    out = torch.zeros((DESC_DIM, out_size, out_size), dtype=torch.float32)
+    n = len(xy_t)
+    if n == 0:
+        return out
+    rows = (torch.ceil(xy_t[:, 1]) - 1).clamp(0, size - 1).long().tolist()
+    cols = (torch.ceil(xy_t[:, 0]) - 1).clamp(0, size - 1).long().tolist()
+
+    # pixel -> index of the first keypoint placed there (dict preserves placement order)
+    pixel_winner: dict[tuple[int, int], int] = {}
+    for i in range(n):
+        pixel_winner.setdefault((rows[i], cols[i]), i)
+
+    if not compress:
+        chosen = {pix: i for pix, i in pixel_winner.items()}
+    else:
+        blocks: dict[tuple[int, int], list[int]] = {}
+        for (r, c), i in pixel_winner.items():  # in increasing keypoint index
+            blocks.setdefault((r // 2, c // 2), []).append(i)
+        chosen = {}
+        for blk, members in blocks.items():
+            if generator is None or len(members) == 1:
+                chosen[blk] = members[0]
+            else:
+                k = int(torch.randint(len(members), (1,), generator=generator))
+                chosen[blk] = members[k]
+
+    values = desc_t.to(torch.float32) / 127.5 - 1.0
+    for (r, c), i in chosen.items():
+        out[:, r, c] = values[i]
+    return out
+
+
+def _cat_to(tensors: list[torch.Tensor], device: torch.device, same_device: bool) -> torch.Tensor:
+    if same_device:
+        return torch.cat(tensors).to(device, non_blocking=device.type != "cpu")
+    return torch.cat([t.to(device) for t in tensors])
+
+
+def build_maps(
+    xys: Sequence,
+    descs: Sequence,
+    size: int,
+    compress: bool,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Dense SIFT descriptor maps of a batch, vectorised (no Python loop over keypoints).
+
+    Same rules as :func:`to_map`, and the identical result when ``generator`` is None. All
+    keypoints of the batch are concatenated with a batch index ``b`` and a global index
+    ``i`` (increasing in OpenCV order within each sample). A stable sort by pixel
+    ``(b, row, col)`` puts each pixel's keypoints in OpenCV order, so the first of each run is
+    the pixel winner. With compression the winners are sorted by ``(block, key)`` and the
+    first of each block is kept, where ``key`` is ``i`` (first-placed, deterministic) or a
+    random permutation drawn from ``generator`` (uniform among a block's pixel winners,
+    reproducible for a given generator state). The kept descriptors are then written with a
+    single flat ``index_put_``.
+
+    On the CPU the output is allocated zero-filled by the OS (``calloc`` through
+    ``numpy.zeros``), which saves a second zeroing pass over the 8 MB/sample map.
+
+    Args:
+        xys: ``B`` float arrays/tensors ``(N_b, 2)`` of keypoint ``(x, y)`` (numpy or torch).
+        descs: ``B`` uint8 arrays/tensors ``(N_b, 128)`` in ``[0, 255]`` (numpy or torch).
+        size: side of the placement grid (the image size, e.g. 256).
+        compress: keep one keypoint per aligned 2×2 block (output side ``size // 2``).
+        generator: random block choice (on any device; the permutation is drawn on the
+            generator's device and moved); None → first-placed keypoint.
+        device: where to build the maps (default: CPU).
+
+    Returns:
+        float32 ``(B, 128, S, S)`` contiguous on ``device``, ``S = size // 2 if compress else
+        size``; values ``desc / 127.5 - 1`` in ``[-1, 1]`` at kept keypoints, 0 elsewhere.
+    """
+    if len(xys) != len(descs):
+        raise ValueError(f"{len(xys)} keypoint arrays but {len(descs)} descriptor arrays")
+    out_size = _check_size(size, compress)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    batch = len(xys)
+    shape = (batch, DESC_DIM, out_size, out_size)
+    if device.type == "cpu":
+        out = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    else:
+        out = torch.zeros(shape, dtype=torch.float32, device=device)
+
+    xy_list, desc_list, counts = [], [], []
+    for b in range(batch):
+        xy_b = _as_tensor(xys[b], torch.float32, (2,), f"xys[{b}]")
+        desc_b = _as_tensor(descs[b], torch.uint8, (DESC_DIM,), f"descs[{b}]")
+        if len(xy_b) != len(desc_b):
+            raise ValueError(f"sample {b}: {len(xy_b)} keypoints but {len(desc_b)} descriptors")
+        xy_list.append(xy_b)
+        desc_list.append(desc_b)
+        counts.append(len(xy_b))
+    total = sum(counts)
+    if total == 0:
+        return out
+
+    # concatenate where the inputs are (usually the CPU), then one transfer each
+    same_device = len({t.device for t in xy_list + desc_list}) == 1
+    xy = _cat_to(xy_list, device, same_device)  # (M, 2) float32
+    desc = _cat_to(desc_list, device, same_device)  # (M, 128) uint8
+    bidx = torch.repeat_interleave(
+        torch.arange(batch, device=device), torch.tensor(counts, device=device)
+    )  # (M,) sample of each keypoint
+    rows = (torch.ceil(xy[:, 1]) - 1).clamp(0, size - 1).long()
+    cols = (torch.ceil(xy[:, 0]) - 1).clamp(0, size - 1).long()
+
+    # 1. pixel winners: first keypoint (OpenCV order) of each (sample, row, col)
+    pixel = (bidx * size + rows) * size + cols
+    order = torch.sort(pixel, stable=True).indices  # ties keep increasing keypoint index
+    sorted_pixel = pixel[order]
+    first = torch.ones_like(sorted_pixel, dtype=torch.bool)
+    first[1:] = sorted_pixel[1:] != sorted_pixel[:-1]
+    sel = order[first]  # (P,) global indices of the pixel winners
+
+    # 2. compression: one pixel winner per aligned 2x2 block, the one with the smallest key
+    if compress:
+        rows, cols = rows // 2, cols // 2
+        if generator is None:
+            key = sel
+        else:
+            perm = torch.randperm(total, generator=generator, device=generator.device)
+            key = perm.to(device)[sel]
+        block = (bidx[sel] * out_size + rows[sel]) * out_size + cols[sel]
+        order = torch.sort(block * total + key).indices  # keys are unique: no ties
+        sorted_block = block[order]
+        first = torch.ones_like(sorted_block, dtype=torch.bool)
+        first[1:] = sorted_block[1:] != sorted_block[:-1]
+        sel = sel[order[first]]
+
+    # 3. write: flat index of (b, channel, row, col) for every kept keypoint and channel
+    plane = out_size * out_size
+    base = bidx[sel] * (DESC_DIM * plane) + rows[sel] * out_size + cols[sel]  # (K,)
+    flat_index = torch.arange(DESC_DIM, device=device).mul_(plane).unsqueeze(1) + base  # (128, K)
+    values = desc[sel].t().contiguous().to(torch.float32).div_(127.5).sub_(1.0)  # (128, K)
+    out.view(-1).index_put_((flat_index.view(-1),), values.view(-1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------
+
+_MAGIC = b"RASIFT01"
+_HEADER = np.dtype([("magic", "S8"), ("n", "<u4"), ("dim", "<u4")])
+
+
+def _encode_entry(xy: np.ndarray, desc: np.ndarray) -> bytes:
+    header = np.array([(_MAGIC, len(xy), DESC_DIM)], dtype=_HEADER).tobytes()
+    return (
+        header
+        + np.ascontiguousarray(xy, dtype="<f4").tobytes()
+        + np.ascontiguousarray(desc, dtype=np.uint8).tobytes()
+    )
+
+
+def _decode_entry(buf: bytearray) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a cache entry; ValueError when it is malformed."""
+    hsize = _HEADER.itemsize
+    if len(buf) < hsize:
+        raise ValueError("truncated header")
+    header = np.frombuffer(buf, dtype=_HEADER, count=1)[0]
+    n, dim = int(header["n"]), int(header["dim"])
+    if header["magic"] != _MAGIC or dim != DESC_DIM:
+        raise ValueError("bad magic or descriptor size")
+    if len(buf) != hsize + n * 8 + n * dim:
+        raise ValueError(f"size {len(buf)} does not match {n} keypoints")
+    xy = np.frombuffer(buf, dtype="<f4", count=2 * n, offset=hsize).reshape(n, 2)
+    desc = np.frombuffer(buf, dtype=np.uint8, count=n * dim, offset=hsize + 8 * n).reshape(n, dim)
+    return xy, desc
+
+
+class SiftCache:
+    """Sparse on-disk cache of :func:`extract` results.
+
+    Layout: ``root/<settings>/<k[:2]>/<k[2:]>.sift`` where ``k`` is the sha1 of the image
+    bytes, shape and dtype, and ``<settings>`` (``sift-ct<threshold>-<hash>``) is derived from
+    the contrast threshold, the OpenCV version and :data:`CACHE_FORMAT_VERSION`; a
+    ``settings.json`` in that folder says which. An entry holds a 16-byte header, ``xy``
+    float32 ``(N, 2)`` and ``desc`` uint8 ``(N, 128)``: ``16 + 136 N`` bytes (≈ 70 KB for
+    500 keypoints). Writes go to a temporary file in the same folder followed by
+    ``os.replace``, so several processes can fill the cache at once. A corrupt entry is
+    recomputed (and rewritten), never trusted.
+
+    The object holds only paths and settings and is cheap to pickle into DataLoader workers.
+
+    Args:
+        root: cache root folder (created on demand).
+        contrast_threshold: SIFT contrast threshold passed to :func:`extract`.
+    """
+
+    def __init__(self, root: str | os.PathLike, contrast_threshold: float = 0.03) -> None:
+        self.root = Path(os.path.expanduser(str(root)))
+        self.contrast_threshold = float(contrast_threshold)
+        self.settings = {
+            "contrast_threshold": repr(self.contrast_threshold),
+            "opencv": cv2.__version__,
+            "format": CACHE_FORMAT_VERSION,
+        }
+        digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
+        self.dir = self.root / f"sift-ct{self.contrast_threshold:g}-{digest[:12]}"
+        self._dir_ready = False
+
+    # -- keys and paths ------------------------------------------------------------------
+    @staticmethod
+    def key(image: np.ndarray) -> str:
+        """sha1 hex digest of the image bytes, shape and dtype (uint8 ``(H, W, 3)``)."""
+        image = np.ascontiguousarray(image)
+        h = hashlib.sha1(f"{image.dtype.str}{image.shape}".encode())
+        h.update(memoryview(image).cast("B"))
+        return h.hexdigest()
+
+    def path(self, image: np.ndarray) -> Path:
+        """Cache file of ``image`` (it may not exist yet)."""
+        k = self.key(image)
+        return self.dir / k[:2] / f"{k[2:]}.sift"
+
+    # -- reading and writing -------------------------------------------------------------
+    @staticmethod
+    def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """Read an entry; None when missing, a warning and None when corrupt."""
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                buf = bytearray(size)  # writable, so torch.from_numpy does not warn
+                got = f.readinto(buf)
+        except FileNotFoundError:
+            return None
+        try:
+            if got != size:
+                raise ValueError("short read")
+            return _decode_entry(buf)
+        except ValueError as exc:
+            log.warning("SIFT cache entry %s is corrupt (%s); recomputing it", path, exc)
+            return None
+
+    def _ensure_dir(self) -> None:
+        if self._dir_ready:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        info = self.dir / "settings.json"
+        if not info.exists():
+            self._atomic_write(info, json.dumps(self.settings, indent=2).encode())
+        self._dir_ready = True
+
+    @staticmethod
+    def _atomic_write(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        xy, desc = extract(image, self.contrast_threshold)
+        self._ensure_dir()
+        self._atomic_write(path, _encode_entry(xy, desc))
+        return xy, desc
+
+    # -- public API ----------------------------------------------------------------------
+    def get(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SIFT of ``image`` from the cache, computed and stored on a miss.
+
+        Args:
+            image: uint8 ``(H, W, 3)`` RGB in ``[0, 255]`` (as passed to :func:`extract`).
+
+        Returns:
+            ``(xy, desc)`` as :func:`extract`: float32 ``(N, 2)``, uint8 ``(N, 128)``.
+        """
+        path = self.path(image)
+        hit = self._read(path)
+        if hit is not None:
+            return hit
+        return self._compute_and_store(image, path)
+
+    def __contains__(self, image: np.ndarray) -> bool:
+        """True when an entry for ``image`` exists (it is not validated)."""
+        return self.path(image).is_file()
+
+    def fill(self, images: Iterable[np.ndarray]) -> int:
+        """Make sure every image of ``images`` is cached.
+
+        Args:
+            images: uint8 ``(H, W, 3)`` RGB images.
+
+        Returns:
+            The number of entries newly computed (missing or corrupt ones).
+        """
+        computed = 0
+        for image in images:
+            path = self.path(image)
+            if self._read(path) is None:
+                self._compute_and_store(image, path)
+                computed += 1
+        return computed
+
+    def __repr__(self) -> str:
+        return f"SiftCache({str(self.dir)!r})"

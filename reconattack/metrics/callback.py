@@ -1,0 +1,124 @@
+"""``ReconstructionMetrics``: the metrics callback every attack uses.
+
+Contract with LightningModules: ``validation_step`` / ``test_step`` return a dict with
+
+- ``"pred"``: (B, 3, H, W) reconstructions in [-1, 1] (detached),
+- ``"target"``: (B, 3, H, W) ground truth in [-1, 1] (detached),
+- optionally ``"scores"`` (N,) similarity scores and ``"is_same"`` (N,) bool labels of
+  verification pairs, for TPR@FAR.
+
+Steps returning ``None`` or a dict without these keys are ignored. Sanity-check batches are
+skipped. Batches of several validation dataloaders are pooled.
+
+At the end of each evaluation epoch every numeric result is logged as ``f"{stage}/{name}"``
+(``sync_dist=False``: the values are already global) and the full result dict — numbers and
+``"missing: <reason>"`` strings — is stored in ``self.results[stage]`` for the runner's
+``metrics.json``. Under ``ddp_spawn`` the callback object of the launching process does not see
+the workers' ``results``; only the logged numbers come back (``trainer.callback_metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+
+from reconattack.metrics.suite import MetricSuite
+
+
+class ReconstructionMetrics(pl.Callback):
+    """One :class:`MetricSuite` per evaluation stage, fed from the step outputs.
+
+    Args:
+        stages: stages to evaluate, out of ``("val", "test")``.
+        **suite_kwargs: :class:`MetricSuite` arguments (``metrics``, ``ssim_window``,
+            ``quantize``, ``weights``, ``download``, ``feature_nets``, ``far``, ...), shared by
+            all stages.
+
+    Attributes:
+        suites: ``{stage: MetricSuite}``.
+        results: ``{stage: {f"{stage}/{name}": float | "missing: ..."}}`` of the last epoch.
+    """
+
+    STAGES = ("val", "test")
+
+    def __init__(self, stages: Iterable[str] = STAGES, **suite_kwargs: Any) -> None:
+        super().__init__()
+        self.stages = tuple(str(s) for s in stages)
+        bad = sorted(set(self.stages) - set(self.STAGES))
+        if bad:
+            raise ValueError(f"unknown stages {bad}; choose from {list(self.STAGES)}")
+        self.suites: dict[str, MetricSuite] = {s: MetricSuite(**suite_kwargs) for s in self.stages}
+        self.results: dict[str, dict[str, float | str]] = {}
+
+    def flat_results(self) -> dict[str, float | str]:
+        """All stages' last results in one flat dict (``{"val/psnr": ..., "test/psnr": ...}``)."""
+        out: dict[str, float | str] = {}
+        for stage in self.stages:
+            out.update(self.results.get(stage, {}))
+        return out
+
+    # -------------------------------------------------------------------------------- shared
+    def _start(self, stage: str) -> None:
+        if stage in self.suites:
+            self.suites[stage].reset()
+
+    def _batch(self, stage: str, trainer: pl.Trainer, outputs: Any) -> None:
+        if stage not in self.suites or trainer.sanity_checking or not isinstance(outputs, Mapping):
+            return
+        suite = self.suites[stage]
+        if outputs.get("pred") is not None and outputs.get("target") is not None:
+            suite.update(outputs["pred"], outputs["target"])
+        if outputs.get("scores") is not None and outputs.get("is_same") is not None:
+            suite.update_verification(outputs["scores"], outputs["is_same"])
+
+    def _end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if stage not in self.suites:
+            return
+        suite = self.suites[stage]
+        if trainer.sanity_checking:
+            suite.reset()
+            return
+        values = suite.compute()  # collective under DDP: every process calls it
+        results = {f"{stage}/{name}": value for name, value in values.items()}
+        for key, value in results.items():
+            if not isinstance(value, str):
+                pl_module.log(key, float(value), sync_dist=False)
+        self.results[stage] = results
+        suite.reset()
+
+    # --------------------------------------------------------------------------------- hooks
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("val")
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch("val", trainer, outputs)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end("val", trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("test")
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch("test", trainer, outputs)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end("test", trainer, pl_module)

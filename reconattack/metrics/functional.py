@@ -1,0 +1,301 @@
+"""Functional forms of the reconstruction metrics (pure torch, device-agnostic).
+
+Every function takes batches and returns **per-image** values; averaging over a data set is
+left to the caller (:class:`reconattack.metrics.suite.MetricSuite` reports the mean of the
+per-image values, e.g. the mean PSNR, not the PSNR of the pooled MSE).
+
+Value ranges and directions of all metrics the framework reports are listed in
+:data:`METRIC_RANGES`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class MetricRange(NamedTuple):
+    """Value range and direction of a metric.
+
+    Attributes:
+        low: smallest possible value.
+        high: largest possible value (``math.inf`` when unbounded).
+        higher_is_better: direction of improvement.
+        note: what the value means (unit, reference).
+    """
+
+    low: float
+    high: float
+    higher_is_better: bool
+    note: str
+
+
+METRIC_RANGES: dict[str, MetricRange] = {
+    "mse": MetricRange(
+        0.0,
+        1.0,
+        False,
+        "mean squared error of images scaled to [0, 1] (per image, then averaged); 0 = identical",
+    ),
+    "psnr": MetricRange(
+        0.0,
+        math.inf,
+        True,
+        "peak signal-to-noise ratio in dB, mean of per-image values; inf for identical images",
+    ),
+    "ssim": MetricRange(
+        -1.0,
+        1.0,
+        True,
+        "structural similarity (Wang et al. 2004), mean over valid windows, channels and images",
+    ),
+    "fid": MetricRange(
+        0.0,
+        math.inf,
+        False,
+        "Frechet Inception Distance (Inception-v3 pool3, 2048-d) between the reconstruction "
+        "and ground-truth sets",
+    ),
+    "lpips": MetricRange(
+        0.0,
+        1.0,
+        False,
+        "LPIPS v0.1 AlexNet perceptual distance, mean of per-image values (about [0, 1]; "
+        "not strictly bounded above)",
+    ),
+    "clip": MetricRange(
+        -1.0,
+        1.0,
+        True,
+        "cosine similarity of CLIP ViT-B-32 image embeddings of reconstruction and ground truth",
+    ),
+    "tpr@far": MetricRange(
+        0.0,
+        1.0,
+        True,
+        "verification true-positive rate at the given false-accept rate (exact ROC)",
+    ),
+}
+
+
+def _check_pair(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
+        )
+    if pred.dim() != 4:
+        raise ValueError(f"expected (B, C, H, W) tensors, got shape {tuple(pred.shape)}")
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image mean squared error.
+
+    Args:
+        pred: (B, C, H, W) images, any range.
+        target: (B, C, H, W) images, same range as ``pred``.
+
+    Returns:
+        (B,) float tensor, mean over C, H, W of the squared differences; in [0, range²].
+    """
+    _check_pair(pred, target)
+    diff = pred.double() - target.double() if pred.device.type != "mps" else pred - target
+    return diff.square().flatten(1).mean(dim=1).to(torch.float32)
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
+    """Per-image peak signal-to-noise ratio in dB.
+
+    ``10 · log10(data_range² / MSE)`` for each image. Identical images (MSE = 0) give
+    ``+inf``; the caller averages per-image values (an ``inf`` makes the mean ``inf``,
+    which is the correct limit).
+
+    Args:
+        pred: (B, C, H, W) images in [0, data_range].
+        target: (B, C, H, W) images in [0, data_range].
+        data_range: the images' value range (1.0 for [0, 1], 255.0 for uint8-range values).
+
+    Returns:
+        (B,) float tensor in [0, inf) dB for images inside the range.
+    """
+    err = mse(pred, target)
+    return 10.0 * torch.log10(data_range**2 / err)
+
+
+def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _ssim_dtype(device: torch.device) -> torch.dtype:
+    # float64 where supported, so the result matches scikit-image (which works in float64)
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def ssim(
+    pred: Tensor,
+    target: Tensor,
+    data_range: float,
+    window: str = "gaussian",
+    win_size: int = 11,
+    sigma: float = 1.5,
+) -> Tensor:
+    """Per-image structural similarity (Wang et al. 2004) over the *valid* windows.
+
+    The SSIM map is computed without padding (``(H - win_size + 1) × (W - win_size + 1)``
+    windows, i.e. the 5-px borders of an 11-px window are excluded) and averaged over
+    positions and channels — as scikit-image and the reference MATLAB code do.
+    Constants K1 = 0.01, K2 = 0.03, ``C1 = (K1·data_range)²``, ``C2 = (K2·data_range)²``.
+
+    Windows:
+        - ``"gaussian"``: Gaussian window of ``win_size`` 11, σ 1.5, population covariance.
+          Matches ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+          use_sample_covariance=False, data_range=..., channel_axis=...)``.
+        - ``"uniform"``: uniform ``win_size``×``win_size`` window with sample covariance
+          (N/(N-1) correction). Matches ``structural_similarity(win_size=11,
+          data_range=..., channel_axis=...)`` — the CFGAN official code's setting (there on
+          uint8-range images with data_range 255).
+
+    Computed with a separable depthwise convolution, in float64 (float32 on MPS).
+
+    Args:
+        pred: (B, C, H, W) images in [0, data_range]; H, W ≥ ``win_size``.
+        target: (B, C, H, W) images in [0, data_range].
+        data_range: the images' value range (1.0 or 255.0).
+        window: ``"gaussian"`` or ``"uniform"``.
+        win_size: window side (odd).
+        sigma: Gaussian σ (``"gaussian"`` only).
+
+    Returns:
+        (B,) float tensor in [-1, 1].
+    """
+    _check_pair(pred, target)
+    if window not in ("gaussian", "uniform"):
+        raise ValueError(f"window must be 'gaussian' or 'uniform', got {window!r}")
+    if win_size % 2 != 1 or win_size < 3:
+        raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
+    _, c, h, w = pred.shape
+    if h < win_size or w < win_size:
+        raise ValueError(
+            f"SSIM with a {win_size}-px window needs images of at least "
+            f"{win_size}x{win_size} px, got {h}x{w}"
+        )
+    dtype = _ssim_dtype(pred.device)
+    # SSIM is invariant to a common rescaling of images and data range: work on [0, 1]
+    x = pred.to(dtype) / data_range
+    y = target.to(dtype) / data_range
+    if window == "gaussian":
+        k1d = _gaussian_kernel(win_size, sigma, dtype, pred.device)
+        cov_norm = 1.0
+    else:
+        k1d = torch.full((win_size,), 1.0 / win_size, dtype=dtype, device=pred.device)
+        n = win_size * win_size
+        cov_norm = n / (n - 1)
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (B, 5C, H, W)
+    groups = stack.shape[1]
+    kh = k1d.view(1, 1, win_size, 1).expand(groups, 1, win_size, 1)
+    kw = k1d.view(1, 1, 1, win_size).expand(groups, 1, 1, win_size)
+    filt = F.conv2d(F.conv2d(stack, kh, groups=groups), kw, groups=groups)
+    ux, uy, uxx, uyy, uxy = filt.split(c, dim=1)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1 = 0.01**2
+    c2 = 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(dim=1).to(torch.float32)
+
+
+def tpr_at_far(scores: Tensor, is_same: Tensor, far: float = 0.01) -> float:
+    """True-positive rate at a false-accept rate, from the exact ROC curve.
+
+    Every distinct score is a threshold (``score >= t`` accepts); tied scores move together,
+    as in ``sklearn.metrics.roc_curve(drop_intermediate=False)``, whose first point
+    (threshold +inf) is (FPR 0, TPR 0). The result is the largest TPR among the thresholds
+    with FPR ≤ ``far``.
+
+    Args:
+        scores: (N,) similarity scores, higher = more likely the same identity.
+        is_same: (N,) bool (or 0/1) labels, True for genuine pairs.
+        far: the false-accept rate, in [0, 1] (paper: 0.01).
+
+    Returns:
+        TPR in [0, 1].
+
+    Raises:
+        ValueError: no genuine or no impostor pairs, shape mismatch, NaN scores.
+    """
+    scores = torch.as_tensor(scores).detach().flatten().to("cpu", torch.float64)
+    labels = torch.as_tensor(is_same).detach().flatten().to("cpu").bool()
+    if scores.shape != labels.shape:
+        raise ValueError(
+            f"scores and is_same differ in length: {scores.numel()} vs {labels.numel()}"
+        )
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    n_pos = int(labels.sum())
+    n_neg = labels.numel() - n_pos
+    if n_pos == 0:
+        raise ValueError("TPR@FAR needs at least one genuine pair (is_same=True); got none")
+    if n_neg == 0:
+        raise ValueError("TPR@FAR needs at least one impostor pair (is_same=False); got none")
+    order = torch.argsort(scores, descending=True, stable=True)
+    s = scores[order]
+    lab = labels[order].to(torch.float64)
+    # last index of each run of equal scores = one ROC point per distinct threshold
+    last = torch.nonzero(s[1:] != s[:-1]).flatten()
+    last = torch.cat([last, torch.tensor([s.numel() - 1])])
+    tps = torch.cumsum(lab, 0)[last]
+    fps = (last + 1).to(torch.float64) - tps
+    tpr = torch.cat([torch.zeros(1, dtype=torch.float64), tps / n_pos])
+    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fps / n_neg])
+    return float(tpr[fpr <= far].max())
+
+
+def _sqrtm_psd(mat: Tensor) -> Tensor:
+    """Square root of a symmetric positive semi-definite matrix via eigen-decomposition."""
+    vals, vecs = torch.linalg.eigh(mat)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def fid_from_features(real: Tensor, fake: Tensor) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets.
+
+    ``‖μ_r − μ_f‖² + tr(Σ_r) + tr(Σ_f) − 2·tr((Σ_r Σ_f)^½)`` with unbiased covariances
+    (N − 1), computed in float64. ``tr((Σ_r Σ_f)^½)`` is obtained without SciPy as the sum
+    of the square roots of the eigenvalues of the symmetric PSD matrix
+    ``Σ_r^½ Σ_f Σ_r^½`` (which has the same spectrum as ``Σ_r Σ_f``).
+
+    Args:
+        real: (N, D) features of the real images, N ≥ 2.
+        fake: (M, D) features of the reconstructions, M ≥ 2.
+
+    Returns:
+        The distance, in [0, inf); lower is better.
+    """
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(
+            f"expected (N, D) and (M, D) features, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
+    if real.shape[0] < 2 or fake.shape[0] < 2:
+        raise ValueError(
+            f"FID needs at least 2 real and 2 fake samples, got {real.shape[0]} and {fake.shape[0]}"
+        )
+    dev = real.device if real.device.type != "mps" else torch.device("cpu")
+    r = real.detach().to(dev, torch.float64)
+    f = fake.detach().to(dev, torch.float64)
+    mu_r, mu_f = r.mean(0), f.mean(0)
+    cov_r = torch.cov(r.T).reshape(r.shape[1], r.shape[1])
+    cov_f = torch.cov(f.T).reshape(f.shape[1], f.shape[1])
+    sq = _sqrtm_psd(cov_r)
+    middle = sq @ cov_f @ sq
+    middle = (middle + middle.T) / 2
+    tr_covmean = torch.linalg.eigvalsh(middle).clamp_min(0).sqrt().sum()
+    val = (mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * tr_covmean
+    return max(float(val), 0.0)

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reconattack.data.cfgan import CFGANDataModule, collate_sift, make_split, split_counts
+from reconattack.data.images import DataNotFoundError
+from reconattack.data.sift import build_maps
+from tests.helpers import make_image_folder
+
+
+def _dm(tmp_path, root, **kw):
+    args = dict(source={"kind": "folder", "path": str(root)}, image_size=32, val=2, test=2,
+                cache_dir=str(tmp_path / "cache"), run_dir=str(tmp_path / "run"), batch_size=2)
+    args.update(kw)
+    return CFGANDataModule(**args)
+
+
+def test_split_counts_fractions_and_counts():
+    assert split_counts(100, 0.1, 0.1) == (80, 10, 10)
+    assert split_counts(100, 10, 20) == (70, 10, 20)
+    assert split_counts(30, 0, 1.0) == (0, 0, 30)
+    with pytest.raises(ValueError, match="only 5"):
+        split_counts(5, 3, 3)
+
+
+def test_make_split_is_seeded_and_disjoint():
+    names = [f"n{i}" for i in range(50)]
+    a, b = make_split(names, 0.1, 0.1, seed=3), make_split(names, 0.1, 0.1, seed=3)
+    assert a == b and make_split(names, 0.1, 0.1, seed=4) != a
+    assert sorted(a["train"] + a["val"] + a["test"]) == sorted(names)
+    assert len(make_split(names, 0.1, 0.1, seed=0, max_images=20)["test"]) == 2
+
+
+def test_datamodule_batches_and_split_file(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n=8, size=40)
+    dm = _dm(tmp_path, root)
+    dm.prepare_data()
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    maps = build_maps(batch["xy"], batch["desc"], 32, True)
+    assert maps.shape == (2, 128, 16, 16) and (maps != 0).any()
+    saved = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert {k: len(v) for k, v in saved["split"].items()} == {"train": 4, "val": 2, "test": 2}
+
+
+def test_unreadable_images_are_skipped_with_a_warning(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "imgs", n=6, size=40)
+    (root / "broken.png").write_bytes(b"not an image at all")
+    dm = _dm(tmp_path, root, val=1, test=1)
+    dm.prepare_data()
+    dm.setup()
+    assert "broken.png" in caplog.text
+    used = [n for part in dm.split.values() for n in part]
+    assert len(used) == 6 and not any("broken" in n for n in used)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    dm = _dm(tmp_path, tmp_path / "empty")
+    with pytest.raises(DataNotFoundError, match=str(tmp_path / "empty")):
+        dm.prepare_data()
+
+
+def test_max_images_scans_only_the_selected_subset(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "imgs", n=12, size=40)
+    dm = _dm(tmp_path, root, max_images=6, val=1, test=1)
+    calls = []
+    orig = dm.cache.get
+    monkeypatch.setattr(dm.cache, "get", lambda img: calls.append(1) or orig(img))
+    dm.prepare_data()
+    assert len(calls) == 6
+    dm.setup()
+    assert sum(len(v) for v in dm.split.values()) == 6
+
+
+def test_image_without_keypoints_gives_an_all_zero_map(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    import cv2
+
+    for i in range(4):
+        cv2.imwrite(str(root / f"flat{i}.png"), np.full((40, 40, 3), 120, np.uint8))
+    dm = _dm(tmp_path, root, val=0, test=1)
+    dm.prepare_data()
+    dm.setup()
+    item = dm.datasets["train"][0]
+    assert item["xy"].shape == (0, 2)
+    maps = build_maps(collate_sift([item])["xy"], [item["desc"]], 32, True)
+    assert maps.abs().sum() == 0
+
+
+def test_hflip_extracts_sift_after_flipping(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n=4, size=32)
+    dm = _dm(tmp_path, root, val=0, test=1, hflip=True)
+    dm.prepare_data()
+    dm.setup()
+    ds = dm.datasets["train"]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        item = ds[0]
+        img = item["image"].permute(1, 2, 0).numpy()
+        xy, desc = dm.cache.get(np.ascontiguousarray(img))
+        assert np.array_equal(xy, item["xy"].numpy())  # keypoints belong to the shown image
+        seen.add(img.tobytes())
+    assert len(seen) == 2

@@ -1,0 +1,326 @@
+"""Loading code of the metric networks (SPEC §5): local cache, local file, missing, offline.
+
+Every test blocks the network and records attempts; the weights saved here are random state
+dicts in each library's own format, placed where the library's cache would keep them.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+import warnings
+
+import pytest
+import torch
+
+from reconattack.metrics import pretrained as P
+from reconattack.utils.weights import MissingWeightsError
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+@pytest.fixture
+def net_calls(monkeypatch, tmp_path):
+    """Block and record every network entry point; private TORCH_HOME, offline by default."""
+    calls: list[str] = []
+
+    def blocker(name):
+        def _f(*args, **kwargs):
+            calls.append(name)
+            raise OSError(f"network access attempted in a test ({name})")
+
+        return _f
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    monkeypatch.setattr(socket, "getaddrinfo", blocker("getaddrinfo"))
+    monkeypatch.setattr(socket, "create_connection", blocker("create_connection"))
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a, **k: blocker("connect")())
+    monkeypatch.setattr(urllib.request, "urlopen", blocker("urlopen"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", blocker("download_url_to_file"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", blocker("load_state_dict_from_url"))
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", blocker("torch_fidelity"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("RECONATTACK_OFFLINE", "1")
+    return calls
+
+
+def _hub_file(name):
+    d = P.INCEPTION_WEIGHTS.cache_file.parent
+    d.mkdir(parents=True, exist_ok=True)
+    return d / name
+
+
+def _assert_same_state(module_state, saved, rename=lambda k: k):
+    for key, value in module_state.items():
+        assert torch.equal(value.cpu(), saved[rename(key)]), key
+
+
+# ---------------------------------------------------------------------------------- LPIPS
+def test_lpips_missing_names_the_cache_file(net_calls):
+    t = time.perf_counter()
+    with pytest.raises(MissingWeightsError) as err:
+        P.load_lpips()
+    msg = str(err.value)
+    assert str(_hub_file(ALEXNET_FILE)) in msg and P.ALEXNET_URL in msg
+    assert net_calls == []
+    assert time.perf_counter() - t < 30  # fails at once, no retry loop (generous for slow CI)
+
+
+def test_lpips_loads_torchvision_alexnet_from_hub_cache(net_calls):
+    import lpips
+    import torchvision
+
+    torch.manual_seed(0)
+    saved = torchvision.models.alexnet().state_dict()  # torchvision's format, random weights
+    torch.save(saved, _hub_file(ALEXNET_FILE))
+    dist = P.load_lpips()
+    assert net_calls == []
+
+    # trunk = the saved weights: net.slice{k}.{i}.* <- features.{i}.*
+    _assert_same_state(dist.net.net.state_dict(), saved, lambda k: "features." + k.split(".", 1)[1])
+    # linear layers = the ones shipped inside the lpips package
+    with warnings.catch_warnings():  # lpips uses torchvision's deprecated `pretrained`
+        warnings.simplefilter("ignore")
+        ref = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    for i in range(5):
+        assert torch.equal(
+            getattr(dist.net, f"lin{i}").model[1].weight, getattr(ref, f"lin{i}").model[1].weight
+        )
+    assert not any(p.requires_grad for p in dist.parameters())
+
+    x = torch.rand(3, 3, 40, 40) * 2 - 1
+    d = dist(x, x.flip(0))
+    assert d.shape == (3,) and (d >= 0).all()
+    assert dist(x, x).abs().max() < 1e-6
+    # images below AlexNet's minimum size are upsampled, not rejected
+    assert dist(x[:, :, :16, :16], x.flip(0)[:, :, :16, :16]).shape == (3,)
+
+
+def test_lpips_local_file_and_bad_files(net_calls, tmp_path):
+    import torchvision
+
+    saved = torchvision.models.alexnet().features.state_dict()
+    saved = {f"features.{k}": v for k, v in saved.items()}
+    local = tmp_path / "my_alexnet.pth"
+    torch.save(saved, local)
+    dist = P.load_lpips(path=local)
+    assert torch.equal(dist.net.net.slice5._modules["10"].weight, saved["features.10.weight"])
+
+    with pytest.raises(MissingWeightsError, match="does not exist") as err:
+        P.load_lpips(path=tmp_path / "absent.pth")
+    assert str(tmp_path / "absent.pth") in str(err.value)
+
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(MissingWeightsError, match="not a torchvision AlexNet"):
+        P.load_lpips(path=tmp_path / "wrong.pth")
+    assert net_calls == []
+
+
+# ------------------------------------------------------------------------------------ FID
+def test_fid_missing_names_the_cache_file(net_calls):
+    t = time.perf_counter()
+    with pytest.raises(MissingWeightsError) as err:
+        P.load_fid()
+    assert str(_hub_file(INCEPTION_FILE)) in str(err.value)
+    assert P.INCEPTION_URL in str(err.value)
+    assert net_calls == []
+    assert time.perf_counter() - t < 30
+
+
+def test_fid_download_failure_is_missing_not_a_crash(net_calls, monkeypatch):
+    monkeypatch.delenv("RECONATTACK_OFFLINE")
+    with pytest.raises(MissingWeightsError, match="download") as err:
+        P.load_fid(download=True)
+    assert str(_hub_file(INCEPTION_FILE)) in str(err.value)
+    assert net_calls == ["download_url_to_file"]  # one attempt, through our resolver only
+    assert not _hub_file(INCEPTION_FILE).exists()
+
+
+def _random_inception_state():
+    """A torch-fidelity Inception state dict with random weights (no download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Random(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # keep the random init
+            return None
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    orig = tf_inception.load_state_dict_from_url
+    tf_inception.load_state_dict_from_url = lambda *a, **k: {}
+    try:
+        torch.manual_seed(0)
+        net = _Random("inception-v3-compat", ["2048"])
+    finally:
+        tf_inception.load_state_dict_from_url = orig
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_fid_loads_torch_fidelity_inception_from_hub_cache(net_calls):
+    saved = _random_inception_state()
+    torch.save(saved, _hub_file(INCEPTION_FILE))
+    fid = P.load_fid()
+    assert net_calls == []
+    _assert_same_state(fid.inception.state_dict(), saved)
+    assert fid.reset_real_features is False
+    imgs = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    fid.update(imgs, real=True)
+    assert fid.real_features_sum.shape == (2048,)
+    assert int(fid.real_features_num_samples) == 2
+
+
+def test_fid_rejects_a_foreign_file(net_calls, tmp_path):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "foreign.pth")
+    with pytest.raises(MissingWeightsError, match="not a torch-fidelity Inception"):
+        P.load_fid(path=tmp_path / "foreign.pth")
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        P.load_fid(path=tmp_path / "absent.pth")
+    assert net_calls == []
+
+
+# ----------------------------------------------------------------------------------- CLIP
+TINY = "tiny-test-clip"
+TINY_REPO = "test-org/tiny-clip"
+
+
+@pytest.fixture
+def tiny_clip(monkeypatch):
+    """Register a tiny open_clip architecture and a pretrained tag on the HF Hub (fake)."""
+    from open_clip import factory
+    from open_clip import pretrained as oc_pretrained
+
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 16,
+            "head_width": 16,
+        },
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1},
+    }
+    monkeypatch.setitem(factory._MODEL_CONFIGS, TINY, cfg)
+    tag = oc_pretrained._pcfg(hf_hub=f"{TINY_REPO}/", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    monkeypatch.setitem(oc_pretrained._PRETRAINED, TINY, {"tag": tag})
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY)
+    return {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _fake_hf_cache(root, repo, filename, state):
+    """The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<rev>/file}."""
+    from safetensors.torch import save_file
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    base = root / ("models--" + repo.replace("/", "--"))
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(rev)
+    (base / "snapshots" / rev).mkdir(parents=True)
+    save_file(state, str(base / "snapshots" / rev / filename))
+
+
+def test_clip_missing_names_file_and_cache(net_calls, tmp_path):
+    t = time.perf_counter()
+    with pytest.raises(MissingWeightsError) as err:
+        P.load_clip(cache_dir=tmp_path / "hf")
+    msg = str(err.value)
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in msg
+    assert "open_clip_model.safetensors" in msg and str(tmp_path / "hf") in msg
+    assert net_calls == []
+    assert time.perf_counter() - t < 30
+
+
+def test_clip_unreachable_hub_fails_fast(net_calls, tmp_path, monkeypatch, tiny_clip):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("RECONATTACK_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    t = time.perf_counter()
+    with pytest.raises(MissingWeightsError, match="not reachable"):
+        P.load_clip(model_name=TINY, pretrained="tag", cache_dir=tmp_path / "hf")
+    assert net_calls  # one metadata request, blocked
+    assert time.perf_counter() - t < 30  # huggingface_hub alone would retry for ~25 s per file
+
+
+def test_clip_loads_from_hf_cache(net_calls, tmp_path, tiny_clip):
+    _fake_hf_cache(tmp_path / "hf", TINY_REPO, "open_clip_model.safetensors", tiny_clip)
+    enc = P.load_clip(model_name=TINY, pretrained="tag", cache_dir=tmp_path / "hf")
+    assert net_calls == []
+    _assert_same_state(enc.visual.state_dict(), tiny_clip, lambda k: "visual." + k)
+    assert enc.size == (32, 32)
+    torch.testing.assert_close(enc.mean.flatten(), torch.tensor([0.5, 0.4, 0.3]))
+    torch.testing.assert_close(enc.std.flatten(), torch.tensor([0.2, 0.25, 0.3]))
+    emb = enc(torch.rand(2, 3, 40, 48))
+    assert emb.shape == (2, 16)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+
+
+def test_clip_loads_pytorch_bin_fallback(net_calls, tmp_path, tiny_clip):
+    from safetensors.torch import load_file
+
+    _fake_hf_cache(tmp_path / "hf", TINY_REPO, "open_clip_model.safetensors", tiny_clip)
+    # move the file to the .bin name (torch pickle) to exercise open_clip's fallback name
+    snap = next((tmp_path / "hf").glob("models--*/snapshots/*"))
+    state = load_file(str(snap / "open_clip_model.safetensors"))
+    (snap / "open_clip_model.safetensors").unlink()
+    torch.save(state, snap / "open_clip_pytorch_model.bin")
+    enc = P.load_clip(model_name=TINY, pretrained="tag", cache_dir=tmp_path / "hf")
+    _assert_same_state(enc.visual.state_dict(), tiny_clip, lambda k: "visual." + k)
+    assert net_calls == []
+
+
+def test_clip_local_file(net_calls, tmp_path, tiny_clip):
+    torch.save(tiny_clip, tmp_path / "clip.pt")
+    enc = P.load_clip(path=tmp_path / "clip.pt", model_name=TINY, pretrained="tag")
+    _assert_same_state(enc.visual.state_dict(), tiny_clip, lambda k: "visual." + k)
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        P.load_clip(path=tmp_path / "absent.pt", model_name=TINY)
+    with pytest.raises(ValueError, match="unknown open_clip pretrained tag"):
+        P.load_clip(model_name=TINY, pretrained="nope", cache_dir=tmp_path)
+    assert net_calls == []
+
+
+def test_clip_preprocessing_matches_open_clip_transform():
+    import open_clip
+    from PIL import Image
+    from skimage import data
+
+    img = data.astronaut()[::2, ::2][:200, :256]  # 200×256, not square
+    ref = open_clip.image_transform(224, is_train=False)(Image.fromarray(img))
+    enc = P.ClipImageEncoder(torch.nn.Identity())
+    ours = enc.preprocess(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0]
+    assert ours.shape == ref.shape == (3, 224, 224)
+    # PIL's and torch's antialiased bicubic differ slightly; normalised units (σ ≈ 0.27)
+    assert (ours - ref).abs().mean() < 0.01
+
+
+def test_suite_uses_the_cached_inception_and_keeps_real_statistics(net_calls):
+    from reconattack.metrics.suite import MetricSuite
+
+    torch.save(_random_inception_state(), _hub_file(INCEPTION_FILE))
+    suite = MetricSuite(metrics=("fid",))
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 3, 24, 24, generator=g) * 2 - 1
+    pred = (target + 0.5 * torch.randn(1, 3, 24, 24, generator=g)).clamp(-1, 1)
+    suite.update(pred, target)
+    assert suite.compute()["fid"].startswith("missing: ")  # FID needs >= 2 images per set
+    assert net_calls == []
+    fid = suite._fid_metric
+    real_sum, fake_sum = fid.real_features_sum.clone(), fid.fake_features_sum.clone()
+    with torch.no_grad():  # the Inception must have seen rounded uint8 images
+        real = fid.inception(((target + 1) / 2 * 255).round().to(torch.uint8)).double()
+    torch.testing.assert_close(real_sum, real.sum(0), rtol=1e-5, atol=1e-5)
+
+    suite.reset()  # first epoch done: its real statistics are kept, reconstructions cleared
+    suite.update(pred, target)
+    assert int(fid.real_features_num_samples) == 1 and int(fid.fake_features_num_samples) == 1
+    torch.testing.assert_close(fid.real_features_sum, real_sum)
+    torch.testing.assert_close(fid.fake_features_sum, fake_sum)
+    # (the 2048-d FID itself is torchmetrics' computation; not run here: slow on CPU)
