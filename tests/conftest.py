@@ -21,5 +21,12 @@ def _offline_and_isolated(monkeypatch, tmp_path_factory):
     def _no_network(*args, **kwargs):
         raise OSError("network access is disabled in tests")
 
+    real_connect = socket.socket.connect
+
+    def _connect(self, address, *args, **kwargs):  # local (AF_UNIX) sockets stay usable
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return real_connect(self, address, *args, **kwargs)
+        return _no_network()
+
     monkeypatch.setattr(socket, "create_connection", _no_network)
-    monkeypatch.setattr(socket.socket, "connect", lambda self, *a, **k: _no_network())
+    monkeypatch.setattr(socket.socket, "connect", _connect)

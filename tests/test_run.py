@@ -151,7 +151,8 @@ def test_cli_multirun_sweep(tmp_path):
 
     written = write_reports(tmp_path)
     table = (tmp_path / "report.md").read_text()
-    assert "test/psnr" in table and "±" in table and any(p.suffix == ".png" for p in written) is False
+    assert "test/psnr" in table and "±" in table and "| 2 |" in table  # 2 seeds, one row
+    assert not any(p.suffix == ".png" for p in written)  # only the seed varies: nothing to plot
 
 
 def test_cli_ddp_cpu_two_processes(tmp_path):

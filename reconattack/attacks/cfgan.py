@@ -389,6 +389,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     fine_ckpt = require_file(cfg.attack.get("fine_checkpoint"), "attack.fine_checkpoint")
     dm = hydra.utils.instantiate(cfg.data, run_dir=str(run_dir))
     final_scale = dm.image_size // dm.map_size
+    dm.check()  # the data is there (clear message naming the path and layout otherwise)
     vgg = _vgg_features(cfg)  # fails early, before any training, when VGG weights are missing
     dm.prepare_data()
     dm.setup("fit")

@@ -48,6 +48,11 @@ def make_source(kind: str, path: str | None = None, n: int | None = None):
         raise ValueError(f"data.source.kind must be one of {SOURCE_KINDS}, got {kind!r}")
     if not path:
         raise ValueError(f"data.source.path is required for data.source.kind={kind!r}")
+    if kind == "auto" and not Path(path).exists():
+        raise DataNotFoundError(
+            f"{path} does not exist; expected LSUN's LMDB export (a directory holding data.mdb) "
+            f"or a folder of image files (set paths.data_dir or the RECONATTACK_DATA environment "
+            f"variable to the datasets root)")
     return open_source(kind, path)
 
 
@@ -181,6 +186,11 @@ class CFGANDataModule(pl.LightningDataModule):
         if self.source is None:
             self.source = make_source(self.source_cfg.get("kind", "auto"), self.source_cfg.get("path"))
         return self.source
+
+    def check(self) -> None:
+        """Open the data source now: raises DataNotFoundError (naming the path and the expected
+        layout) when the data is not there."""
+        self._open()
 
     def _unreadable_file(self) -> Path:
         key = (f"{self.source_cfg.get('kind')}:{self.source_cfg.get('path')}:{self.image_size}:"
