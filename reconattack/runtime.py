@@ -61,11 +61,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
     cbs += callbacks or []
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.pop("callbacks", None)
+    tcfg.setdefault("enable_checkpointing", False)
     tcfg.update(overrides)
     return hydra.utils.instantiate(
         tcfg, max_steps=max_steps, logger=logger if logger is not None else False,
-        callbacks=cbs, default_root_dir=str(run_dir / "checkpoints" / stage),
-        enable_checkpointing=False, _convert_="all")
+        callbacks=cbs, default_root_dir=str(run_dir / "checkpoints" / stage), _convert_="all")
 
 
 def save_grid(columns: list[torch.Tensor], path: Path, max_rows: int = 8) -> None:

@@ -161,3 +161,31 @@ def test_cli_ddp_cpu_two_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert isinstance(m["test/psnr"], float) and isinstance(m["baseline/shuffled_sift/psnr"], float)
+
+
+def test_stage_checkpoints_and_resume(tmp_path):
+    base = [*tiny_overrides(tmp_path / "a"), "attack.stages=[coarse]"]
+    base = [o for o in base if "fast_dev_run" not in o]
+    run(compose_cfg([*base, "attack.steps.coarse=4", "attack.checkpoint_every=2", "attack.controls=false"]))
+    last = tmp_path / "a" / "run" / "checkpoints" / "coarse" / "last.ckpt"
+    assert last.is_file()
+    import torch
+
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 8  # 4 D + 4 G steps
+    resumed = [*tiny_overrides(tmp_path / "b"), "attack.stages=[coarse]", "attack.steps.coarse=6",
+               "attack.controls=false", f"attack.resume.coarse={last}"]
+    resumed = [o for o in resumed if "fast_dev_run" not in o]
+    run(compose_cfg(resumed))
+    final = torch.load(tmp_path / "b" / "run" / "checkpoints" / "coarse.ckpt", map_location="cpu",
+                       weights_only=False)
+    assert final["global_step"] == 12
+
+
+def test_slurm_launcher_preset_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["+launcher=slurm", "+experiment=cfgan_celebahq"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 2 and cfg.trainer.accelerator == "gpu"

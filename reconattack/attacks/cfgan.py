@@ -313,15 +313,28 @@ def _steps_to_trainer_steps(module: CFGANStage, steps: int) -> int:
 
 
 def fit_stage(cfg: DictConfig, run_dir: Path, module: CFGANStage, dm, logger) -> Path:
-    """Train one stage for ``cfg.attack.steps[stage]`` steps; returns its checkpoint path."""
+    """Train one stage for ``cfg.attack.steps[stage]`` steps; returns its checkpoint path.
+
+    Every ``cfg.attack.checkpoint_every`` steps the latest state is kept in
+    ``checkpoints/<stage>/last.ckpt``; ``cfg.attack.resume[stage]`` resumes from such a file.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
     steps = int(cfg.attack.steps[module.stage])
     val_cb = _metric_callback(cfg, ("val",), metrics=("mse", "psnr", "ssim"))
     has_val = len(dm.datasets.get("val", ())) > 0
+    callbacks = [val_cb]
+    every = cfg.attack.get("checkpoint_every")
+    if every:
+        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints" / module.stage),
+                                         filename="last", save_top_k=1, enable_version_counter=False,
+                                         every_n_train_steps=_steps_to_trainer_steps(module, int(every))))
+    resume = require_file((cfg.attack.get("resume") or {}).get(module.stage), f"attack.resume.{module.stage}")
     trainer = make_trainer(cfg, run_dir, module.stage, _steps_to_trainer_steps(module, steps),
-                           logger=logger, callbacks=[val_cb],
+                           logger=logger, callbacks=callbacks, enable_checkpointing=bool(every),
                            check_val_every_n_epoch=int(cfg.attack.val_every_n_epochs),
                            **({} if has_val else {"limit_val_batches": 0}))
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     ckpt = run_dir / "checkpoints" / f"{module.stage}.ckpt"
     trainer.save_checkpoint(str(ckpt))
     log.info("%s stage: %d steps, checkpoint %s", module.stage, steps, ckpt)
