@@ -189,3 +189,11 @@ def test_slurm_launcher_preset_composes():
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 2 and cfg.trainer.accelerator == "gpu"
+
+
+def test_grad_clip_cosine_schedule_and_warm_start_options(tmp_path):
+    cfg = compose_cfg([*tiny_overrides(tmp_path), "attack.grad_clip=0.5", "attack.lr_schedule=cosine",
+                       "attack.fine_init_from_coarse=true"])
+    assert isinstance(run(cfg)["test/psnr"], float)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        run(compose_cfg([*tiny_overrides(tmp_path / "b"), "attack.lr_schedule=linear"]))

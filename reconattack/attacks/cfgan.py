@@ -183,11 +183,11 @@ class CFGANStage(pl.LightningModule):
         terms["total"] = sum(self.w[k] * v for k, v in terms.items())
         return terms
 
-    def _step(self, opt, loss: torch.Tensor, params) -> None:
+    def _step(self, opt, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.grad_clip:  # Lightning unscales mixed-precision gradients before clipping
+            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -199,12 +199,12 @@ class CFGANStage(pl.LightningModule):
         if self.discriminator is not None:
             self.toggle_optimizer(opt_d)
             d_loss = ragan_d_loss(self.discriminator(real), self.discriminator(fake.detach()))
-            self._step(opt_d, d_loss, self.discriminator.parameters())
+            self._step(opt_d, d_loss)
             self.untoggle_optimizer(opt_d)
             logs["loss_d"] = d_loss.detach()
             self.toggle_optimizer(opt_g)
         terms = self.generator_losses(fake, real)
-        self._step(opt_g, terms["total"], self.generator.parameters())
+        self._step(opt_g, terms["total"])
         if self.discriminator is not None:
             self.untoggle_optimizer(opt_g)
         self._step_schedulers()
