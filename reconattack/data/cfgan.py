@@ -210,8 +210,7 @@ class CFGANDataModule(pl.LightningDataModule):
         """Check the data, fill the SIFT cache of the selected images (in parallel with
         ``num_workers`` processes) and record unreadable files. Called on rank 0 only."""
         source = self._open()
-        indices = self._selected([source.name(i) for i in range(len(source))]) if self.max_images else \
-            list(range(len(source)))
+        indices = self._selected([source.name(i) for i in range(len(source))])
         if self.num_workers > 1 and len(indices) > 64:
             with get_context("spawn").Pool(self.num_workers, initializer=_scan_init,
                                            initargs=(source, self.cache, self.image_size)) as pool:
