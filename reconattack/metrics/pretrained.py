@@ -353,7 +353,7 @@ def _find_or_download_clip(
             f"on a machine with internet run `hf download {repo_id} {files[0]}` (or "
             f"`python -c \"import open_clip; open_clip.create_model('{model_name}', "
             f"pretrained='{tag}')\"`) and copy the Hugging Face cache to {cache}, or download "
-            f"{web} and name the file in the config (MetricSuite weights['clip'])"
+            f"{web} and name the file in the config (metrics.weights.clip=...)"
         )
         if not download or offline() or _hf_offline():
             raise MissingWeightsError(
@@ -403,7 +403,7 @@ def _find_or_download_clip(
             ) from exc
     raise MissingWeightsError(
         f"{name}: the tag has no download source; name a local file in "
-        "the config (MetricSuite weights['clip'])."
+        "the config (metrics.weights.clip=...)."
     )
 
 
