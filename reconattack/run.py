@@ -56,8 +56,7 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s: %s", type(exc).__name__, exc)
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s: %s", type(exc).__name__, exc)  # console (stderr) and run.log
         sys.exit(2)
     key = cfg.get("optimized_metric")
     value = metrics.get(key) if key else None

@@ -428,12 +428,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
         # hand the *trained* coarse net over explicitly: a fresh instance loaded from its checkpoint
         frozen = load_generator_weights(copy.deepcopy(coarse.generator), coarse_ckpt, prefix)
         fine = build_stage(cfg, "fine", final_scale, coarse=frozen, vgg=vgg)
-        if cfg.attack.get("fine_init_from_coarse", False) and fine_ckpt is None:
-            log.info("fine stage: warm start from the coarse net (%d tensors)",
-                     init_fine_from_coarse(fine.generator, frozen))
         if fine_ckpt is not None:
             load_generator_weights(fine.generator, fine_ckpt, "generator.")
         else:
+            if cfg.attack.get("fine_init_from_coarse", False):
+                log.info("fine stage: warm start from the coarse net (%d tensors)",
+                         init_fine_from_coarse(fine.generator, frozen))
             fit_stage(cfg, run_dir, fine, dm, logger)
         metrics.update({f"coarse/{k}": v for k, v in test_stage(cfg, run_dir, coarse, dm, logger).items()
                         if k.split("/")[-1] in ("mse", "psnr", "ssim")})
