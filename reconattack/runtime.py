@@ -21,9 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
+def process_rank() -> int:
+    """Global rank of this process from the launcher's environment (0 before any process group
+    exists and for single-process runs): ``RANK`` (torchrun, Lightning's DDP launcher),
+    ``SLURM_PROCID`` (srun with several tasks), ``LOCAL_RANK``."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "") != "":
+            if var == "SLURM_PROCID" and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+                continue
+            return int(os.environ[var])
+    return 0
+
+
 def is_global_zero() -> bool:
     """True on the main process (rank 0), also before a process group exists."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    return process_rank() == 0
 
 
 def make_logger(cfg: DictConfig, run_dir: Path):

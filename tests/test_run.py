@@ -14,7 +14,7 @@ from reconattack.run import run
 from tests.helpers import CONF_DIR, compose_cfg, make_image_folder, make_lmdb, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("cfgan_*.yaml"))  # AVIH: tests/attacks
 PAPER_TINY = [  # paper depth, tiny widths: keeps the structure, runs in seconds
     "model.coarse.enc_channels=[8,8,8,8,8,8]",
     "model.coarse.dec_channels=[8,8,8,8,8,8]",

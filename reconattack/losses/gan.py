@@ -25,3 +25,33 @@ def ragan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 def ragan_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Generator adversarial loss, paper eq. 6: -E log D'(fake) - E log(1 - D'(real)). Scalar."""
     return _bce(fake_logits - real_logits.mean(), 1.0) + _bce(real_logits - fake_logits.mean(), 0.0)
+
+
+# --- JS-divergence GAN losses for a tanh-activated PatchGAN (AVIH DR attack, paper eqs. 11-13) ---
+#
+# D(x) = tanh(s) in (-1, 1) with s the pre-activation patch score (PatchGAN.scores); its
+# probability of "real" is p = (1 + tanh(s)) / 2 = sigmoid(2 s), so every log is a softplus
+# of 2 s: -log p = softplus(-2 s), -log(1 - p) = softplus(2 s) (finite for any s).
+
+
+def js_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss, paper eq. 13: E[-log p(real)] + E[-log(1 - p(fake))].
+
+    real_scores / fake_scores: pre-activation scores s of any shape (e.g. PatchGAN patch maps
+    (B, 1, h, w); fake detached by the caller); each expectation is the mean over its tensor.
+    p = (1 + tanh(s)) / 2 = sigmoid(2 s). Scalar >= 0 (2 log 2 at s = 0).
+    """
+    return _bce(2 * real_scores, 1.0) + _bce(2 * fake_scores, 0.0)
+
+
+def js_g_loss(fake_scores: torch.Tensor, mode: str = "minimax") -> torch.Tensor:
+    """Generator (attacker key model) adversarial loss on pre-activation scores s of G's images.
+
+    ``"minimax"`` (paper eq. 12): E[log(1 - p(fake))] = -E[softplus(2 s)] (<= 0, minimised);
+    ``"non_saturating"``: E[-log p(fake)] = E[softplus(-2 s)] (>= 0). p = sigmoid(2 s). Scalar.
+    """
+    if mode == "minimax":
+        return -F.softplus(2 * fake_scores).mean()
+    if mode == "non_saturating":
+        return F.softplus(-2 * fake_scores).mean()
+    raise ValueError(f"js_g_loss mode must be 'minimax' or 'non_saturating', got {mode!r}")

@@ -5,7 +5,12 @@ Contract with LightningModules: ``validation_step`` / ``test_step`` return a dic
 - ``"pred"``: (B, 3, H, W) reconstructions in [-1, 1] (detached),
 - ``"target"``: (B, 3, H, W) ground truth in [-1, 1] (detached),
 - optionally ``"scores"`` (N,) similarity scores and ``"is_same"`` (N,) bool labels of
-  verification pairs, for TPR@FAR.
+  verification pairs, for TPR@FAR;
+- optionally ``"groups"``: ``{prefix: {"pred", "target", "scores", "is_same"}}`` — several
+  named evaluations in one pass (e.g. the AVIH rows ``"ours/"``, ``"protected/"``,
+  ``"key_model/"`` over the same held-out images). Each prefix gets its own suite and its
+  results are keyed ``f"{prefix}{name}"`` (``"ours/psnr"``, ``"encrypt/key_psnr"``), without
+  the stage name.
 
 Steps returning ``None`` or a dict without these keys are ignored. Sanity-check batches are
 skipped. Batches of several validation dataloaders are pooled.
@@ -49,7 +54,11 @@ class ReconstructionMetrics(pl.Callback):
         bad = sorted(set(self.stages) - set(self.STAGES))
         if bad:
             raise ValueError(f"unknown stages {bad}; choose from {list(self.STAGES)}")
+        self.suite_kwargs = dict(suite_kwargs)
         self.suites: dict[str, MetricSuite] = {s: MetricSuite(**suite_kwargs) for s in self.stages}
+        # named groups: {stage: {prefix: MetricSuite}}, created at their first batch
+        self.group_suites: dict[str, dict[str, MetricSuite]] = {s: {} for s in self.stages}
+        self._nets: MetricSuite | None = None
         self.results: dict[str, dict[str, float | str]] = {}
 
     def flat_results(self) -> dict[str, float | str]:
@@ -63,15 +72,28 @@ class ReconstructionMetrics(pl.Callback):
     def _start(self, stage: str) -> None:
         if stage in self.suites:
             self.suites[stage].reset()
+            for suite in self.group_suites[stage].values():
+                suite.reset()
 
-    def _batch(self, stage: str, trainer: pl.Trainer, outputs: Any) -> None:
-        if stage not in self.suites or trainer.sanity_checking or not isinstance(outputs, Mapping):
-            return
-        suite = self.suites[stage]
+    @staticmethod
+    def _feed(suite: MetricSuite, outputs: Mapping) -> None:
         if outputs.get("pred") is not None and outputs.get("target") is not None:
             suite.update(outputs["pred"], outputs["target"])
         if outputs.get("scores") is not None and outputs.get("is_same") is not None:
             suite.update_verification(outputs["scores"], outputs["is_same"])
+
+    def _batch(self, stage: str, trainer: pl.Trainer, outputs: Any) -> None:
+        if stage not in self.suites or trainer.sanity_checking or not isinstance(outputs, Mapping):
+            return
+        self._feed(self.suites[stage], outputs)
+        for prefix, group in (outputs.get("groups") or {}).items():
+            suites = self.group_suites[stage]
+            if prefix not in suites:
+                suites[prefix] = MetricSuite(**self.suite_kwargs)
+                if self._nets is None:  # loads LPIPS / CLIP once for all groups
+                    self._nets = MetricSuite(**self.suite_kwargs)
+                suites[prefix].share_networks(self._nets)
+            self._feed(suites[prefix], group)
 
     def _end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if stage not in self.suites:
@@ -82,6 +104,9 @@ class ReconstructionMetrics(pl.Callback):
             return
         values = suite.compute()  # collective under DDP: every process calls it
         results = {f"{stage}/{name}": value for name, value in values.items()}
+        for prefix, group in self.group_suites[stage].items():  # same order on every process
+            results.update({f"{prefix}{name}": value for name, value in group.compute().items()})
+            group.reset()
         for key, value in results.items():
             if not isinstance(value, str):
                 pl_module.log(key, float(value), sync_dist=False)

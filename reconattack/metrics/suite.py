@@ -161,8 +161,8 @@ class MetricSuite:
         from reconattack.metrics import pretrained
 
         for name in FEATURE_METRICS:
-            if name not in self.metrics:
-                continue
+            if name not in self.metrics or name in self._nets or name in self._missing:
+                continue  # not asked for, or shared by share_networks()
             if name in self.feature_nets:
                 net = self.feature_nets[name].eval()
                 if name == "fid":
@@ -188,6 +188,20 @@ class MetricSuite:
                 self._missing[name] = str(exc)
                 warnings.warn(f"metric {name} will be reported as missing: {exc}", stacklevel=3)
         self._loaded = True
+
+    def share_networks(self, other: MetricSuite) -> None:
+        """Reuse ``other``'s loaded LPIPS / CLIP networks (and their missing reasons) instead of
+        loading another copy; for several suites evaluated side by side. FID keeps its own
+        statistics and is not shared."""
+        if not other._loaded:
+            other._load()
+        for name in ("lpips", "clip"):
+            if name not in self.metrics:
+                continue
+            if name in other._nets:
+                self._nets[name] = other._nets[name]
+            elif name in other._missing:
+                self._missing[name] = other._missing[name]
 
     def _to(self, device: torch.device) -> None:
         if self._device == device:

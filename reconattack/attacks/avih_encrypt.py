@@ -1,0 +1,189 @@
+"""AVIH encryption (SPEC §3.2, paper eqs. 1–5) as a LightningModule.
+
+The encrypted images are the parameters being optimised: for each batch of gallery images the
+module creates a leaf tensor x' (one image per gallery image × key job) and minimises, per
+image,
+
+    L(x') = w_task·‖f̂(x') − f̂(x)‖ + w_diff·(−‖x' − x‖²) + w_rec·‖G_k(x') − x‖² + w_vc·VC(x')
+
+(f̂: unit service embedding, G_k: the image's key model; :func:`reconattack.losses.avih.avih_loss`).
+Every image's loss depends on that image only, so batch size and batch composition do not
+change the result (the official code's VC variance mixes the batch; here it is per image), and
+the initial noise is seeded per job.
+
+It runs in Lightning's **test** loop (``Trainer(inference_mode=False)``): each ``test_step``
+encrypts its batch (or takes the stored encryption when the batch has ``"encrypted"``) and
+returns the evaluation groups for :class:`reconattack.metrics.callback.ReconstructionMetrics`:
+``encrypt/`` (encrypted vs original), ``encrypt/key_`` (key-model recovery vs original) and
+``encrypt/wrong_key_`` (recovery with another key). The service-embedding cosine similarity is
+logged as ``encrypt/service_cos``. Encrypted results are kept in :attr:`store` (CPU, lossless
+float32) for the pipeline to save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reconattack.losses.avih import avih_loss
+
+OPTIMIZERS = ("adam", "momentum")
+INITS = ("normal", "uniform", "original")
+
+
+class AVIHEncryptor(pl.LightningModule):
+    """Encrypt gallery images with AVIH.
+
+    Args:
+        service: service face model, (B, 3, H, W) in [0, 1] → (B, E) unit embeddings (frozen).
+        keys: the key models, (B, 3, H, W) in [0, 1] → same (frozen); ``key_id`` indexes them.
+        weights: loss weights ``{task, diff, rec, vc}``.
+        vc_kernel: VC-loss patch size (paper: 4 for faces).
+        distances: ``{task, diff, rec}`` distance names for :func:`avih_loss`.
+        iterations: optimisation steps per image (paper: 800).
+        optimizer: ``"adam"`` (lr ``lr``) or ``"momentum"`` (the official AVIH step: gradient
+            divided by its per-image mean |g|, momentum ``momentum``, step ``lr``, the image's
+            step × ``decay`` after every ``patience`` loss increases).
+        init: x' at iteration 0: ``"normal"`` (N(0, 1) clamped to [0, 1], official),
+            ``"uniform"`` (U(0, 1)) or ``"original"`` (x itself).
+        seed: seeds each job's initial noise together with its job number (``slot``).
+        log_every: record the batch-mean loss terms every this many iterations in
+            :attr:`curve` (0: never); the pipeline writes it to the artifact's ``curve.csv``.
+    """
+
+    def __init__(self, service: nn.Module, keys: Sequence[nn.Module], weights: Mapping[str, float],
+                 vc_kernel: int = 4, distances: Mapping[str, str] | None = None,
+                 iterations: int = 800, optimizer: str = "adam", lr: float = 0.01,
+                 momentum: float = 0.3, decay: float = 0.85, patience: int = 16,
+                 init: str = "normal", seed: int = 0, log_every: int = 50) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"attack.encrypt.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if init not in INITS:
+            raise ValueError(f"attack.encrypt.init must be one of {INITS}, got {init!r}")
+        if iterations < 1:
+            raise ValueError(f"attack.encrypt.iterations must be >= 1, got {iterations}")
+        self.service = service
+        self.keys = nn.ModuleList(keys)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.weights = {k: float(weights.get(k, 0.0)) for k in ("task", "diff", "rec", "vc")}
+        self.vc_kernel = int(vc_kernel)
+        d = dict(distances or {})
+        self.distances = {k: d.get(k, "l2") for k in ("task", "diff", "rec")}
+        self.iterations, self.optimizer_name, self.lr = int(iterations), optimizer, float(lr)
+        self.momentum, self.decay, self.patience = float(momentum), float(decay), int(patience)
+        self.init, self.seed, self.log_every = init, int(seed), int(log_every)
+        self.store: dict[str, list[torch.Tensor]] = {}
+        self.curve: list[dict] = []  # mean loss terms every `log_every` iterations, per batch
+        self._batch_number = 0
+
+    def train(self, mode: bool = True):
+        # the models are fixed functions: BatchNorm running statistics, no dropout
+        return super().train(False)
+
+    # --------------------------------------------------------------------------- pieces
+    def recover(self, x_enc: torch.Tensor, key_id: torch.Tensor) -> torch.Tensor:
+        """Apply each image's key model. x_enc (B, 3, H, W) in [0, 1], key_id (B,) → (B, 3, H, W)."""
+        out = torch.empty_like(x_enc)
+        for k in torch.unique(key_id).tolist():
+            sel = key_id == k
+            out[sel] = self.keys[int(k)](x_enc[sel]).to(out.dtype)
+        return out
+
+    def initial(self, x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """x' at iteration 0; x (B, 3, H, W) in [0, 1], slot (B,) job numbers (seed the noise)."""
+        if self.init == "original":
+            return x.detach().clone()
+        out = []
+        for s in slot.tolist():
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(s))
+            if self.init == "normal":
+                out.append(torch.randn(x.shape[1:], generator=g).clamp_(0, 1))
+            else:
+                out.append(torch.rand(x.shape[1:], generator=g))
+        return torch.stack(out).to(x)
+
+    def losses(self, x_enc: torch.Tensor, x: torch.Tensor, emb_orig: torch.Tensor,
+               key_id: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-image AVIH loss (B,) and its terms (each (B,))."""
+        recovered = self.recover(x_enc, key_id) if self.weights["rec"] else x_enc
+        return avih_loss(self.service(x_enc), emb_orig, x_enc, x, recovered, self.weights,
+                         vc_kernel=self.vc_kernel, task_distance=self.distances["task"],
+                         diff_distance=self.distances["diff"], rec_distance=self.distances["rec"])
+
+    @torch.enable_grad()
+    def encrypt(self, x: torch.Tensor, key_id: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Encrypt a batch. x (B, 3, H, W) in [0, 1], key_id / slot (B,) → x' (B, 3, H, W) in [0, 1]."""
+        x = x.float()
+        with torch.no_grad():
+            emb_orig = self.service(x).float()
+        x_enc = self.initial(x, slot).requires_grad_(True)
+        b = x.shape[0]
+        if self.optimizer_name == "adam":
+            opt = torch.optim.Adam([x_enc], lr=self.lr)
+        else:
+            velocity = torch.zeros_like(x_enc)
+            step = torch.full((b, 1, 1, 1), self.lr, device=x.device)
+            last = torch.full((b,), float("inf"), device=x.device)
+            increases = torch.zeros(b, dtype=torch.long, device=x.device)
+        for it in range(self.iterations):
+            total, terms = self.losses(x_enc, x, emb_orig, key_id)
+            grad, = torch.autograd.grad(total.sum(), x_enc)  # sum: images independent
+            with torch.no_grad():
+                if self.optimizer_name == "adam":
+                    x_enc.grad = grad
+                    opt.step()
+                else:
+                    grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+                    velocity.mul_(self.momentum).add_(grad)
+                    x_enc.sub_(step * velocity)
+                    up = total.detach() > last
+                    increases += up.long()
+                    shrink = up & (increases % self.patience == 0)
+                    step[shrink] *= self.decay
+                    last = total.detach()
+                x_enc.clamp_(0, 1)
+            if self.log_every and (it % self.log_every == 0 or it == self.iterations - 1):
+                self._log_curve(it, total, terms)
+        self._batch_number += 1
+        return x_enc.detach()
+
+    def _log_curve(self, it: int, total: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
+        row = {"batch": self._batch_number, "iteration": it, "loss": float(total.detach().mean())}
+        row.update({k: float(v.detach().mean()) for k, v in terms.items()})
+        self.curve.append(row)
+
+    # ------------------------------------------------------------------------ Lightning
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        x, key_id = batch["image"].float(), batch["key_id"]
+        encrypting = "encrypted" not in batch
+        x_enc = self.encrypt(x, key_id, batch["slot"]) if encrypting else batch["encrypted"].float()
+        with torch.no_grad():
+            recovered = self.recover(x_enc, key_id)
+            cos = F.cosine_similarity(self.service(x_enc).float(), self.service(x).float(), dim=-1)
+            self.log("encrypt/service_cos", cos.mean(), batch_size=x.shape[0], sync_dist=True,
+                     on_step=False, on_epoch=True)
+            groups = {"encrypt/": {"pred": x_enc * 2 - 1, "target": x * 2 - 1},
+                      "encrypt/key_": {"pred": recovered * 2 - 1, "target": x * 2 - 1}}
+            if len(self.keys) > 1:
+                wrong = self.recover(x_enc, (key_id + 1) % len(self.keys))
+                groups["encrypt/wrong_key_"] = {"pred": wrong * 2 - 1, "target": x * 2 - 1}
+        if encrypting:
+            for name in ("index", "key_id", "slot"):
+                self.store.setdefault(name, []).append(batch[name].detach().cpu())
+            self.store.setdefault("encrypted", []).append(x_enc.cpu())
+            self.store.setdefault("recovered", []).append(recovered.cpu())
+        return {"groups": groups}
+
+    def collected(self) -> dict[str, torch.Tensor]:
+        """Everything stored by ``test_step`` so far, concatenated, in job order."""
+        out = {k: torch.cat(v) for k, v in self.store.items() if v}
+        if "slot" in out:
+            order = torch.argsort(out["slot"])
+            out = {k: v[order] for k, v in out.items()}
+        return out
