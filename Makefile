@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sift.py --threads 1
 	$(PY) benchmarks/bench_sift.py --threads $$(nproc)
 	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_avih.py
 
 # make report DIR=outputs/cfgan/multiruns/...
 report: $(STAMP)

@@ -73,7 +73,7 @@ def test_store_builds_once_and_publishes_atomically(tmp_path):
     with pytest.raises(RuntimeError):
         store.get("k", {"a": 2}, fail)
     assert not store.path("k", {"a": 2}).exists()  # nothing half-built is left behind
-    assert not [p for p in (tmp_path / "k").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (tmp_path / "k").iterdir() if ".tmp" in p.name]
     private = ArtifactStore(tmp_path / "shared", reuse=False, private_root=tmp_path / "run")
     assert private.get("k", {"a": 1}, build).is_relative_to(tmp_path / "run")
 
