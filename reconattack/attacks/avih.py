@@ -26,6 +26,7 @@ from typing import Any
 
 import hydra
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -124,6 +125,11 @@ def face_model(cfg: DictConfig, role: str, data: AVIHData, store: ArtifactStore,
         spec = {"model": kwargs, "train": _plain(train), "data": data_spec(cfg.data)}
 
         def build(tmp: Path) -> None:
+            with torch.random.fork_rng():  # the same model whatever ran before
+                torch.manual_seed(int(train.seed))
+                _train_face_model(tmp)
+
+        def _train_face_model(tmp: Path) -> None:
             embedder = build_face_model(seed=int(train.seed), **kwargs)
             images, labels = data.models_train.images, data.models_train.labels
             module = FaceClassifier(embedder, int(labels.max()) + 1, lr=float(train.lr),
@@ -285,6 +291,7 @@ def attack(cfg: DictConfig, run_dir: Path, data: AVIHData, gallery: dict, servic
     """Train the attacker on the leaked same-key images and evaluate the paper's rows."""
     from reconattack.attacks.cfgan import _metric_callback
 
+    pl.seed_everything(int(cfg.seed), workers=True)  # independent of which artifacts were built
     target, role = int(cfg.attack.target_key), gallery["role"]
     n_leak = leaked_count(cfg.attack.key_share, data.pool)
     pool_slots = torch.nonzero((role == 1) & (gallery["key_id"] == target)).flatten().numpy()

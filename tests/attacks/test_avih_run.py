@@ -247,3 +247,30 @@ def test_invalid_bin_and_small_gallery_are_clear(face_data, tmp_path):
     with pytest.raises(ValueError, match="gallery smaller than requested"):
         run(compose_cfg(["+experiment=avih_encrypt_lfw", *over, "data.gallery.size=2000",
                          "data.gallery.pool=1000"]))
+
+
+@pytest.mark.slow
+def test_cli_ddp_cpu_two_processes_attack(tmp_path):
+    """The attacker trains under DDP (2 CPU processes); artifacts are built once by rank 0."""
+    over = [o for o in demo_tiny(tmp_path) if not o.startswith(("paths.output_dir", "trainer="))]
+    res = _cli("trainer=ddp_cpu", *over, f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert isinstance(m["ours/psnr"], float) and isinstance(m["ours/tpr@far"], float)
+    assert m["artifacts/built"] == 3
+
+
+def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
+    from reconattack.artifacts import ArtifactStore
+    from reconattack.attacks.avih import face_model
+    from reconattack.data.avih import build_avih_data
+
+    cfg = compose_cfg(demo_tiny(tmp_path))
+    data = build_avih_data(cfg.data)
+    models = []
+    for i in (1, 2):
+        torch.manual_seed(i)  # another global RNG state, e.g. the service model was built or not
+        model, _ = face_model(cfg, "evaluation", data, ArtifactStore(tmp_path / f"store{i}"), tmp_path)
+        models.append(model.state_dict())
+    for k in models[0]:
+        torch.testing.assert_close(models[0][k], models[1][k], msg=k)
