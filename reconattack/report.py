@@ -8,7 +8,9 @@ by their Hydra overrides without ``seed``, and writes into ``DIR``:
 - ``report_<metric>.png``: when exactly one override varies across groups and it is numeric
   (e.g. ``attack.key_share``), the metric against it with error bars.
 
-Metrics reported as missing (strings) are shown as such.
+Metrics reported as missing are shown as ``missing`` in the tables, with each distinct reason
+listed once below them. AVIH runs (``<row>/<metric>`` keys) also get the paper's layout (Tables
+I-II): one ``ours`` row per setting, then Original / Protected / Key model / Random.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path
 import yaml
 
 MAIN_METRICS = ("test/psnr", "test/ssim", "test/fid", "test/lpips", "test/clip")
+MISSING = "missing: "
+AVIH_ROWS = ("original", "protected", "key_model", "random")
+AVIH_METRICS = ("tpr@far", "mse", "lpips", "psnr", "clip", "ssim")  # paper column order
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -75,14 +80,43 @@ def build_table(groups: dict) -> tuple[list[str], list[dict]]:
     return metric_names, rows
 
 
+def _cell(text: str, reasons: dict) -> str:
+    if text.startswith(MISSING):
+        reasons.setdefault(text[len(MISSING):], None)
+        return "missing"
+    return text
+
+
+def _avih_table(metrics: list[str], rows: list[dict], reasons: dict) -> list[str]:
+    """The paper's Tables I-II layout when the runs are AVIH attacks, else []."""
+    cols = [m for m in AVIH_METRICS if f"ours/{m}" in metrics]
+    if not cols:
+        return []
+    md = ["", "## Attack rows (paper Tables I-II)", "",
+          "| row | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for row in rows:
+        md.append(f"| ours ({row['setting']}) | "
+                  + " | ".join(_cell(row[f"ours/{m}"]["text"], reasons) for m in cols) + " |")
+    for name in AVIH_ROWS:  # independent of the attack settings: from the first group
+        if f"{name}/{cols[0]}" in metrics:
+            md.append(f"| {name} | " + " | ".join(_cell(rows[0].get(f"{name}/{m}", {"text": ""})["text"], reasons)
+                                                   for m in cols) + " |")
+    return md
+
+
 def write_reports(root: Path) -> list[Path]:
     runs = load_runs(root)
     groups = group_runs(runs)
     metrics, rows = build_table(groups)
     written = []
+    reasons: dict = {}
     md = ["| setting | runs | " + " | ".join(metrics) + " |", "|" + " --- |" * (len(metrics) + 2)]
     for row in rows:
-        md.append(f"| {row['setting']} | {row['runs']} | " + " | ".join(row[m]["text"] for m in metrics) + " |")
+        md.append(f"| {row['setting']} | {row['runs']} | "
+                  + " | ".join(_cell(row[m]["text"], reasons) for m in metrics) + " |")
+    md += _avih_table(metrics, rows, reasons)
+    if reasons:
+        md += ["", "Missing metrics (no pretrained weights):", ""] + [f"- {r}" for r in reasons]
     (root / "report.md").write_text("\n".join(md) + "\n")
     with (root / "report.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -114,8 +148,10 @@ def _plots(root: Path, groups: dict, metrics: list[str], rows: list[dict]) -> li
     out = []
     order = sorted(range(len(xs)), key=xs.__getitem__)
     for m in metrics:
-        if any(rows[i][m]["mean"] is None for i in order):
+        if m.startswith("artifacts/") or any(rows[i][m]["mean"] is None for i in order):
             continue
+        if len({rows[i][m]["mean"] for i in order}) == 1 and not any(rows[i][m]["std"] for i in order):
+            continue  # constant over the swept value (e.g. the encrypted gallery's metrics)
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         ax.errorbar([xs[i] for i in order], [rows[i][m]["mean"] for i in order],
                     yerr=[rows[i][m]["std"] for i in order], marker="o", capsize=3)

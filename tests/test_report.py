@@ -19,7 +19,7 @@ def test_report_mean_std_over_seeds_and_plot_over_a_swept_value(tmp_path):
     written = write_reports(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "11.0000 ± 1.4142" in md and "21.0000 ± 1.4142" in md  # stdev with ddof=1
-    assert "missing: no weights" in md
+    assert "| missing |" in md and "- no weights" in md  # the reason once, below the table
     csv_text = (tmp_path / "report.csv").read_text()
     assert "test/psnr mean" in csv_text
     assert (tmp_path / "report_test_psnr.png") in written

@@ -126,6 +126,8 @@ def test_cli_key_share_sweep_encrypts_once(tmp_path):
     write_reports(tmp_path / "sweep")
     table = (tmp_path / "sweep" / "report.md").read_text()
     assert "ours/tpr@far" in table and "attack.key_share" in table
+    assert "## Attack rows" in table and "| ours (" in table
+    assert "| key_model |" in table and "missing: " not in table and "- LPIPS" in table
 
 
 # ---------------------------------------------------------------- paper experiment files
