@@ -80,6 +80,15 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
         callbacks=cbs, default_root_dir=str(run_dir / "checkpoints" / stage), _convert_="all")
 
 
+def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None):
+    """The shared :class:`~reconattack.metrics.callback.ReconstructionMetrics` from ``cfg.metrics``
+    for ``stages``; ``metrics`` overrides the configured metric names."""
+    kwargs = OmegaConf.to_container(cfg.metrics, resolve=True)
+    if metrics is not None:
+        kwargs["metrics"] = list(metrics)
+    return hydra.utils.instantiate(kwargs, stages=stages)
+
+
 def save_grid(columns: list[torch.Tensor], path: Path, max_rows: int = 8) -> None:
     """Save a PNG grid: one row per image, one column per tensor in ``columns``.
 

@@ -48,7 +48,14 @@ from reconattack.data.avih import (
 from reconattack.data.images import DataNotFoundError
 from reconattack.models.face import build_face_model
 from reconattack.models.keys import PatchGAN, build_key_model
-from reconattack.runtime import is_global_zero, make_logger, make_trainer, process_rank, save_grid
+from reconattack.runtime import (
+    is_global_zero,
+    make_logger,
+    make_metric_callback,
+    make_trainer,
+    process_rank,
+    save_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +190,7 @@ def make_encryptor(cfg: DictConfig, service, keys) -> AVIHEncryptor:
 
 def _encryption_test(cfg: DictConfig, run_dir: Path, encryptor: AVIHEncryptor, jobs: EncryptionJobs,
                      logger) -> dict:
-    from reconattack.attacks.cfgan import _metric_callback
-
-    cb = _metric_callback(cfg, ("test",))
+    cb = make_metric_callback(cfg, ("test",))
     trainer = make_trainer(cfg, run_dir, "encrypt", max_steps=-1, logger=logger, callbacks=[cb],
                            inference_mode=False, **SINGLE_DEVICE)
     dm = EncryptDataModule(jobs, batch_size=int(cfg.attack.encrypt.batch_size),
@@ -289,8 +294,6 @@ def build_reconstructor(cfg: DictConfig, service, evaluation) -> AVIHReconstruct
 def attack(cfg: DictConfig, run_dir: Path, data: AVIHData, gallery: dict, service, evaluation,
            logger) -> dict:
     """Train the attacker on the leaked same-key images and evaluate the paper's rows."""
-    from reconattack.attacks.cfgan import _metric_callback
-
     pl.seed_everything(int(cfg.seed), workers=True)  # independent of which artifacts were built
     target, role = int(cfg.attack.target_key), gallery["role"]
     n_leak = leaked_count(cfg.attack.key_share, data.pool)
@@ -321,7 +324,7 @@ def attack(cfg: DictConfig, run_dir: Path, data: AVIHData, gallery: dict, servic
         trainer = make_trainer(cfg, run_dir, "attack", steps * per_step, logger=logger)
         trainer.fit(module, datamodule=dm)
         trainer.save_checkpoint(str(run_dir / "checkpoints" / "attack.ckpt"))
-    cb = _metric_callback(cfg, ("test",))
+    cb = make_metric_callback(cfg, ("test",))
     tester = make_trainer(cfg, run_dir, "attack", max_steps=-1, logger=logger, callbacks=[cb])
     tester.test(module, datamodule=dm, verbose=False)
     metrics = dict(cb.results.get("test", {}))

@@ -25,7 +25,13 @@ from reconattack.losses.perceptual import VGGFeatures, perceptual_loss, style_lo
 from reconattack.losses.pixel import pixel_loss
 from reconattack.losses.sift import SiftLoss
 from reconattack.metrics.suite import MetricSuite
-from reconattack.runtime import make_logger, make_trainer, require_file, save_grid
+from reconattack.runtime import (
+    make_logger,
+    make_metric_callback,
+    make_trainer,
+    require_file,
+    save_grid,
+)
 from reconattack.utils.weights import MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -300,13 +306,6 @@ def init_fine_from_coarse(fine: nn.Module, coarse: nn.Module) -> int:
     return copied
 
 
-def _metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None):
-    kwargs = OmegaConf.to_container(cfg.metrics, resolve=True)
-    if metrics is not None:
-        kwargs["metrics"] = list(metrics)
-    return hydra.utils.instantiate(kwargs, stages=stages)
-
-
 def _steps_to_trainer_steps(module: CFGANStage, steps: int) -> int:
     # Lightning's global_step counts every optimizer.step(): D and G steps both count.
     return steps * (2 if module.discriminator is not None else 1)
@@ -321,7 +320,7 @@ def fit_stage(cfg: DictConfig, run_dir: Path, module: CFGANStage, dm, logger) ->
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     steps = int(cfg.attack.steps[module.stage])
-    val_cb = _metric_callback(cfg, ("val",), metrics=("mse", "psnr", "ssim"))
+    val_cb = make_metric_callback(cfg, ("val",), metrics=("mse", "psnr", "ssim"))
     has_val = len(dm.datasets.get("val", ())) > 0
     callbacks = [val_cb]
     every = cfg.attack.get("checkpoint_every")
@@ -343,7 +342,7 @@ def fit_stage(cfg: DictConfig, run_dir: Path, module: CFGANStage, dm, logger) ->
 
 def test_stage(cfg: DictConfig, run_dir: Path, module: CFGANStage, dm, logger) -> dict:
     """Test ``module`` with the shared metrics callback; returns ``{"test/<metric>": value}``."""
-    cb = _metric_callback(cfg, ("test",))
+    cb = make_metric_callback(cfg, ("test",))
     trainer = make_trainer(cfg, run_dir, module.stage, max_steps=-1, logger=logger, callbacks=[cb])
     trainer.test(module, datamodule=dm, verbose=False)
     return dict(cb.results.get("test", {}))

@@ -31,9 +31,11 @@ import numpy as np
 from reconattack.data.images import (
     IMAGE_EXTENSIONS,
     DataNotFoundError,
-    _check_index,
+    FileListSource,
     decode_image,
-    read_image,
+    images_under,
+    is_image_file,
+    normalise_extensions,
     resize,
 )
 
@@ -288,24 +290,7 @@ def make_bin(
 # --------------------------------------------------------------------------------------------
 
 
-def _is_image(fn: str, extensions: tuple[str, ...]) -> bool:
-    return not fn.startswith(".") and os.path.splitext(fn)[1].lower() in extensions
-
-
-def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden skipped), sorted relative POSIX paths."""
-    files: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = os.path.relpath(dirpath, folder)
-        for fn in filenames:
-            if _is_image(fn, extensions):
-                files.append(Path(fn if rel_dir == "." else os.path.join(rel_dir, fn)).as_posix())
-    files.sort()
-    return files
-
-
-class IdentityFolderSource:
+class IdentityFolderSource(FileListSource):
     """Images in one sub-folder per identity (``root/<identity>/<image>``).
 
     The layout of a CelebA-style auxiliary set or a user gallery. Items are ordered by
@@ -339,9 +324,7 @@ class IdentityFolderSource:
         self.root = Path(os.path.expanduser(str(root)))
         if extensions is None:
             extensions = IMAGE_EXTENSIONS
-        self.extensions = tuple(
-            e.lower() if e.startswith(".") else "." + e.lower() for e in extensions
-        )
+        self.extensions = normalise_extensions(extensions)
         layout = (
             "expected one sub-folder per identity holding its images (root/<identity>/<image>), "
             "or a flat folder of images of unknown identity (label -1); extensions "
@@ -357,10 +340,10 @@ class IdentityFolderSource:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=True):
-                    files = _images_under(Path(entry.path), self.extensions)
+                    files = images_under(Path(entry.path), self.extensions)
                     if files:
                         per_identity.append((entry.name, files))
-                elif _is_image(entry.name, self.extensions):
+                elif is_image_file(entry.name, self.extensions):
                     top_files.append(entry.name)
         if top_files and per_identity:
             raise DataNotFoundError(
@@ -385,17 +368,6 @@ class IdentityFolderSource:
                     for k, (_, files) in enumerate(per_identity)
                 ]
             )
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def name(self, i: int) -> str:
-        """Relative POSIX path of image ``i`` (e.g. ``"person_a/0001.jpg"``)."""
-        return self.files[_check_index(i, len(self.files))]
-
-    def load(self, i: int) -> np.ndarray:
-        """Image ``i``: uint8 ``(H, W, 3)`` RGB in ``[0, 255]``, original size."""
-        return read_image(self.root / self.name(i))
 
     def __repr__(self) -> str:
         kind = "flat, unknown identities" if self.flat else f"{len(self.identities)} identities"

@@ -254,7 +254,50 @@ def _check_index(i: int, n: int) -> int:
     return i
 
 
-class ImageFolderSource:
+def normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    """Lower-case extensions with a leading dot (``"PNG"`` → ``".png"``)."""
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def is_image_file(filename: str, extensions: tuple[str, ...]) -> bool:
+    """Not hidden and one of ``extensions`` (normalised, see :func:`normalise_extensions`)."""
+    return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in extensions
+
+
+def images_under(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden files and folders skipped), as sorted
+    relative POSIX paths."""
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = os.path.relpath(dirpath, folder)
+        for fn in filenames:
+            if is_image_file(fn, extensions):
+                files.append(Path(fn if rel_dir == "." else os.path.join(rel_dir, fn)).as_posix())
+    files.sort()
+    return files
+
+
+class FileListSource:
+    """Shared part of the folder sources: ``self.root`` and ``self.files`` (relative POSIX
+    paths, in item order) give ``len``, ``name(i)`` and ``load(i)``."""
+
+    root: Path
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, i: int) -> str:
+        """Relative POSIX path of image ``i`` (e.g. ``"sub/0001.jpg"``)."""
+        return self.files[_check_index(i, len(self.files))]
+
+    def load(self, i: int) -> np.ndarray:
+        """Image ``i``: uint8 ``(H, W, 3)`` RGB in ``[0, 255]``, original size."""
+        return read_image(self.root / self.name(i))
+
+
+class ImageFolderSource(FileListSource):
     """A folder of image files, searched recursively.
 
     Files are matched by extension (case-insensitive); hidden files and folders (name starting
@@ -273,9 +316,7 @@ class ImageFolderSource:
         self, root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS
     ) -> None:
         self.root = Path(os.path.expanduser(str(root)))
-        self.extensions = tuple(
-            e.lower() if e.startswith(".") else "." + e.lower() for e in extensions
-        )
+        self.extensions = normalise_extensions(extensions)
         layout = (
             "expected a folder of image files (searched recursively; extensions "
             f"{', '.join(self.extensions)})"
@@ -283,30 +324,10 @@ class ImageFolderSource:
         if not self.root.is_dir():
             what = "is not a folder" if self.root.exists() else "does not exist"
             raise DataNotFoundError(f"{self.root} {what}; {layout}.")
-        files: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = os.path.relpath(dirpath, self.root)
-            for fn in filenames:
-                if fn.startswith(".") or os.path.splitext(fn)[1].lower() not in self.extensions:
-                    continue
-                rel = fn if rel_dir == "." else os.path.join(rel_dir, fn)
-                files.append(Path(rel).as_posix())
+        files = images_under(self.root, self.extensions)
         if not files:
             raise DataNotFoundError(f"no image files found in {self.root}; {layout}.")
-        files.sort()
         self.files: list[str] = files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def name(self, i: int) -> str:
-        """Relative POSIX path of image ``i`` (e.g. ``"sub/0001.jpg"``)."""
-        return self.files[_check_index(i, len(self.files))]
-
-    def load(self, i: int) -> np.ndarray:
-        """Image ``i``: uint8 ``(H, W, 3)`` RGB in ``[0, 255]``, original size."""
-        return read_image(self.root / self.name(i))
 
     def __repr__(self) -> str:
         return f"ImageFolderSource({str(self.root)!r}, {len(self)} images)"
