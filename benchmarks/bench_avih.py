@@ -6,7 +6,7 @@
    on them).
 2. A 3-job key-share sweep of the (shrunk) digits demo: with the shared, content-addressed
    encrypted gallery (the first job encrypts, the others reuse) against the same sweep with
-   ``attack.reuse_artifacts=false`` (every job re-encrypts and retrains its demo models).
+   ``threat.reuse_artifacts=false`` (every job re-encrypts and retrains its demo models).
 
     python benchmarks/bench_avih.py [--batch 64] [--iterations 2] [--single 4]
 """
@@ -29,16 +29,17 @@ sys.path.insert(0, str(ROOT))
 
 
 def encryption_throughput(batch: int, iterations: int, single: int, size: int) -> None:
-    from reconattack.attacks.avih_encrypt import AVIHEncryptor
-    from reconattack.models.face import build_face_model
-    from reconattack.models.keys import build_key_model
+    from reconattack.models.face import ARCHS, IResNet, make_face_model
+    from reconattack.models.keys import UNet, make_key_model
+    from reconattack.threats.avih_encryption import AVIHEncryptor
 
-    service = build_face_model("ir18", "insightface", seed=0, input_size=size).eval().requires_grad_(False)
-    key = build_key_model("unet", seed=1, base=64, depth=4, init="kaiming",
-                          calibrate_size=size).eval().requires_grad_(False)
+    service = make_face_model(lambda: IResNet(ARCHS["ir18"], input_size=size),
+                              seed=0).eval().requires_grad_(False)
+    key = make_key_model(lambda: UNet(base=64, depth=4), seed=1, init="kaiming",
+                         calibrate_size=size).eval().requires_grad_(False)
     enc = AVIHEncryptor(service, [key], {"task": 1.0, "diff": 0.03, "rec": 0.5, "vc": 3.0},
                         iterations=iterations, log_every=0)
-    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     kid = torch.zeros(batch, dtype=torch.long)
     enc.encrypt(x[:1], kid[:1], torch.arange(1))  # warm-up
     t = time.perf_counter()
@@ -63,9 +64,9 @@ def sweep_time(jobs: list[str]) -> None:
     from reconattack.run import run
 
     base = ["+experiment=demo_avih", "trainer.callbacks.progress=null", "logger=none",
-            "data.gallery.size=60", "data.gallery.pool=30", "attack.encrypt.iterations=60",
-            "attack.reconstruct.steps=20", "model.service.train.steps=50",
-            "model.evaluation.train.steps=50"]
+            "data.gallery_size=60", "data.pool=30", "threat.encrypt.iterations=60",
+            "attack.steps.attack=20", "threat.service.train.steps=50",
+            "threat.evaluation.train.steps=50"]
     times = {}
     for reuse in (True, False):
         with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +74,7 @@ def sweep_time(jobs: list[str]) -> None:
             for i, share in enumerate(jobs):
                 with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
                     cfg = compose("config", overrides=[
-                        *base, f"attack.key_share={share}", f"attack.reuse_artifacts={reuse}",
+                        *base, f"threat.key_share={share}", f"threat.reuse_artifacts={reuse}",
                         f"paths.cache_dir={tmp}/cache", f"paths.output_dir={tmp}/job{i}"])
                 with contextlib.redirect_stdout(io.StringIO()):  # run() prints every metric
                     run(cfg)

@@ -23,11 +23,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, Dataset
 
-from reconattack.attacks.cfgan import build_stage
-from reconattack.data.cfgan import collate_sift
 from reconattack.data.images import lfw_faces, resize
 from reconattack.data.sift import SiftCache
+from reconattack.data.sift_data import collate_sift
 from reconattack.losses.gan import ragan_d_loss
+from reconattack.runner import build_attack, build_threat
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -66,16 +66,17 @@ def _items(cfg, n):
     return items
 
 
-def bare_loop(module, batch, steps: int) -> list[float]:
+def bare_loop(module, dm, batch, steps: int) -> list[float]:
     """The work of one training step without Lightning; returns per-step seconds."""
     opt_g = module.optimizer_factory(module.generator.parameters())
     opt_d = module.optimizer_factory(module.discriminator.parameters())
     module.train()
+    gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        b = module.prepare_batch(batch, module._map_gen)
-        real, sift = b["target"], b["sift"]
+        b = dm.device_batch(batch, "cpu", gen)
+        real, sift = b["target"], b["input"]
         fake = module(sift)
         d_loss = ragan_d_loss(module.discriminator(real), module.discriminator(fake.detach()))
         opt_d.zero_grad(set_to_none=True)
@@ -83,7 +84,7 @@ def bare_loop(module, batch, steps: int) -> list[float]:
         opt_d.step()
         for p in module.discriminator.parameters():
             p.requires_grad_(False)
-        terms = module.generator_losses(fake, real)
+        terms = module.generator_losses(b, fake)
         opt_g.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt_g.step()
@@ -94,14 +95,29 @@ def bare_loop(module, batch, steps: int) -> list[float]:
     return times
 
 
-def lightning_loop(module, items, batch_size: int, steps: int) -> list[float]:
+class _Repeated(pl.LightningDataModule):
+    """The same items over and over, turned into device batches by the threat's DataModule."""
+
+    def __init__(self, dm, items, batch_size: int, steps: int):
+        super().__init__()
+        self.dm, self.items, self.batch_size, self.steps = dm, items, batch_size, steps
+
+    def train_dataloader(self):
+        return DataLoader(_Repeat(self.items, self.batch_size * self.steps), batch_size=self.batch_size,
+                          collate_fn=collate_sift)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        self.dm.trainer = self.trainer
+        return self.dm.on_after_batch_transfer(batch, dataloader_idx)
+
+
+def lightning_loop(module, dm, items, batch_size: int, steps: int) -> list[float]:
     timer = _Timer()
-    loader = DataLoader(_Repeat(items, batch_size * steps), batch_size=batch_size, collate_fn=collate_sift)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2 * steps, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
                          limit_val_batches=0)
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, datamodule=_Repeated(dm, items, batch_size, steps))
     return timer.times
 
 
@@ -110,14 +126,15 @@ def measure(steps: int = 20, warmup: int = 3, rounds: int = 3) -> dict:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=["loss.per=0"])
     torch.manual_seed(0)
-    template = build_stage(cfg, "coarse", final_scale=2)
+    threat = build_threat(cfg)
+    template = build_attack(cfg).build_stage("coarse", threat, None)
     items = _items(cfg, cfg.data.batch_size)
     batch = collate_sift(items)
-    template._map_gen = torch.Generator().manual_seed(0)
     bare, light = [], []
     for _ in range(rounds):  # interleave to share machine conditions
-        bare += bare_loop(copy.deepcopy(template), batch, steps + warmup)[warmup:]
-        light += lightning_loop(copy.deepcopy(template), items, cfg.data.batch_size, steps + warmup)[warmup:]
+        bare += bare_loop(copy.deepcopy(template), threat.dm, batch, steps + warmup)[warmup:]
+        light += lightning_loop(copy.deepcopy(template), threat.dm, items, cfg.data.batch_size,
+                                steps + warmup)[warmup:]
     b, l_ = statistics.median(bare), statistics.median(light)
     return {"bare_s": b, "lightning_s": l_, "ratio": l_ / b, "batch_size": cfg.data.batch_size}
 

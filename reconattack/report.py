@@ -9,8 +9,14 @@ by their Hydra overrides without ``seed``, and writes into ``DIR``:
   (e.g. ``attack.key_share``), the metric against it with error bars.
 
 Metrics reported as missing are shown as ``missing`` in the tables, with each distinct reason
-listed once below them. AVIH runs (``<row>/<metric>`` keys) also get the paper's layout (Tables
-I-II): one ``ours`` row per setting, then Original / Protected / Key model / Random.
+listed once below them.
+
+The paper layout comes from the runs' own configs (``.hydra/config.yaml``), never from code that
+names an attack: the threat model's ``report`` section says which metrics prefix holds the
+attack's reconstructions, which rows its controls are and how they are labelled, and the columns
+with the better direction (↑ / ↓); ``attack.label`` names the attack's rows. One row per setting
+(the overrides that differ between groups, e.g. the attack or the key share), then the controls
+(once when they do not depend on the attack, else per setting).
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from hydra.experimental.callback import Callback
 
 MAIN_METRICS = ("test/psnr", "test/ssim", "test/fid", "test/lpips", "test/clip")
 MISSING = "missing: "
-AVIH_ROWS = ("original", "protected", "key_model", "random")
-AVIH_METRICS = ("tpr@far", "mse", "lpips", "psnr", "clip", "ssim")  # paper column order
+ARROWS = {"higher": "↑", "lower": "↓"}
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -42,7 +48,10 @@ def load_runs(root: Path) -> list[dict]:
             for item in yaml.safe_load(ofile.read_text()) or []:
                 key, _, value = str(item).partition("=")
                 overrides[key.lstrip("+~")] = value
-        runs.append({"dir": run_dir, "overrides": overrides, "metrics": json.loads(mfile.read_text())})
+        cfile = run_dir / ".hydra" / "config.yaml"
+        config = yaml.safe_load(cfile.read_text()) if cfile.is_file() else {}
+        runs.append({"dir": run_dir, "overrides": overrides, "config": config or {},
+                     "metrics": json.loads(mfile.read_text())})
     if not runs:
         raise FileNotFoundError(f"no metrics.json below {root}; give a run or multirun directory")
     return runs
@@ -87,20 +96,57 @@ def _cell(text: str, reasons: dict) -> str:
     return text
 
 
-def _avih_table(metrics: list[str], rows: list[dict], reasons: dict) -> list[str]:
-    """The paper's Tables I-II layout when the runs are AVIH attacks, else []."""
-    cols = [m for m in AVIH_METRICS if f"ours/{m}" in metrics]
-    if not cols:
+def _layout(groups: dict) -> tuple[dict, dict[tuple, str]] | tuple[None, None]:
+    """The threat's report layout (from the first run that has one) and each group's attack label."""
+    layout = None
+    labels = {}
+    for key, runs in groups.items():
+        config = runs[0]["config"]
+        layout = layout or (config.get("threat") or {}).get("report")
+        attack = config.get("attack") or {}
+        labels[key] = str(attack.get("label") or attack.get("name") or "attack")
+    return (layout, labels) if layout else (None, None)
+
+
+def _paper_table(groups: dict, rows: list[dict], reasons: dict) -> list[str]:
+    """The paper's layout of the threat's results (see the module docstring), or []."""
+    layout, labels = _layout(groups)
+    if layout is None:
         return []
-    md = ["", "## Attack rows (paper Tables I-II)", "",
-          "| row | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
-    for row in rows:
-        md.append(f"| ours ({row['setting']}) | "
-                  + " | ".join(_cell(row[f"ours/{m}"]["text"], reasons) for m in cols) + " |")
-    for name in AVIH_ROWS:  # independent of the attack settings: from the first group
-        if f"{name}/{cols[0]}" in metrics:
-            md.append(f"| {name} | " + " | ".join(_cell(rows[0].get(f"{name}/{m}", {"text": ""})["text"], reasons)
-                                                   for m in cols) + " |")
+    keys = list(groups)
+    varying = sorted({k for key in keys for k, v in key
+                      if len({dict(g).get(k) for g in keys}) > 1} - {"attack"})
+
+    def setting(key) -> str:
+        d = dict(key)
+        return ", ".join(f"{k}={d[k]}" for k in varying if k in d)
+
+    cols = list(layout.get("columns") or {})
+    head = [f"{c} {ARROWS.get(str(layout['columns'][c]), '')}".strip() for c in cols]
+    md = ["", "## Paper layout", "", "| row | " + " | ".join(head) + " |", "|" + " --- |" * (len(cols) + 1)]
+
+    def line(label: str, row: dict, prefix: str) -> str:
+        cells = [_cell(row.get(f"{prefix}/{c}", {"text": ""})["text"], reasons) for c in cols]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    attack_row = str(layout.get("attack_row", "test"))
+    for key, row in zip(keys, rows):
+        if any(f"{attack_row}/{c}" in row for c in cols):
+            extra = setting(key)
+            md.append(line(labels[key] + (f" ({extra})" if extra else ""), row, attack_row))
+    for spec in (layout.get("controls") or {}).values():
+        prefix, label = str(spec["row"]), str(spec.get("label", spec["row"]))
+        present = [(key, row) for key, row in zip(keys, rows) if any(f"{prefix}/{c}" in row for c in cols)]
+        if not present:
+            continue
+        texts = {tuple(row.get(f"{prefix}/{c}", {"text": ""})["text"] for c in cols) for _, row in present}
+        if not spec.get("per_attack") and len(texts) == 1:
+            md.append(line(label, present[0][1], prefix))
+            continue
+        for key, row in present:
+            who = labels[key] if spec.get("per_attack") else ""
+            extra = ", ".join(x for x in (who, setting(key)) if x)
+            md.append(line(f"{label} ({extra})" if extra else label, row, prefix))
     return md
 
 
@@ -114,7 +160,7 @@ def write_reports(root: Path) -> list[Path]:
     for row in rows:
         md.append(f"| {row['setting']} | {row['runs']} | "
                   + " | ".join(_cell(row[m]["text"], reasons) for m in metrics) + " |")
-    md += _avih_table(metrics, rows, reasons)
+    md += _paper_table(groups, rows, reasons)
     if reasons:
         md += ["", "Missing metrics (no pretrained weights):", ""] + [f"- {r}" for r in reasons]
     (root / "report.md").write_text("\n".join(md) + "\n")
@@ -164,6 +210,21 @@ def _plots(root: Path, groups: dict, metrics: list[str], rows: list[dict]) -> li
         plt.close(fig)
         out.append(path)
     return out
+
+
+class ReportCallback(Callback):
+    """Hydra callback (``hydra.callbacks``) that writes the report of a multirun when it ends, so
+    an experiment that sweeps (e.g. ``demo_sift_baselines``) prints one table."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        root = Path(str(config.hydra.sweep.dir))
+        try:
+            write_reports(root)
+        except FileNotFoundError as exc:
+            print(f"report: {exc}")
+            return
+        print((root / "report.md").read_text())
+        print(f"report written to {root / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
 """Hydra entry point: ``python -m reconattack.run [+experiment=NAME] [overrides]``.
 
-Composes ``conf/config.yaml``, runs the attack pipeline named by ``attack.pipeline`` (see
-:mod:`reconattack.runtime`), writes ``metrics.json`` into the run directory and prints where
-the results are. Returns ``cfg.optimized_metric`` (if set) for Hydra sweepers.
+Composes ``conf/config.yaml`` (a threat model, an attack, data, trainer, logger, metrics), runs
+the experiment with the one runner (:mod:`reconattack.runner`), writes ``metrics.json`` into the
+run directory and prints where the results are. Returns ``cfg.optimized_metric`` (if set) for
+Hydra sweepers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from reconattack.runner import run_experiment
 from reconattack.runtime import is_global_zero, write_metrics
 from reconattack.utils.weights import MissingWeightsError
 
@@ -30,12 +32,11 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run the configured attack; returns its flat final metrics (also in ``metrics.json``)."""
+    """Run the configured experiment; returns its flat final metrics (also in ``metrics.json``)."""
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = hydra.utils.get_method(cfg.attack.pipeline)
-    metrics = pipeline(cfg, run_dir)
+    metrics = run_experiment(cfg, run_dir)
     if is_global_zero():
         path = write_metrics(metrics, run_dir)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sorted(metrics.items())}

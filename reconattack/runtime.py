@@ -1,8 +1,9 @@
-"""Pieces every attack pipeline shares: trainers per stage, loggers, sample grids, metrics.json.
+"""The run's services, shared by the runner and the threat models: trainers, the metrics
+callback, the logger, the artifact store, sample grids and ``metrics.json``.
 
-An attack pipeline is a function ``pipeline(cfg, run_dir) -> dict`` named by
-``cfg.attack.pipeline``; it may train several stages (each a LightningModule fitted by its own
-Trainer built with :func:`make_trainer`) and returns the flat final metrics.
+:class:`RunContext` bundles them for one run, built from the run's ``trainer``, ``metrics``,
+``logger`` and ``paths`` configs; the runner hands it to the threat model's ``prepare`` (which
+may train demo models or encrypt a gallery in a Trainer of its own) and uses it for every stage.
 """
 
 from __future__ import annotations
@@ -65,14 +66,23 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
     return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, **kwargs)
 
 
+#: Trainer settings that shorten a run (debugging); never applied to artifacts shared by runs
+SHORTENING = ("fast_dev_run", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+              "limit_predict_batches", "overfit_batches")
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, logger=None,
-                 callbacks: list | None = None, **overrides) -> pl.Trainer:
+                 callbacks: list | None = None, whole: bool = False, **overrides) -> pl.Trainer:
     """A Trainer for one stage of an attack, from ``cfg.trainer`` (accelerator, devices, strategy,
-    precision, ...), with its checkpoints under ``run_dir/checkpoints/<stage>``."""
+    precision, ...), with its checkpoints under ``run_dir/checkpoints/<stage>``. ``whole``: drop
+    the settings that shorten a run (:data:`SHORTENING`), for work whose result is shared."""
     cbs = [hydra.utils.instantiate(c) for c in cfg.trainer.get("callbacks", {}).values() if c]
     cbs += callbacks or []
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.pop("callbacks", None)
+    if whole:
+        for key in SHORTENING:
+            tcfg.pop(key, None)
     tcfg.setdefault("enable_checkpointing", False)
     tcfg.update(overrides)
     return hydra.utils.instantiate(
@@ -87,6 +97,65 @@ def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None)
     if metrics is not None:
         kwargs["metrics"] = list(metrics)
     return hydra.utils.instantiate(kwargs, stages=stages)
+
+
+#: a Trainer on one device, for work done once by rank 0 (artifact builders)
+SINGLE_DEVICE = {"devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False}
+
+
+class RunContext:
+    """The services of one run (see the module docstring).
+
+    Args:
+        cfg: the composed run config (its ``trainer``, ``metrics``, ``logger``, ``paths`` and
+            ``seed`` are read here, nothing else).
+        run_dir: the run directory.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.seed = int(cfg.seed)
+        self.cache_dir = Path(str(cfg.paths.cache_dir))
+        self.rank = process_rank()
+        self._logger = None
+
+    @property
+    def logger(self):
+        """The run's Lightning logger (created at first use), or False for ``logger=none``."""
+        if self._logger is None:
+            self._logger = make_logger(self.cfg, self.run_dir)
+            if self._logger:
+                self._logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+        return self._logger
+
+    def trainer(self, name: str, max_steps: int = -1, callbacks: list | None = None,
+                single_device: bool = False, logger=None, **overrides) -> pl.Trainer:
+        """A Trainer from the ``trainer`` config with checkpoints under ``checkpoints/<name>``;
+        ``single_device`` for work that rank 0 does alone for every run (artifacts: on one
+        device, never shortened by ``fast_dev_run`` / ``limit_*``); ``logger=False`` logs
+        nothing (default: the run's logger)."""
+        if single_device:
+            overrides = {**SINGLE_DEVICE, **overrides}
+        return make_trainer(self.cfg, self.run_dir, name, max_steps,
+                            logger=self.logger if logger is None else logger,
+                            callbacks=callbacks, whole=single_device, **overrides)
+
+    def metric_callback(self, stages: tuple[str, ...] = ("test",), metrics=None):
+        """The shared metrics callback (``metrics`` config; ``metrics`` overrides the names)."""
+        return make_metric_callback(self.cfg, stages, metrics)
+
+    def artifacts(self, reuse: bool = True):
+        """The content-addressed artifact store under ``paths.cache_dir/artifacts`` (or, with
+        ``reuse=False``, private to this run)."""
+        from reconattack.artifacts import ArtifactStore
+
+        return ArtifactStore(self.cache_dir / "artifacts", reuse=reuse,
+                             private_root=self.run_dir / "artifacts", rank=self.rank)
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
 
 
 def save_grid(columns: list[torch.Tensor], path: Path, max_rows: int = 8) -> None:

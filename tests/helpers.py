@@ -1,4 +1,5 @@
-"""Test helpers: tiny datasets on disk and composing the real configs."""
+"""Test helpers: tiny datasets on disk, composing the real configs, and the overrides that make
+any experiment run in seconds on CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+ATTACK_CONFIGS = sorted(p.stem for p in Path(CONF_DIR, "attack").glob("[!_]*.yaml"))
 
 
 def textured_images(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
@@ -51,28 +54,96 @@ def make_lmdb(path: Path, n: int = 10, size: int = 48, seed: int = 1) -> Path:
     return path
 
 
-def compose_cfg(overrides: list[str] | None = None):
+FACE_TINY = {"layers": [1, 1], "widths": [4, 8], "embedding_size": 8, "input_size": 16}
+
+
+def make_experiment_data(root: Path) -> Path:
+    """Everything the paper experiments expect under ``paths.data_dir``, tiny: image folders and
+    LSUN LMDBs (SIFT threat); verification .bin files, a CelebA folder and face-model checkpoints
+    of tiny architectures in the published formats (AVIH threat)."""
+    import torch
+
+    from reconattack.data.faces import make_bin
+    from reconattack.models.face import AdaFaceIResNet, IResNet
+
+    make_image_folder(root / "celebahq", n=10, size=72)
+    make_image_folder(root / "ffhq", n=4, size=300, seed=3)
+    make_lmdb(root / "lsun" / "bird", n=10, size=80)
+    make_image_folder(root / "lsun" / "dining_room", n=10, size=64, seed=5)
+    rng = np.random.default_rng(0)
+    for name in ("lfw", "agedb_30", "cfp_fp"):
+        pics = (rng.random((16, 24, 24, 3)) * 255).astype(np.uint8)  # 24 px: resized, with a warning
+        make_bin(root / "faces_emore" / f"{name}.bin", pics, [True, False] * 4)
+    celeba = root / "celeba" / "img_align_celeba"
+    celeba.mkdir(parents=True)
+    for i in range(6):
+        cv2.imwrite(str(celeba / f"{i:06d}.jpg"), (rng.random((22, 18, 3)) * 255).astype(np.uint8))
+    models = root / "models"
+    (models / "ms1mv3_arcface_r18_fp16").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(IResNet(**FACE_TINY).state_dict(), models / "ms1mv3_arcface_r18_fp16" / "backbone.pth")
+    ada = AdaFaceIResNet(**FACE_TINY)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in ada.state_dict().items()}, "epoch": 3},
+               models / "adaface_ir101_webface12m.ckpt")
+    return root
+
+
+def compose_cfg(overrides: list[str] | None = None, hydra_config: bool = False):
     """Compose ``conf/config.yaml`` with overrides, as the CLI does (without running Hydra)."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides or []))
+        return compose("config", overrides=list(overrides or []), return_hydra_config=hydra_config)
 
 
-def tiny_overrides(tmp: Path) -> list[str]:
-    """Overrides that make any CFGAN experiment run in seconds on CPU."""
+def base_overrides(tmp: Path, data_dir: Path | None = None) -> list[str]:
+    """Run directory, caches, CPU, CSV logging, no progress bar."""
     os.environ["RECONATTACK_OFFLINE"] = "1"
-    return [
-        f"paths.output_dir={tmp / 'run'}",
-        f"paths.cache_dir={tmp / 'cache'}",
-        f"paths.data_dir={tmp / 'data'}",
-        "trainer=cpu",
-        "logger=csv",
-        "loss.per=0",
-        "loss.style=0",
-        "+trainer.fast_dev_run=1",
-        "trainer.callbacks.progress=null",
-        "attack.num_samples=2",
-        "metrics.metrics=[mse,psnr,ssim,fid,lpips,clip]",
-        "data.num_workers=0",
-        "data.batch_size=2",
-        "data.eval_batch_size=2",
-    ]
+    return [f"paths.output_dir={tmp / 'run'}", f"paths.cache_dir={tmp / 'cache'}",
+            f"paths.data_dir={data_dir or tmp / 'data'}", "trainer=cpu", "logger=csv",
+            "trainer.callbacks.progress=null"]
+
+
+#: tiny settings per threat model (``threat.name``)
+TINY_THREAT = {
+    "sift": ["data.num_workers=0", "data.batch_size=2", "data.eval_batch_size=2"],
+    "avih": ["data.image_size=16", "data.gallery_size=6", "data.pool=3", "data.num_workers=0",
+             "data.batch_size=4", "data.eval_batch_size=8", "threat.key_share=0.5",
+             "threat.encrypt.iterations=3", "threat.encrypt.batch_size=16", "threat.key.net.base=4",
+             "threat.key.net.depth=2", "threat.num_samples=2"],
+}
+def tiny_attack(cfg) -> list[str]:
+    """The attack's tiny settings: ``tiny(cfg)`` of its test module ``tests/attacks/test_<name>.py``
+    (a new attack brings them with its tests; a test checks every attack config has them)."""
+    import importlib
+
+    return list(importlib.import_module(f"tests.attacks.test_{cfg.attack.name}").tiny(cfg))
+
+
+def _face_tiny(cfg, role: str) -> list[str]:
+    net = cfg.threat[role].net
+    if "ConvEmbedder" in net._target_:
+        return [f"threat.{role}.net.widths=[4,8]", f"threat.{role}.net.embedding_size=8",
+                f"threat.{role}.net.input_size=16"] + (
+            [f"threat.{role}.train.steps=2"] if cfg.threat[role].get("train") else [])
+    return ([f"threat.{role}.net.{k}={v}".replace(" ", "") for k, v in FACE_TINY.items()]
+            + ([f"threat.{role}.train.steps=2"] if cfg.threat[role].get("train") else []))
+
+
+def tiny_overrides(cfg) -> list[str]:
+    """Overrides that shrink the composed experiment ``cfg`` (threat, attack, networks)."""
+    out = list(TINY_THREAT[cfg.threat.name])
+    if cfg.threat.name == "avih":
+        out += _face_tiny(cfg, "service") + _face_tiny(cfg, "evaluation")
+        if "DigitsFaces" in cfg.data.source._target_:
+            out += ["data.source.split.models=60", "data.source.split.auxiliary=20",
+                    "data.source.split.queries=30"]
+    if cfg.get("attack") is not None:
+        out += tiny_attack(cfg)
+    return out
+
+
+def experiment_overrides(name: str | None, tmp: Path, data_dir: Path | None = None,
+                         extra: list[str] | None = None) -> list[str]:
+    """``+experiment=name`` (None: the default experiment) shrunk to run in seconds on CPU."""
+    first = ([f"+experiment={name}"] if name else []) + list(extra or [])
+    cfg = compose_cfg(first)
+    return [*first, *base_overrides(tmp, data_dir), *tiny_overrides(cfg)]

@@ -15,7 +15,7 @@ A *source* is anything with the small interface of :class:`ImageSource`:
 Implementations: :class:`ImageFolderSource` (a folder of image files, searched recursively),
 :class:`LMDBSource` (the official LSUN LMDB export), :class:`ArraySource` (images already in
 memory) and :func:`lfw_faces` (the 25×25 LFW crops shipped inside scikit-image, for demos and
-tests). :func:`open_source` picks the reader for a path.
+tests). :func:`open_auto` picks the reader for a path. Configs name a source with ``_target_``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "SmallImageWarning",
     "decode_image",
     "lfw_faces",
+    "open_auto",
     "open_source",
     "read_image",
     "resize",
@@ -500,6 +501,18 @@ def lfw_faces(n: int = 100) -> ArraySource:
     grey = np.rint(np.clip(faces, 0.0, 1.0) * 255.0).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     return ArraySource(rgb, [f"lfw_subset_{i:03d}" for i in range(n)])
+
+
+def open_auto(path: str | os.PathLike) -> ImageFolderSource | LMDBSource:
+    """The LSUN LMDB export at ``path`` (a directory holding ``data.mdb``, or an ``.mdb`` file), else
+    a folder of image files. Raises DataNotFoundError naming both layouts when ``path`` is missing."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise DataNotFoundError(
+            f"{p} does not exist; expected LSUN's LMDB export (a directory holding data.mdb) or a "
+            f"folder of image files (set paths.data_dir or the RECONATTACK_DATA environment variable "
+            f"to the datasets root)")
+    return open_source("auto", p)
 
 
 def open_source(kind: str, path: str | os.PathLike) -> ImageFolderSource | LMDBSource:

@@ -1,6 +1,6 @@
 """The DR attack's augmented identity loss (SPEC §3.3, paper eq. 7).
 
-L_id = || f(A(G_theta(x'))) - f(x') ||, A = random horizontal flip, random zero padding of
+L_id = || f(A(G_theta(x'))) - f(x') ||, A = random horizontal flip, random black padding of
 ``pad`` px, random crop back to the original size; each image of the batch draws its own A.
 """
 
@@ -16,14 +16,15 @@ from reconattack.losses.avih import task_loss
 
 
 def augment(x: torch.Tensor, flip: bool = True, pad: int = 5, crop: bool = True,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random flip + zero padding + crop, independently per image; differentiable w.r.t. ``x``.
+            generator: torch.Generator | None = None, fill: float = -1.0) -> torch.Tensor:
+    """Random flip + padding + crop, independently per image; differentiable w.r.t. ``x``.
 
-    x: (B, C, H, W), any range. Per image: a horizontal flip with probability 0.5 (``flip``),
-    zero padding of ``pad`` px on every side, and a crop of H x W at an offset (dy, dx) drawn
-    uniformly from {0, ..., 2 * pad}^2 (``crop=True``) or the centre crop (dy = dx = pad,
-    ``crop=False``: no translation). Output (B, C, H, W): the (flipped) image shifted by
-    (pad - dy, pad - dx) with zeros entering. ``flip=False`` with ``pad=0`` or ``crop=False``
+    x: (B, C, H, W), in [-1, 1] for images. Per image: a horizontal flip with probability 0.5
+    (``flip``), padding of ``pad`` px with ``fill`` on every side (-1: black, the official code's
+    zero padding of [0, 1] images), and a crop of H x W at an offset (dy, dx) drawn uniformly
+    from {0, ..., 2 * pad}^2 (``crop=True``) or the centre crop (dy = dx = pad, ``crop=False``:
+    no translation). Output (B, C, H, W): the (flipped) image shifted by (pad - dy, pad - dx)
+    with ``fill`` entering. ``flip=False`` with ``pad=0`` or ``crop=False``
     returns ``x`` itself. Random draws use ``generator`` (on its own device) or the global RNG.
     """
     if pad < 0:
@@ -40,7 +41,7 @@ def augment(x: torch.Tensor, flip: bool = True, pad: int = 5, crop: bool = True,
         return out
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev).to(x.device)
-    padded = F.pad(out, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p), zeros
+    padded = F.pad(out, (pad, pad, pad, pad), value=fill)  # (B, C, H + 2p, W + 2p)
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
     padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))
@@ -52,8 +53,8 @@ def augmented_identity_loss(embed: Callable[[torch.Tensor], torch.Tensor], recon
                             distance: str = "l2", generator: torch.Generator | None = None) -> torch.Tensor:
     """Augmented identity loss (paper eq. 7), per image.
 
-    embed: the service model, (B, 3, H, W) in [0, 1] -> (B, E); recon: G_theta(x'), (B, 3, H, W)
-    in [0, 1]; target_emb: (B, E), f(x') (the encrypted images' embeddings). Returns (B,)
+    embed: the service model, (B, 3, H, W) in [-1, 1] -> (B, E); recon: G_theta(x'), (B, 3, H, W)
+    in [-1, 1]; target_emb: (B, E), f(x') (the encrypted images' embeddings). Returns (B,)
     ``task_loss(embed(augment(recon, **augment_kwargs)), target_emb, distance)`` (embeddings
     L2-normalised; distance "l2" | "l2sq" | "cos").
     """

@@ -1,9 +1,11 @@
-"""VGG19 feature losses: perceptual (CFGAN paper eq. 4) and Gram-matrix style (Table VI ablation).
+"""VGG feature losses: perceptual (CFGAN paper eq. 4: VGG19, L1; INV: VGG16, MSE) and Gram-matrix
+style (CFGAN Table VI ablation).
 
-Weights: torchvision's VGG19 IMAGENET1K_V1 (``vgg19-dcbb9e9d.pth``), obtained through the
-pretrained-weights policy (:mod:`reconattack.utils.weights`): a local file named in the config,
-the torch hub cache, or a download. Without them :class:`MissingWeightsError` is raised; the
-training code refuses a positive perceptual/style weight then (never random VGG weights).
+Weights: torchvision's VGG19 / VGG16 IMAGENET1K_V1 (``vgg19-dcbb9e9d.pth``,
+``vgg16-397923af.pth``), obtained through the pretrained-weights policy
+(:mod:`reconattack.utils.weights`): a local file named in the config, the torch hub cache, or a
+download. Without them :class:`MissingWeightsError` is raised; the training code refuses a
+positive perceptual/style weight then (never random VGG weights).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from torch import nn
 
 from reconattack.utils.weights import WeightsSpec, load_state_dict
 
-VGG19_WEIGHTS = WeightsSpec(
-    name="VGG19 (torchvision IMAGENET1K_V1, for the perceptual loss)",
-    url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-)
+VGG_WEIGHTS = {
+    "vgg19": WeightsSpec(name="VGG19 (torchvision IMAGENET1K_V1, for the perceptual loss)",
+                         url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+    "vgg16": WeightsSpec(name="VGG16 (torchvision IMAGENET1K_V1, for the perceptual loss)",
+                         url="https://download.pytorch.org/models/vgg16-397923af.pth"),
+}
+VGG19_WEIGHTS = VGG_WEIGHTS["vgg19"]
 # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 in torchvision's vgg19().features
 DEFAULT_LAYERS = (1, 6, 11, 20, 29)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,22 +33,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VGGFeatures(nn.Module):
-    """Frozen VGG19 feature taps.
+    """Frozen VGG feature taps (``arch``: ``"vgg19"`` or ``"vgg16"``).
 
     Input (B, 3, H, W) RGB in [-1, 1]; it is mapped to [0, 1] and ImageNet-normalised (the
     official code fed unnormalised BGR — a bug not copied). Output: list of feature maps at
     ``layers`` (indices into ``vgg19().features``, each tap taken after that layer).
 
     ``features`` may be injected (any ``nn.Sequential``; tests use a small random one);
-    otherwise the pretrained VGG19 is loaded from ``weights_path`` / the torch hub cache.
+    otherwise the pretrained VGG is loaded from ``weights_path`` / the torch hub cache.
     """
 
     def __init__(self, layers: Sequence[int] = DEFAULT_LAYERS, weights_path: str | None = None,
-                 download: bool = True, features: nn.Sequential | None = None):
+                 download: bool = True, features: nn.Sequential | None = None, arch: str = "vgg19"):
         super().__init__()
+        if arch not in VGG_WEIGHTS:
+            raise ValueError(f"VGGFeatures: arch must be one of {sorted(VGG_WEIGHTS)}, got {arch!r}")
         if features is None:
-            vgg = torchvision.models.vgg19(weights=None)
-            vgg.load_state_dict(load_state_dict(VGG19_WEIGHTS, weights_path, download))
+            vgg = getattr(torchvision.models, arch)(weights=None)
+            vgg.load_state_dict(load_state_dict(VGG_WEIGHTS[arch], weights_path, download))
             features = vgg.features
         self.layers = tuple(layers)
         self.features = features[: max(self.layers) + 1].eval()
@@ -67,9 +74,17 @@ class VGGFeatures(nn.Module):
         return out
 
 
-def perceptual_loss(feats_pred: Sequence[torch.Tensor], feats_target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum over layers of the mean absolute feature difference (official code: L1, weights 1). Scalar."""
-    return sum(F.l1_loss(p, t) for p, t in zip(feats_pred, feats_target))
+def perceptual_loss(feats_pred: Sequence[torch.Tensor], feats_target: Sequence[torch.Tensor],
+                    distance: str = "l1") -> torch.Tensor:
+    """Feature distance summed over layers. Scalar.
+
+    ``"l1"``: sum of the mean absolute differences (CFGAN official code); ``"mse_mean"``: mean over
+    layers of the mean squared differences (InvSfM's perceptual loss)."""
+    if distance == "l1":
+        return sum(F.l1_loss(p, t) for p, t in zip(feats_pred, feats_target))
+    if distance == "mse_mean":
+        return sum(F.mse_loss(p, t) for p, t in zip(feats_pred, feats_target)) / len(feats_pred)
+    raise ValueError(f"perceptual_loss distance must be 'l1' or 'mse_mean', got {distance!r}")
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ Contract with LightningModules: ``validation_step`` / ``test_step`` return a dic
   named evaluations in one pass (e.g. the AVIH rows ``"ours/"``, ``"protected/"``,
   ``"key_model/"`` over the same held-out images). Each prefix gets its own suite and its
   results are keyed ``f"{prefix}{name}"`` (``"ours/psnr"``, ``"encrypt/key_psnr"``), without
-  the stage name.
+  the stage name. A group may carry ``"metrics"``: the metric names its suite computes (a
+  subset of the configured ones, e.g. pixel metrics only for an intermediate stage).
 
 Steps returning ``None`` or a dict without these keys are ignored. Sanity-check batches are
 skipped. Batches of several validation dataloaders are pooled.
@@ -89,7 +90,11 @@ class ReconstructionMetrics(pl.Callback):
         for prefix, group in (outputs.get("groups") or {}).items():
             suites = self.group_suites[stage]
             if prefix not in suites:
-                suites[prefix] = MetricSuite(**self.suite_kwargs)
+                kwargs = dict(self.suite_kwargs)
+                if group.get("metrics") is not None:
+                    kwargs["metrics"] = [m for m in kwargs.get("metrics", group["metrics"])
+                                         if m in group["metrics"]]
+                suites[prefix] = MetricSuite(**kwargs)
                 if self._nets is None:  # loads LPIPS / CLIP once for all groups
                     self._nets = MetricSuite(**self.suite_kwargs)
                 suites[prefix].share_networks(self._nets)

@@ -11,7 +11,9 @@ published code, so that released checkpoints load with ``strict=True``:
 :class:`ConvEmbedder` is a small plain CNN, a different architecture used as the demo's
 evaluation model. :class:`FaceEmbedder` wraps any of them with the preprocessing that belongs
 at the model boundary (resize, channel order, normalisation) and L2-normalises the output, so
-the rest of the code feeds RGB images in [0, 1] and receives unit embeddings.
+the rest of the code feeds RGB images in [-1, 1] and receives unit embeddings. Checkpoint
+formats are classes (:class:`InsightfaceFormat`, :class:`AdaFaceFormat`,
+:class:`ReconattackFormat`) that configs name with ``_target_``.
 
 Depths and widths are constructor arguments, so the published IR-18/50/100 at 112x112 and tiny
 CPU variants (e.g. ``layers=[1, 1]``, ``widths=(8, 16)``, ``input_size=16``) share the code.
@@ -19,15 +21,22 @@ CPU variants (e.g. ``layers=[1, 1]``, ``widths=(8, 16)``, ``input_size=16``) sha
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reconattack.utils.checkpoints import (
+    load_strict,
+    mismatches,
+    read_checkpoint,
+    state_dict_of,
+    sub_state,
+)
+from reconattack.utils.seeding import seeded
 
 #: Blocks per stage of the published IR-ResNets ("ir101" is AdaFace's name for IR-100).
 ARCHS: dict[str, list[int]] = {
@@ -36,12 +45,10 @@ ARCHS: dict[str, list[int]] = {
     "ir100": [3, 13, 30, 3],
     "ir101": [3, 13, 30, 3],
 }
-LAYOUTS = ("insightface", "adaface", "conv")
-CHECKPOINT_FORMATS = ("insightface", "adaface", "reconattack")
 CHANNEL_ORDERS = ("rgb", "bgr")
 IR_WIDTHS = (64, 128, 256, 512)
 CONV_WIDTHS = (16, 32, 64)
-CHECKPOINT_KEY_HINT = "set model.service.checkpoint / model.evaluation.checkpoint"
+CHECKPOINT_KEY_HINT = "set threat.service.checkpoint / threat.evaluation.checkpoint"
 
 
 def _head_size(input_size: int, n_stages: int, what: str) -> int:
@@ -300,13 +307,15 @@ def _channel_stat(value: float | Sequence[float], name: str) -> torch.Tensor:
 
 
 class FaceEmbedder(nn.Module):
-    """Backbone plus its preprocessing: RGB images in [0, 1] -> unit-L2-norm embeddings.
+    """Backbone plus its preprocessing: RGB images in [-1, 1] -> unit-L2-norm embeddings.
 
-    forward(images: (B, 3, H, W) RGB in [0, 1]) -> (B, embed_dim) float32 with unit L2 norm.
-    Steps: bilinear resize (align_corners=False) to ``input_size`` x ``input_size`` when H, W
-    differ (non-square inputs are stretched); flip to BGR if ``channel_order == "bgr"``;
-    ``(x - mean) / std`` (per-channel values are given in the backbone's channel order);
-    backbone; L2 normalisation. Differentiable throughout (the attacks back-propagate through it).
+    forward(images: (B, 3, H, W) RGB in [-1, 1]) -> (B, embed_dim) float32 with unit L2 norm.
+    Steps, all at this model boundary: bilinear resize (align_corners=False) to ``input_size`` x
+    ``input_size`` when H, W differ (non-square inputs are stretched); to [0, 1]; flip to BGR if
+    ``channel_order == "bgr"``; ``(x - mean) / std`` with ``mean`` / ``std`` given on the [0, 1]
+    scale in the backbone's channel order (insightface and AdaFace: 0.5 / 0.5, i.e. the package's
+    [-1, 1] values themselves); backbone; L2 normalisation. Differentiable throughout (the
+    attacks back-propagate through it).
     """
 
     def __init__(self, backbone: nn.Module, input_size: int = 112, channel_order: str = "rgb",
@@ -331,7 +340,7 @@ class FaceEmbedder(nn.Module):
         self.embed_dim = int(embed_dim)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, input_size, input_size) as the backbone expects."""
+        """(B, 3, H, W) RGB in [-1, 1] -> (B, 3, input_size, input_size) as the backbone expects."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"FaceEmbedder expects (B, 3, H, W) images, got {tuple(images.shape)}")
         param = next(self.backbone.parameters(), None)
@@ -339,6 +348,7 @@ class FaceEmbedder(nn.Module):
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)
+        x = (x + 1) / 2
         if self.channel_order == "bgr":
             x = x.flip(1)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -348,17 +358,16 @@ class FaceEmbedder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoint formats (configs name one with ``_target_``)
 # ------------------------------------------------------------------------------------------------
 
 
 def _describe(backbone: nn.Module) -> str:
-    layout = getattr(backbone, "layout", type(backbone).__name__)
     layers = getattr(backbone, "layers", None)
     arch = next((name for name, preset in ARCHS.items() if preset == layers), "custom")
-    if layout == "conv":
-        return f"layout=conv, widths={getattr(backbone, 'widths', '?')}"
-    return (f"layout={layout}, arch={arch} (layers={layers}, widths={getattr(backbone, 'widths', '?')}, "
+    if getattr(backbone, "layout", "") == "conv":
+        return f"{type(backbone).__name__}(widths={getattr(backbone, 'widths', '?')})"
+    return (f"{type(backbone).__name__} {arch} (layers={layers}, widths={getattr(backbone, 'widths', '?')}, "
             f"embedding_size={getattr(backbone, 'embedding_size', '?')}, "
             f"input_size={getattr(backbone, 'input_size', '?')})")
 
@@ -371,7 +380,7 @@ def _guess_checkpoint_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
             layers = [1 + max(int(m.group(1)) for k in sd
                               if (m := re.match(rf"layer{s}\.(\d+)\.", k))) for s in stages]
             widths = [int(sd[f"layer{s}.0.conv1.weight"].shape[0]) for s in stages]
-            layout = "insightface"
+            cls = "IResNet"
         elif any(k.startswith("body.") for k in sd):
             n = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k)))
             depths = [int(sd[f"body.{i}.res_layer.1.weight"].shape[0]) for i in range(n)]
@@ -382,18 +391,13 @@ def _guess_checkpoint_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
                 else:
                     widths.append(d)
                     layers.append(1)
-            layout = "adaface"
+            cls = "AdaFaceIResNet"
         else:
             return None
     except (KeyError, ValueError, AttributeError, IndexError):
         return None
     arch = next((name for name, preset in ARCHS.items() if preset == layers), "custom")
-    return f"layout={layout}, arch={arch} (layers={layers}, widths={widths})"
-
-
-def _list(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{cls} {arch} (layers={layers}, widths={widths})"
 
 
 def _strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -402,96 +406,80 @@ def _strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
     return dict(sd)
 
 
-def _torch_load(path: str) -> object:
-    # Lightning checkpoints may carry an argparse.Namespace of hyper-parameters; admitting that
-    # plain attribute container keeps weights_only loading safe.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(err).splitlines()]
-        lines = [ln for ln in lines if ln]
-        first = next((ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln),
-                     lines[0] if lines else type(err).__name__)
-        raise ValueError(f"face checkpoint {path} holds objects other than tensors and plain "
-                         f"containers, refused by torch.load(weights_only=True): {first}. Re-save "
-                         "its state dict with torch.save(model.state_dict(), path).") from None
+class InsightfaceFormat:
+    """insightface ``backbone.pth``: a plain state dict (a DataParallel ``module.`` prefix is
+    stripped)."""
+
+    name = "insightface"
+
+    def state_dict(self, obj: Mapping, path: str) -> dict[str, torch.Tensor]:
+        return _strip_prefix(state_dict_of(obj), "module.")
 
 
-def load_face_checkpoint(backbone: nn.Module, path: str | os.PathLike,
-                         format: str | None = None) -> nn.Module:
+class AdaFaceFormat:
+    """AdaFace Lightning ``.ckpt``: ``state_dict`` with the backbone's keys prefixed ``model.``;
+    other keys (``head.kernel``, ...) are ignored."""
+
+    name = "adaface"
+
+    def state_dict(self, obj: Mapping, path: str) -> dict[str, torch.Tensor]:
+        inner = obj.get("state_dict")
+        if not isinstance(inner, Mapping):
+            raise ValueError(f"face checkpoint {path}: an AdaFace .ckpt needs a 'state_dict' entry "
+                             f"(top-level keys: {', '.join(str(k) for k in list(obj)[:8])})")
+        sd = sub_state({str(k): v for k, v in inner.items()}, "model.")
+        if not sd:
+            raise ValueError(f"face checkpoint {path}: no 'model.' keys in its state_dict; is it "
+                             "an AdaFace checkpoint? (try format InsightfaceFormat or ReconattackFormat)")
+        return sd
+
+
+class ReconattackFormat:
+    """What this package writes (the demo's trained face models): ``{"state_dict": sd}`` or a
+    plain ``sd`` of the FaceEmbedder's backbone (``module.`` / ``backbone.`` prefixes stripped)."""
+
+    name = "reconattack"
+
+    def state_dict(self, obj: Mapping, path: str) -> dict[str, torch.Tensor]:
+        return _strip_prefix(_strip_prefix(state_dict_of(obj), "module."), "backbone.")
+
+
+def detect_format(obj: Mapping) -> InsightfaceFormat | AdaFaceFormat | ReconattackFormat:
+    """AdaFace when the checkpoint has a ``state_dict`` with ``model.`` keys, else a plain dict."""
+    inner = obj.get("state_dict")
+    if isinstance(inner, Mapping) and any(str(k).startswith("model.") for k in inner):
+        return AdaFaceFormat()
+    return ReconattackFormat()
+
+
+def load_face_checkpoint(backbone: nn.Module, path: str | os.PathLike, format=None) -> nn.Module:
     """Load a face checkpoint into ``backbone`` (strict) and return it.
 
-    ``format``: "insightface" (plain state dict; a DataParallel ``module.`` prefix is stripped),
-    "adaface" (Lightning ``.ckpt``: ``state_dict`` with keys prefixed ``model.``; other keys such
-    as ``head.kernel`` are ignored), "reconattack" (``{"state_dict": sd}`` or a plain ``sd`` of
-    the FaceEmbedder's backbone; a ``backbone.`` prefix is stripped) or None (auto: a
-    ``state_dict`` with ``model.`` keys -> adaface, else plain).
-
-    Raises FileNotFoundError for a missing file and ValueError (naming missing / unexpected /
-    shape-mismatching keys) when the checkpoint does not fit the built architecture.
+    ``format``: an object with ``state_dict(obj, path) -> dict`` (:class:`InsightfaceFormat`,
+    :class:`AdaFaceFormat`, :class:`ReconattackFormat`) or None (auto-detect). Reading is
+    ``weights_only``. Raises FileNotFoundError for a missing file and ValueError (naming missing
+    / unexpected / shape-mismatching keys, and what the checkpoint looks like) when it does not
+    fit the built architecture.
     """
-    if format is not None and format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"unknown face checkpoint format {format!r}; choose one of "
-                         f"{CHECKPOINT_FORMATS} or None (auto-detect)")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"face model checkpoint not found: {path} ({CHECKPOINT_KEY_HINT} "
                                 "to an existing insightface .pth / AdaFace .ckpt file)")
-    obj = _torch_load(path)
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"face checkpoint {path}: expected a state dict or a dict with "
-                         f"'state_dict', got {type(obj).__name__}")
-    inner = obj.get("state_dict")
-    shown = format
-    if format is None:
-        is_ada = isinstance(inner, Mapping) and any(str(k).startswith("model.") for k in inner)
-        format = "adaface" if is_ada else "reconattack"
-        shown = f"auto-detected {'adaface' if is_ada else 'plain state dict'}"
-    if format == "adaface":
-        if not isinstance(inner, Mapping):
-            raise ValueError(f"face checkpoint {path}: an AdaFace .ckpt needs a 'state_dict' entry "
-                             f"(top-level keys: {_list([str(k) for k in obj])})")
-        sd = {k[len("model."):]: v for k, v in inner.items() if str(k).startswith("model.")}
-        if not sd:
-            raise ValueError(f"face checkpoint {path}: no 'model.' keys in its state_dict; is it "
-                             "an AdaFace checkpoint? (try format=insightface or reconattack)")
-    else:
-        sd = dict(inner) if isinstance(inner, Mapping) else dict(obj)
-        sd = _strip_prefix(sd, "module.")
-        if format == "reconattack":
-            sd = _strip_prefix(sd, "backbone.")
-    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"face checkpoint {path} (format={shown}) is not a state dict: "
-                         f"non-tensor entries {_list([str(k) for k in bad])}")
-
-    guess = _guess_checkpoint_arch(sd)
-    expected = backbone.state_dict()
-    for key, value in expected.items():  # tolerate checkpoints saved without these counters
+    obj = read_checkpoint(path, "face checkpoint")
+    fmt = format if format is not None else detect_format(obj)
+    sd = fmt.state_dict(obj, path)
+    guess = _guess_checkpoint_arch(sd)  # from the file as read, before anything is filled in
+    for key, value in backbone.state_dict().items():  # tolerate checkpoints without these counters
         if key.endswith("num_batches_tracked") and key not in sd:
             sd[key] = value.clone()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_list(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_list(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {_list(mismatched)}")
-        raise ValueError(
-            f"face checkpoint {path} (format={shown}) does not fit the model built with "
-            f"{_describe(backbone)}: " + "; ".join(parts) + ". "
-            + (f"The checkpoint looks like {guess}. " if guess else "")
-            + "Choose the arch and layout the checkpoint was trained with (e.g. an IR-50 "
-            "checkpoint needs arch=ir50, and layout=insightface for insightface .pth files or "
-            "layout=adaface for AdaFace .ckpt files) and the same embedding_size / input_size.")
-    backbone.load_state_dict(sd, strict=True)
-    return backbone
+    guess = guess if mismatches(backbone, sd) else None
+    return load_strict(
+        backbone, sd, f"{path} (format={fmt.name})", "face checkpoint",
+        hint=f"The model was built as {_describe(backbone)}. "
+        + (f"The checkpoint looks like {guess}. " if guess else "")
+        + "Choose the network the checkpoint was trained with (e.g. an IR-50 checkpoint needs "
+        "layers [3, 4, 14, 3], IResNet for insightface .pth files, AdaFaceIResNet for AdaFace .ckpt "
+        "files) and the same embedding_size / input_size.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,51 +487,25 @@ def load_face_checkpoint(backbone: nn.Module, path: str | os.PathLike,
 # ------------------------------------------------------------------------------------------------
 
 
-def build_face_model(arch: str, layout: str = "insightface", checkpoint: str | os.PathLike | None = None,
-                     format: str | None = None, layers: Sequence[int] | None = None,
-                     widths: Sequence[int] | None = None, embedding_size: int = 512,
-                     input_size: int = 112, dropout: float = 0.0, channel_order: str | None = None,
-                     seed: int | None = None) -> FaceEmbedder:
-    """Build a :class:`FaceEmbedder` (RGB [0, 1] images -> unit embeddings).
+def make_face_model(make_net: Callable[[], nn.Module], channel_order: str = "rgb",
+                    checkpoint: str | os.PathLike | None = None, format=None,
+                    seed: int | None = None, mean: float | Sequence[float] = 0.5,
+                    std: float | Sequence[float] = 0.5) -> FaceEmbedder:
+    """A :class:`FaceEmbedder` around ``make_net()`` (:class:`IResNet`, :class:`AdaFaceIResNet`,
+    :class:`ConvEmbedder` or any backbone with ``embedding_size`` and ``input_size``; configs name
+    it with ``_target_``).
 
-    ``arch``: a key of :data:`ARCHS` or "custom" (then ``layers`` is required); ``layers`` /
-    ``widths`` override the preset. ``layout``: "insightface" (:class:`IResNet`), "adaface"
-    (:class:`AdaFaceIResNet`) or "conv" (:class:`ConvEmbedder`; ``arch`` and ``layers`` are
-    ignored, ``widths`` defaults to (16, 32, 64)). ``channel_order`` defaults to "bgr" for
-    adaface and "rgb" otherwise; inputs are scaled ``(x - 0.5) / 0.5``. ``seed`` makes the
-    random initialisation deterministic without touching the global RNG. With ``checkpoint``
-    the weights are loaded (see :func:`load_face_checkpoint`), the model is put in eval mode and
-    all parameters are frozen; without one it stays in train mode with random weights.
+    ``seed`` makes the random initialisation deterministic without touching the global RNG. With
+    ``checkpoint`` the weights are loaded (:func:`load_face_checkpoint` with ``format``), the model
+    is put in eval mode and frozen; without one it stays in train mode with random weights.
+    AdaFace checkpoints want ``channel_order="bgr"``.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown face model layout {layout!r}; choose one of {LAYOUTS}")
-    if channel_order is None:
-        channel_order = "bgr" if layout == "adaface" else "rgb"
-    if layout != "conv":
-        if layers is None:
-            if arch not in ARCHS:
-                raise ValueError(f"unknown face model arch {arch!r}; choose one of "
-                                 f"{sorted(ARCHS)} or 'custom' with explicit layers")
-            layers = ARCHS[arch]
-        elif arch not in ARCHS and arch != "custom":
-            raise ValueError(f"unknown face model arch {arch!r}; use 'custom' with explicit layers")
-    widths = tuple(widths) if widths is not None else (CONV_WIDTHS if layout == "conv" else IR_WIDTHS)
-
-    def make() -> nn.Module:
-        if layout == "conv":
-            return ConvEmbedder(widths, embedding_size, input_size)
-        cls = IResNet if layout == "insightface" else AdaFaceIResNet
-        return cls(layers, widths, embedding_size, input_size, dropout)
-
-    if seed is None:
-        backbone = make()
-    else:
-        with torch.random.fork_rng():
-            torch.manual_seed(int(seed))
-            backbone = make()
+    with seeded(seed):
+        backbone = make_net()
     if checkpoint is not None:
         load_face_checkpoint(backbone, checkpoint, format)
-    embedder = FaceEmbedder(backbone, input_size=input_size, channel_order=channel_order)
+    embedder = FaceEmbedder(backbone, input_size=int(getattr(backbone, "input_size", 112)),
+                            channel_order=channel_order, mean=mean, std=std)
     if checkpoint is not None:
         embedder.eval()
         embedder.requires_grad_(False)

@@ -6,9 +6,10 @@
   (junyanz/pytorch-CycleGAN-and-pix2pix ``networks.py``) with the same module structure and
   state-dict key names, so that a pix2pix ``latest_net_G.pth`` loads with ``strict=True``
   (the official AVIH code's frozen key model: resnet_9blocks, BatchNorm, dropout, tanh).
-- :class:`KeyModel`: the package's key-model interface, images (B, 3, H, W) in [0, 1] in and
+- :class:`KeyModel`: the package's key-model interface, images (B, 3, H, W) in [-1, 1] in and
   out, whatever range the wrapped network works in.
-- :func:`build_key_model`: a fresh (optionally seeded) or checkpoint-loaded key model.
+- :func:`make_key_model`: a fresh (seeded) or checkpoint-loaded key model around a network
+  factory (configs name the network with ``_target_``).
 - :class:`PatchGAN`: the pix2pix NLayerDiscriminator with an optional tanh last layer
   (paper §III-B, eqs. 11-13; losses in :mod:`reconattack.losses.gan`).
 
@@ -18,21 +19,20 @@ Fresh networks get pix2pix's ``init_weights(init_type="normal", gain=0.02)``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reconattack.models.cfgan import count_parameters  # noqa: F401  (re-exported for callers)
+from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
+from reconattack.utils.seeding import seeded
 
 NORMS = ("batch", "instance", "none")
 UPSAMPLES = ("bilinear", "transpose")
 UNET_OUTPUTS = ("sigmoid", "tanh", "none")
 PADDING_TYPES = ("reflect", "replicate", "zero")
 RANGES = ("unit", "symmetric")
-ARCHS = ("unet", "resnet9")
 D_ACTIVATIONS = ("tanh", "none")
 
 
@@ -80,8 +80,9 @@ def init_weights_kaiming(module: nn.Module) -> None:
 
 @torch.no_grad()
 def calibrate_batchnorm(module: nn.Module, size: int, batches: int = 4, batch_size: int = 32) -> None:
-    """Set every BatchNorm's running statistics to those of U(0, 1) noise images of ``size``
-    (global torch RNG), so a random network keeps normalised activations in eval mode."""
+    """Set every BatchNorm's running statistics to those of uniform noise images of ``size``
+    (global torch RNG), so a random network keeps normalised activations in eval mode. The noise
+    covers the package's image range [-1, 1] (what a :class:`KeyModel` receives)."""
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -92,7 +93,7 @@ def calibrate_batchnorm(module: nn.Module, size: int, batches: int = 4, batch_si
         m.momentum = None  # cumulative average over the calibration batches
     module.train()
     for _ in range(batches):
-        module(torch.rand(batch_size, 3, size, size))
+        module(torch.rand(batch_size, 3, size, size) * 2 - 1)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     module.train(was_training)
@@ -143,12 +144,17 @@ class UNet(nn.Module):
     conv and the ``output`` activation: ``"sigmoid"`` -> (0, 1), ``"tanh"`` -> (-1, 1), ``"none"``
     -> unbounded. Inputs whose sides are not multiples of ``2**depth`` are padded (reflect, or
     replicate when the side is too small to reflect), split evenly between the two sides, and
-    the output is cropped back. Input range: whatever the caller feeds (the key model: [0, 1]).
+    the output is cropped back. ``input_range`` declares what the net is fed (``"unit"`` [0, 1]:
+    the paper's key model and the official AVIH code; ``"symmetric"`` [-1, 1]) for
+    :class:`KeyModel`; ``output_range`` follows from ``output`` (sigmoid: unit, tanh: symmetric).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base: int = 64, depth: int = 4,
-                 norm: str = "batch", upsample: str = "bilinear", output: str = "sigmoid"):
+                 norm: str = "batch", upsample: str = "bilinear", output: str = "sigmoid",
+                 input_range: str = "unit"):
         super().__init__()
+        _check("input_range", input_range, RANGES)
+        self.input_range = input_range
         _check("norm", norm, NORMS)
         _check("upsample", upsample, UPSAMPLES)
         _check("output", output, UNET_OUTPUTS)
@@ -157,6 +163,7 @@ class UNet(nn.Module):
         widths = [base * min(2 ** i, 8) for i in range(depth + 1)]
         self.depth = depth
         self.output = output
+        self.output_range = "unit" if output == "sigmoid" else "symmetric"
         self.inc = DoubleConv(in_channels, widths[0], norm)
         self.downs = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[i], widths[i + 1], norm)) for i in range(depth)
@@ -238,6 +245,8 @@ class ResnetGenerator(nn.Module):
     11,383,427. Dropout (pix2pix default) is active only in train mode.
     """
 
+    input_range = output_range = "symmetric"
+
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
                  norm: str = "batch", use_dropout: bool = True, padding_type: str = "reflect"):
         super().__init__()
@@ -272,132 +281,91 @@ class ResnetGenerator(nn.Module):
 # ------------------------------------------------------------------------------ key-model wrapper
 
 
-class KeyModel(nn.Module):
-    """Key-model interface: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+def _to_net(x: torch.Tensor, net_range: str) -> torch.Tensor:
+    return (x + 1) / 2 if net_range == "unit" else x
 
-    ``input_range="symmetric"``: the input is mapped to [-1, 1] (2x - 1) before ``net``;
-    ``output_range="symmetric"``: the net's output y is mapped back by (y + 1) / 2; ``"unit"``
-    passes as is. Nothing is clamped: the output lies in [0, 1] because the net ends in a
-    sigmoid (unit) or a tanh (symmetric). The wrapped network is ``self.net`` (its state dict
-    is what checkpoints hold). Train/eval mode and freezing are left to the caller.
+
+def _from_net(y: torch.Tensor, net_range: str) -> torch.Tensor:
+    return y * 2 - 1 if net_range == "unit" else y
+
+
+class KeyModel(nn.Module):
+    """Key-model interface of the package: (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1].
+
+    The wrapped network ``self.net`` works in its own ranges, read from its ``input_range`` /
+    ``output_range`` attributes (``"unit"`` = [0, 1], ``"symmetric"`` = [-1, 1]): a
+    :class:`UNet` with a sigmoid output maps [0, 1] to [0, 1] (the paper's key model; the
+    official AVIH code works in [0, 1]), the pix2pix :class:`ResnetGenerator` [-1, 1] to [-1, 1].
+    The conversion happens here, at the model boundary, and nowhere else. Nothing is clamped:
+    the output is bounded by the net's last activation. Checkpoints hold ``self.net``'s state
+    dict. Train/eval mode and freezing are left to the caller.
     """
 
-    def __init__(self, net: nn.Module, input_range: str = "unit", output_range: str = "unit"):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        _check("input_range", input_range, RANGES)
-        _check("output_range", output_range, RANGES)
+        self.input_range = getattr(net, "input_range", "symmetric")
+        self.output_range = getattr(net, "output_range", "symmetric")
+        _check("input_range", self.input_range, RANGES)
+        _check("output_range", self.output_range, RANGES)
         self.net = net
-        self.input_range = input_range
-        self.output_range = output_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_range == "symmetric":
-            x = x * 2 - 1
-        y = self.net(x)
-        if self.output_range == "symmetric":
-            y = (y + 1) / 2
-        return y
+        return _from_net(self.net(_to_net(x, self.input_range)), self.output_range)
 
     def extra_repr(self) -> str:
-        return f"input_range={self.input_range!r}, output_range={self.output_range!r}"
+        return f"net works in input={self.input_range!r}, output={self.output_range!r}"
 
 
-def _max8(keys: list[str]) -> str:
-    return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+def load_key_checkpoint(net: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state dict of ``net`` from ``path`` strictly (``weights_only`` reading).
 
-
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"key-model checkpoint not found: {os.fspath(path)!r}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{os.fspath(path)!r} does not hold a state dict (got {type(obj).__name__})")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
-def load_net_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
-    """Load a state dict of ``net`` from ``path`` strictly (see :func:`build_key_model`).
-
-    Two pix2pix compatibility fixes, nothing else: a missing BatchNorm ``num_batches_tracked``
-    (pre-0.4.1 checkpoints) is filled with 0, and ``running_mean`` / ``running_var`` /
-    ``num_batches_tracked`` stored for InstanceNorm layers without running stats (pix2pix's
-    ``__patch_instance_norm_state_dict``) are dropped.
+    Accepts a plain state dict or ``{"state_dict": ...}``; DataParallel ``module.`` prefixes are
+    stripped. Two pix2pix compatibility fixes, nothing else: a missing BatchNorm
+    ``num_batches_tracked`` (pre-0.4.1 checkpoints) is filled with 0, and ``running_mean`` /
+    ``running_var`` / ``num_batches_tracked`` stored for InstanceNorm layers without running
+    stats (pix2pix's ``__patch_instance_norm_state_dict``) are dropped. A file that does not fit
+    raises :class:`~reconattack.utils.checkpoints.CheckpointMismatchError` naming the keys.
     """
-    sd = _read_state_dict(path)
+    sd = state_dict_of(read_checkpoint(path, "key-model checkpoint"))
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
     own = net.state_dict()
     modules = dict(net.named_modules())
     for key in list(sd):
         mod_name, _, buf = key.rpartition(".")
-        mod = modules.get(mod_name)
-        if (key not in own and isinstance(mod, nn.InstanceNorm2d)
+        if (key not in own and isinstance(modules.get(mod_name), nn.InstanceNorm2d)
                 and buf in ("running_mean", "running_var", "num_batches_tracked")):
             del sd[key]
     for key in own:
         if key.endswith(".num_batches_tracked") and key not in sd:
             sd[key] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = [f"{name} ({len(keys)}): {_max8(keys)}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("shape mismatch (checkpoint vs model)", mismatched)) if keys]
-        raise ValueError(f"key-model checkpoint {os.fspath(path)!r} does not fit "
-                         f"{type(net).__name__}: " + "; ".join(parts))
-    net.load_state_dict(sd, strict=True)
+    return load_strict(net, sd, os.fspath(path), "key-model checkpoint")
 
 
 KEY_INITS = ("pix2pix", "kaiming")
 
 
-def build_key_model(arch: str = "unet", seed: int | None = None, checkpoint: str | os.PathLike | None = None,
-                    init: str = "pix2pix", calibrate_size: int | None = None,
-                    **net_kwargs: Any) -> KeyModel:
-    """A key model: ``"unet"`` -> KeyModel(UNet(output="sigmoid", **net_kwargs), "unit", "unit");
-    ``"resnet9"`` -> KeyModel(ResnetGenerator(**net_kwargs), "symmetric", "symmetric").
+def make_key_model(make_net: Callable[[], nn.Module], seed: int | None = None, init: str = "pix2pix",
+                   calibrate_size: int | None = None,
+                   checkpoint: str | os.PathLike | None = None) -> KeyModel:
+    """A :class:`KeyModel` around ``make_net()`` (e.g. a Hydra ``_target_`` factory of
+    :class:`UNet` or :class:`ResnetGenerator`).
 
-    ``seed``: the network is built and initialised (pix2pix normal init, gain 0.02) from
-    ``seed`` inside ``torch.random.fork_rng`` (the global RNG is left untouched); ``None`` uses
-    the global RNG. ``checkpoint``: path to a state dict of the inner network (a plain state
-    dict or ``{"state_dict": ...}``, ``module.`` prefixes stripped), read with
-    ``torch.load(weights_only=True)`` and loaded strictly; a file that does not fit raises
-    ValueError naming missing / unexpected / shape-mismatched keys (up to 8 each), a missing
-    file FileNotFoundError. The model is returned in train mode, with gradients enabled.
-
-    ``init``: ``"pix2pix"`` (N(0, 0.02), for networks about to be trained) or ``"kaiming"``
-    (:func:`init_weights_kaiming`; with ``calibrate_size`` the BatchNorm statistics are then set
-    on noise images of that size — a usable *random* key model).
+    ``seed``: the network is built and initialised inside :func:`~reconattack.utils.seeding.seeded`
+    (the global RNG is left untouched); ``None`` uses the global RNG. ``init``: ``"pix2pix"``
+    (N(0, 0.02), for networks about to be trained) or ``"kaiming"`` (:func:`init_weights_kaiming`;
+    with ``calibrate_size`` the BatchNorm statistics are then set on noise images of that size —
+    a usable *random* key model). ``checkpoint``: weights of the inner network, loaded with
+    :func:`load_key_checkpoint`. Returned in train mode, with gradients enabled.
     """
-    _check("arch", arch, ARCHS)
     _check("init", init, KEY_INITS)
-    if arch == "unet" and "output" in net_kwargs:
-        raise ValueError("build_key_model('unet') fixes output='sigmoid' (the key model maps [0, 1] "
-                         "to [0, 1]); build KeyModel(UNet(...)) directly for another output")
-
-    def make() -> KeyModel:
-        if arch == "unet":
-            model = KeyModel(UNet(output="sigmoid", **net_kwargs), "unit", "unit")
-        else:
-            model = KeyModel(ResnetGenerator(**net_kwargs), "symmetric", "symmetric")
+    with seeded(seed):
+        model = KeyModel(make_net())
         if init == "kaiming":
             init_weights_kaiming(model.net)
             if calibrate_size:
                 calibrate_batchnorm(model, int(calibrate_size))
-        return model
-
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"key-model checkpoint not found: {os.fspath(checkpoint)!r}")
-    if seed is None:
-        model = make()
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(int(seed))
-            model = make()
     if checkpoint is not None:
-        load_net_state_dict(model.net, checkpoint)
+        load_key_checkpoint(model.net, checkpoint)
     return model
 
 
@@ -407,7 +375,7 @@ def build_key_model(arch: str = "unet", seed: int | None = None, checkpoint: str
 class PatchGAN(nn.Module):
     """pix2pix NLayerDiscriminator ("basic" D for n_layers=3) with an optional tanh last layer.
 
-    Input (B, input_nc, H, W) in [0, 1], mapped to [-1, 1] first. ``self.model`` (same keys as
+    Input (B, input_nc, H, W) in [-1, 1] (pix2pix's range). ``self.model`` (same keys as
     pix2pix): Conv(k4, s2, p1) + LeakyReLU(0.2); n_layers - 1 times Conv(k4, s2, p1) + norm +
     LeakyReLU with ndf * min(2**n, 8) channels; Conv(k4, s1, p1) + norm + LeakyReLU; Conv(k4, s1,
     p1) to 1 channel. Convs before a norm carry a bias unless the norm is BatchNorm (pix2pix has
@@ -441,7 +409,7 @@ class PatchGAN(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation patch scores s, (B, 1, h, w); the JS losses take these."""
-        return self.model(x * 2 - 1)
+        return self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.scores(x)

@@ -123,15 +123,15 @@ def test_avih_loss_gradient_is_per_image():
 
 
 def test_augment_identity_without_flip_and_pad():
-    x = torch.rand(4, 3, 7, 6)
+    x = torch.rand(4, 3, 7, 6) * 2 - 1
     assert torch.equal(augment(x, flip=False, pad=0), x)
     assert torch.equal(augment(x, flip=False, pad=5, crop=False), x)
 
 
-def _shifted(img: torch.Tensor, sy: int, sx: int) -> torch.Tensor:
-    """img shifted by (sy, sx) with zeros entering (brute force)."""
+def _shifted(img: torch.Tensor, sy: int, sx: int, fill: float = -1.0) -> torch.Tensor:
+    """img shifted by (sy, sx) with ``fill`` entering (brute force; -1 is black in [-1, 1])."""
     c, h, w = img.shape
-    out = torch.zeros_like(img)
+    out = torch.full_like(img, fill)
     for i in range(h):
         for j in range(w):
             if 0 <= i - sy < h and 0 <= j - sx < w:
@@ -141,7 +141,7 @@ def _shifted(img: torch.Tensor, sy: int, sx: int) -> torch.Tensor:
 
 def test_augment_outputs_are_shifted_flipped_copies():
     pad, b = 2, 16
-    x = torch.rand(b, 2, 6, 5) + 0.1  # no zeros inside the images
+    x = torch.rand(b, 2, 6, 5) * 1.8 - 0.9  # in [-1, 1], no -1 (the padding value) inside
     g = torch.Generator().manual_seed(0)
     out = augment(x, flip=True, pad=pad, generator=g)
     assert out.shape == x.shape
@@ -160,8 +160,24 @@ def test_augment_outputs_are_shifted_flipped_copies():
         assert torch.equal(centred[n], x[n]) or torch.equal(centred[n], x[n].flip(-1))
 
 
+@pytest.mark.parametrize("fill", [-1.0, 0.0, 0.25])
+def test_augment_pads_with_fill(fill):
+    pad, b = 3, 32
+    x = torch.rand(b, 3, 5, 4) * 0.5 + 0.3  # in [0.3, 0.8]: no fill value inside
+    kwargs = {} if fill == -1.0 else {"fill": fill}  # -1 (black in [-1, 1]) is the default
+    out = augment(x, flip=False, pad=pad, generator=torch.Generator().manual_seed(0), **kwargs)
+    outside = (out < 0.3) | (out > 0.8)
+    assert outside.any()  # some images were shifted, and the entering pixels are exactly `fill`
+    assert torch.equal(out[outside], torch.full_like(out[outside], fill))
+    # each output is its image shifted by one offset with `fill` entering (brute force)
+    for n in range(b):
+        matches = [(sy, sx) for sy in range(-pad, pad + 1) for sx in range(-pad, pad + 1)
+                   if torch.equal(out[n], _shifted(x[n], sy, sx, fill))]
+        assert len(matches) == 1, f"image {n}: {matches}"
+
+
 def test_augment_is_differentiable_and_identity_loss_uses_it():
-    x = torch.rand(3, 3, 8, 8, requires_grad=True)
+    x = (torch.rand(3, 3, 8, 8) * 2 - 1).requires_grad_(True)
     out = augment(x, pad=3, generator=torch.Generator().manual_seed(0))
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -170,7 +186,7 @@ def test_augment_is_differentiable_and_identity_loss_uses_it():
     def embed(img):
         return img.flatten(1) @ proj
 
-    recon = torch.rand(3, 3, 8, 8, requires_grad=True)
+    recon = (torch.rand(3, 3, 8, 8) * 2 - 1).requires_grad_(True)  # [-1, 1] images
     target = torch.randn(3, 5)
     loss = augmented_identity_loss(embed, recon, target, {"pad": 3}, generator=torch.Generator().manual_seed(2))
     expected = task_loss(embed(augment(recon, pad=3, generator=torch.Generator().manual_seed(2))), target)
@@ -180,6 +196,12 @@ def test_augment_is_differentiable_and_identity_loss_uses_it():
     assert recon.grad.abs().sum() > 0
     plain = augmented_identity_loss(embed, recon, target, {"flip": False, "pad": 0}, distance="cos")
     torch.testing.assert_close(plain, task_loss(embed(recon), target, "cos"))
+    # the padding entering the service model's input is black in [-1, 1]
+    seen = []
+    augmented_identity_loss(lambda img: seen.append(img) or embed(img), recon.detach(), target,
+                            {"flip": False, "pad": 3}, generator=torch.Generator().manual_seed(2))
+    manual = augment(recon.detach(), flip=False, pad=3, generator=torch.Generator().manual_seed(2), fill=-1.0)
+    torch.testing.assert_close(seen[0], manual)
 
 
 # ----------------------------------------------------------------------------------- JS GAN

@@ -1,13 +1,8 @@
 import pytest
 import torch
 
-from reconattack.models.cfgan import (
-    CoarseGenerator,
-    Discriminator,
-    FineGenerator,
-    adain,
-    count_parameters,
-)
+from reconattack.models.cfgan import CoarseGenerator, Discriminator, FineGenerator, adain
+from reconattack.models.common import count_parameters
 
 SMALL = dict(enc_channels=(16, 32, 32), dec_channels=(32, 16, 8))
 

@@ -1,4 +1,5 @@
-"""AVIH building blocks: artifacts, encryption jobs, the encryptor, the reconstructor, the data."""
+"""AVIH threat building blocks: artifacts, encryption jobs, the key share, the encryptor, the
+data sources, the evaluation rows; the DR attack's stage."""
 
 from __future__ import annotations
 
@@ -8,39 +9,48 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from reconattack.artifacts import ArtifactStore, spec_key
-from reconattack.attacks.avih import leaked_count
-from reconattack.attacks.avih_encrypt import AVIHEncryptor
-from reconattack.attacks.avih_reconstruct import ROWS, AVIHReconstructor
+from reconattack.attacks.dr import DRStage
 from reconattack.data.avih import (
+    ArrayImages,
+    AuxiliaryFolder,
+    BinGallery,
+    DigitsFaces,
     EncryptionJobs,
     HeldOutRows,
+    ImageSet,
     WrongSizeWarning,
-    build_avih_data,
-    encryption_jobs,
 )
 from reconattack.data.faces import make_bin
 from reconattack.data.images import DataNotFoundError
+from reconattack.errors import ConfigError
 from reconattack.losses.avih import avih_loss
 from reconattack.metrics.callback import ReconstructionMetrics
-from reconattack.models.face import build_face_model
-from reconattack.models.keys import PatchGAN, build_key_model
+from reconattack.models.face import IResNet, make_face_model
+from reconattack.models.keys import PatchGAN, UNet, make_key_model
+from reconattack.optim import PerImageMomentum
+from reconattack.threats.avih import AVIHEvaluation, Role, encryption_jobs, leaked_count
+from reconattack.threats.avih_encryption import AVIHEncryptor
 
 
 def tiny_service(seed=0):
-    return build_face_model("custom", "insightface", layers=[1, 1], widths=[4, 8], embedding_size=8,
-                            input_size=16, seed=seed).eval().requires_grad_(False)
+    return make_face_model(lambda: IResNet([1, 1], [4, 8], embedding_size=8, input_size=16),
+                           seed=seed).eval().requires_grad_(False)
 
 
 def tiny_keys(n=2):
-    return [build_key_model("unet", seed=10 + i, base=4, depth=2).eval().requires_grad_(False)
+    return [make_key_model(lambda: UNet(base=4, depth=2), seed=10 + i).eval().requires_grad_(False)
             for i in range(n)]
 
 
 def images(b=4, size=16, seed=0):
-    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    """(b, 3, size, size) in [-1, 1]."""
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+OPTIMIZERS = {"adam": lambda params: torch.optim.Adam(params, lr=0.02),
+              "momentum": lambda params: PerImageMomentum(params, lr=0.02)}
 
 
 WEIGHTS = {"task": 1.0, "diff": 0.03, "rec": 0.5, "vc": 3.0}
@@ -115,7 +125,8 @@ def test_encryption_jobs_and_key_share():
     assert list(index[role == 1]) == [0, 1, 2, 3] and (key[role == 1] == 0).all()
     assert list(index[role == 2]) == [0, 1, 2, 3] and list(key[role == 2]) == [1, 2, 1, 2]
     _, _, role = encryption_jobs(4, 10, 1)
-    assert (role < 2).all()  # one key: no decoys
+    assert (role != Role.DECOY).all()  # one key: no decoys
+    assert [int(r) for r in (Role.HELD_OUT, Role.POOL, Role.DECOY)] == [0, 1, 2]
     assert leaked_count(0.03, 1000) == 30 and leaked_count(0.7, 1000) == 700
     assert leaked_count(0.01, 250) == 3  # 2.5 rounds up
     assert leaked_count(1.0, 250) == 250
@@ -130,15 +141,16 @@ def test_encryption_jobs_and_key_share():
 @pytest.mark.parametrize("optimizer", ["adam", "momentum"])
 def test_encryption_lowers_the_loss_and_is_per_image(optimizer):
     service, keys = tiny_service(), tiny_keys()
-    enc = AVIHEncryptor(service, keys, WEIGHTS, iterations=30, optimizer=optimizer, lr=0.02, seed=3)
+    enc = AVIHEncryptor(service, keys, WEIGHTS, iterations=30, optimizer=OPTIMIZERS[optimizer], seed=3)
     x = images(3)
     key_id, slot = torch.tensor([0, 1, 0]), torch.tensor([0, 1, 2])
     x_enc = enc.encrypt(x, key_id, slot)
-    assert x_enc.shape == x.shape and x_enc.min() >= 0 and x_enc.max() <= 1
+    assert x_enc.shape == x.shape and x_enc.min() >= -1 and x_enc.max() <= 1
     with torch.no_grad():
         emb = service(x)
-        start, _ = enc.losses(enc.initial(x, slot), x, emb, key_id)
-        end, _ = enc.losses(x_enc, x, emb, key_id)
+        x01 = (x + 1) / 2
+        start, _ = enc.losses(enc.initial(x01, slot), x01, emb, key_id)
+        end, _ = enc.losses((x_enc + 1) / 2, x01, emb, key_id)
     assert (end < start).all(), (start, end)
     # image 0 encrypted alone (same job number) gives the same result: no batch mixing
     alone = enc.encrypt(x[:1], key_id[:1], slot[:1])
@@ -147,28 +159,62 @@ def test_encryption_lowers_the_loss_and_is_per_image(optimizer):
     assert not torch.allclose(enc.encrypt(x[:1], key_id[:1], torch.tensor([7])), alone)
 
 
-def test_encryptor_loss_is_the_weighted_avih_loss():
+def test_encryptor_loss_is_the_weighted_avih_loss_on_the_official_scale():
+    """Inside, pixels are optimised in [0, 1] (the range of the paper's weights); the models at
+    the boundary get [-1, 1]."""
     service, keys = tiny_service(), tiny_keys()
     enc = AVIHEncryptor(service, keys, WEIGHTS, vc_kernel=3)
     x, xe = images(2), images(2, seed=1)
     kid = torch.tensor([1, 0])
-    total, terms = enc.losses(xe, x, service(x), kid)
-    rec = torch.cat([keys[1](xe[:1]), keys[0](xe[1:])])
-    ref, _ = avih_loss(service(xe), service(x), xe, x, rec, WEIGHTS, vc_kernel=3)
+    x01, xe01 = (x + 1) / 2, (xe + 1) / 2
+    total, terms = enc.losses(xe01, x01, service(x), kid)
+    rec01 = (torch.cat([keys[1](xe[:1]), keys[0](xe[1:])]) + 1) / 2
+    ref, _ = avih_loss(service(xe), service(x), xe01, x01, rec01, WEIGHTS, vc_kernel=3)
     torch.testing.assert_close(total, ref)
 
 
+def test_encryption_stays_float32_under_mixed_precision():
+    enc = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=5, seed=1)
+    x, kid, slot = images(2), torch.tensor([0, 1]), torch.tensor([0, 1])
+    plain = enc.encrypt(x, kid, slot)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = enc.encrypt(x, kid, slot)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+
+
+def test_momentum_step_matches_the_official_update():
+    """PerImageMomentum: g / mean|g| per image, momentum 0.3, step x 0.85 after every 16 increases."""
+    x = torch.zeros(2, 1, 2, 2, requires_grad=True)
+    opt = PerImageMomentum([x], lr=0.1, momentum=0.3, decay=0.5, patience=2)
+    grads = [torch.tensor([[[[1.0, -3.0], [2.0, 2.0]]], [[[4.0, 4.0], [4.0, 4.0]]]]),
+             torch.tensor([[[[2.0, 2.0], [2.0, 2.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])]
+    losses = [torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.5]), torch.tensor([3.0, 0.4])]
+    ref, v, step = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.tensor([0.1, 0.1])
+    for i, loss in enumerate(losses):
+        g = grads[i % 2]
+        x.grad = g.clone()
+        opt.step(lambda loss=loss: loss)
+        v = 0.3 * v + g / g.abs().mean(dim=(1, 2, 3), keepdim=True)
+        ref = ref - step.view(2, 1, 1, 1) * v
+        if i == 2:  # image 0's loss rose twice (1 -> 2 -> 3): its step halves once
+            step = step * torch.tensor([0.5, 1.0])
+        torch.testing.assert_close(x.detach(), ref)
+    torch.testing.assert_close(opt.state[x]["step"].flatten(), torch.tensor([0.05, 0.1]))
+
+
 def test_encryptor_rejects_bad_settings():
-    with pytest.raises(ValueError, match="optimizer"):
-        AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, optimizer="sgd")
     with pytest.raises(ValueError, match="init"):
         AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, init="zeros")
+    with pytest.raises(ValueError, match="iterations"):
+        AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=0)
+    with pytest.raises(ValueError, match="momentum"):
+        PerImageMomentum([torch.zeros(1, requires_grad=True)], momentum=1.5)
 
 
 def test_encryptor_test_step_reports_groups_and_stores_results():
     import pytorch_lightning as pl
-
-    from reconattack.data.avih import EncryptDataModule
+    from torch.utils.data import DataLoader
 
     gallery = (np.random.default_rng(0).random((5, 16, 16, 3)) * 255).astype(np.uint8)
     index, key, _ = encryption_jobs(2, 5, 2)
@@ -176,7 +222,7 @@ def test_encryptor_test_step_reports_groups_and_stores_results():
     cb = ReconstructionMetrics(stages=("test",), metrics=("mse", "psnr", "ssim"))
     trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[cb], inference_mode=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    trainer.test(enc, EncryptDataModule(EncryptionJobs(gallery, index, key), batch_size=3), verbose=False)
+    trainer.test(enc, DataLoader(EncryptionJobs(gallery, index, key), batch_size=3), verbose=False)
     out = enc.collected()
     assert torch.equal(out["index"], torch.from_numpy(index)) and out["encrypted"].shape == (7, 3, 16, 16)
     res = cb.results["test"]
@@ -190,7 +236,7 @@ def test_encryptor_test_step_reports_groups_and_stores_results():
     enc2 = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=3)
     pl.Trainer(accelerator="cpu", logger=False, callbacks=[cb2], enable_progress_bar=False,
                enable_model_summary=False).test(
-        enc2, EncryptDataModule(EncryptionJobs(gallery, index, key, out["encrypted"]), batch_size=4),
+        enc2, DataLoader(EncryptionJobs(gallery, index, key, out["encrypted"]), batch_size=4),
         verbose=False)
     assert not enc2.store  # nothing re-encrypted
     for k in ("encrypt/psnr", "encrypt/key_psnr", "encrypt/wrong_key_ssim"):
@@ -199,73 +245,75 @@ def test_encryptor_test_step_reports_groups_and_stores_results():
 
 # ---------------------------------------------------------------------------- the attack
 def _rows_batch(b=4, p=2):
-    return {"original": images(b), "encrypted": images(b, seed=1), "key_recovered": images(b, seed=2),
+    return {"target": images(b), "input": images(b, seed=1), "key_recovered": images(b, seed=2),
             "random": images(b, seed=3), "query": images(b * p, seed=4).view(b, p, 3, 16, 16),
             "is_same": torch.tensor([[True, False]] * b), "pair_valid": torch.ones(b, p, dtype=torch.bool)}
 
 
-def test_reconstructor_training_steps_and_rows():
+def test_dr_stage_training_steps_keep_the_service_model_out_of_the_checkpoint():
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
     service = tiny_service()
-    attacker = build_key_model("unet", seed=0, base=4, depth=2)
+    attacker = make_key_model(lambda: UNet(base=4, depth=2), seed=0)
     disc = PatchGAN(ndf=4, n_layers=1)
-    module = AVIHReconstructor(attacker, disc, service, tiny_service(seed=5),
-                               {"identity": 30.0, "gan": 1.0}, {"flip": True, "pad": 2, "crop": True})
-    data = [{"encrypted": x, "aux": a} for x, a in zip(images(8), images(8, seed=9))]
+    module = DRStage(attacker, disc, service, {"identity": 30.0, "gan": 1.0},
+                     {"flip": True, "pad": 2, "crop": True},
+                     optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), iterations=2)
+    data = [{"input": x, "aux": a} for x, a in zip(images(8), images(8, seed=9))]
     before = [p.detach().clone() for p in attacker.parameters()]
     trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(module, DataLoader(data, batch_size=4))
-    assert trainer.global_step == 4  # 2 steps x (D + G)
+    assert trainer.global_step == 4  # 2 iterations x (D + G)
     assert any(not torch.equal(a, b) for a, b in zip(before, attacker.parameters()))
-    assert all(not p.requires_grad for p in service.parameters())
-    out = module.test_step(_rows_batch(), 0)
-    assert set(out["groups"]) == {f"{r}/" for r in ROWS}
-    g = out["groups"]["original/"]
-    assert g["scores"].shape == (8,) and g["is_same"].sum() == 4
-    torch.testing.assert_close(g["pred"], g["target"])
+    assert all(not p.requires_grad for p in service.parameters()) and not service.training
+    keys = module.state_dict().keys()
+    assert any(k.startswith("attacker.") for k in keys) and not any("service" in k for k in keys)
     # without the GAN loss there is no discriminator and one optimiser
-    plain = AVIHReconstructor(build_key_model("unet", seed=0, base=4, depth=2), PatchGAN(ndf=4, n_layers=1),
-                              service, None, {"identity": 30.0, "gan": 0.0}, None)
+    plain = DRStage(make_key_model(lambda: UNet(base=4, depth=2), seed=0), PatchGAN(ndf=4, n_layers=1),
+                    service, {"identity": 30.0, "gan": 0.0}, None, optimizer=lambda p: torch.optim.Adam(p))
     assert plain.discriminator is None and len(plain.configure_optimizers()) == 1
 
 
-def test_heldout_rows_pad_pairs(tmp_path):
-    from reconattack.data.avih import ArrayImages, AVIHData, ImageSet
+def test_avih_evaluation_rows_and_verification_scores():
+    ev = AVIHEvaluation(tiny_service(seed=5))
+    batch = _rows_batch()
+    controls = ev.controls(batch, None)
+    assert set(controls) == {"original", "protected", "key_model", "random"}
+    groups = ev.groups(batch, {"ours": images(4, seed=7), **{f"row_{k}": v for k, v in controls.items()}})
+    g = groups["row_original/"]
+    assert g["scores"].shape == (8,) and g["is_same"].sum() == 4
+    torch.testing.assert_close(g["pred"], g["target"])
+    assert groups["ours/"]["scores"].shape == (8,)
 
+
+def test_heldout_rows_pad_pairs():
     imgs = (np.random.default_rng(0).random((6, 16, 16, 3)) * 255).astype(np.uint8)
-    data = AVIHData(ImageSet(imgs[:4], np.arange(4)), 2, ImageSet(imgs[4:], np.arange(2)),
-                    np.array([2, 2, 3]), np.array([0, 1, 1]), np.array([True, False, True]),
-                    ArrayImages(imgs), None, 16)
-    rows = HeldOutRows(data, np.array([2, 3]), torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 16, 16),
-                       np.array([0, 1]))
+    rows = HeldOutRows(ImageSet(imgs[:4], np.arange(4)), ImageSet(imgs[4:], np.arange(2)),
+                       (np.array([2, 2, 3]), np.array([0, 1, 1]), np.array([True, False, True])),
+                       ArrayImages(imgs), np.array([2, 3]), torch.zeros(2, 3, 16, 16),
+                       torch.zeros(2, 3, 16, 16), np.array([0, 1]))
     a, b = rows[0], rows[1]
     assert rows.P == 2 and a["pair_valid"].tolist() == [True, True] and b["pair_valid"].tolist() == [True, False]
     assert b["is_same"][0] and a["query"].shape == (2, 3, 16, 16)
+    assert a["target"].min() >= -1 and a["target"].max() <= 1 and a["target"].min() < 0
 
 
 # ---------------------------------------------------------------------------------- data
-def _data_cfg(**over):
-    cfg = {"image_size": 16, "selection_seed": 0,
-           "gallery": {"kind": "digits", "size": 40, "pool": 20},
-           "auxiliary": {"kind": "digits"},
-           "split": {"models": 100, "auxiliary": 30, "queries": 50}}
-    for k, v in over.items():
-        cfg[k] = v
-    return OmegaConf.create(cfg)
-
-
 def test_digits_roles_are_disjoint_and_deterministic():
-    d = build_avih_data(_data_cfg())
-    assert len(d.gallery) == 40 and d.pool == 20 and len(d.queries) == 50 and len(d.auxiliary) == 30
-    assert d.gallery.images.shape == (40, 16, 16, 3) and len(d.models_train) == 100
-    names = [set(s.names) for s in (d.gallery, d.queries, d.models_train)]
+    parts = DigitsFaces({"models": 100, "auxiliary": 30, "queries": 50}).load(16, 40, seed=0)
+    assert len(parts.gallery) == 40 and len(parts.queries) == 50 and len(parts.auxiliary) == 30
+    assert parts.gallery.images.shape == (40, 16, 16, 3) and len(parts.models_train) == 100
+    names = [set(s.names) for s in (parts.gallery, parts.queries, parts.models_train)]
     assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
-    assert (d.gallery.labels[d.pair_gallery] == d.queries.labels[d.pair_query])[d.pair_same].all()
-    assert (d.gallery.labels[d.pair_gallery] != d.queries.labels[d.pair_query])[~d.pair_same].all()
-    assert d.gallery.names == build_avih_data(_data_cfg()).gallery.names
+    same = parts.pair_same
+    assert (parts.gallery.labels[parts.pair_gallery] == parts.queries.labels[parts.pair_query])[same].all()
+    assert (parts.gallery.labels[parts.pair_gallery] != parts.queries.labels[parts.pair_query])[~same].all()
+    again = DigitsFaces({"models": 100, "auxiliary": 30, "queries": 50}).load(16, 40, seed=0)
+    assert parts.gallery.names == again.gallery.names
+    with pytest.raises(ValueError, match="split asks for"):
+        DigitsFaces({"models": 1000, "auxiliary": 500, "queries": 500}).load(16, 400, seed=0)
 
 
 def test_bin_gallery_celeba_auxiliary_and_bad_inputs(tmp_path):
@@ -278,22 +326,30 @@ def test_bin_gallery_celeba_auxiliary_and_bad_inputs(tmp_path):
 
     for i in range(3):
         cv2.imwrite(str(aux / f"{i}.png"), (rng.random((24, 20, 3)) * 255).astype(np.uint8))
-    cfg = _data_cfg(gallery={"kind": "bin", "path": str(tmp_path / "lfw.bin"), "size": 4, "pool": 2},
-                    auxiliary={"kind": "folder", "path": str(aux), "size": None})
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        d = build_avih_data(cfg)
-        d.auxiliary[0]
+        parts = BinGallery(str(tmp_path / "lfw.bin")).load(16, 4, seed=0)
+        auxiliary = AuxiliaryFolder(str(aux)).load(16, seed=0)
+        item = auxiliary[0]
     assert any(issubclass(x.category, WrongSizeWarning) and "resized to 16x16" in str(x.message) for x in w)
-    assert d.gallery.images.shape == (4, 16, 16, 3) and d.auxiliary[0].shape == (3, 16, 16)
-    assert len(d.pair_same) == 4 and list(d.pair_gallery) == list(d.pair_query) == [0, 1, 2, 3]
-    cfg.gallery.size = 10
+    assert parts.gallery.images.shape == (4, 16, 16, 3) and item.shape == (3, 16, 16)
+    assert len(parts.pair_same) == 4 and list(parts.pair_gallery) == list(parts.pair_query) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="gallery smaller than requested.*6 pairs.*10"):
-        build_avih_data(cfg)
-    cfg.gallery.size = 4
-    cfg.auxiliary.path = str(tmp_path / "nowhere")
-    with pytest.raises(DataNotFoundError, match="data.auxiliary.*nowhere"):
-        build_avih_data(cfg)
-    cfg.gallery.pool = 4
-    with pytest.raises(ValueError, match="pool"):
-        build_avih_data(cfg)
+        BinGallery(str(tmp_path / "lfw.bin")).load(16, 10, seed=0)
+    assert BinGallery(str(tmp_path / "lfw.bin")).missing() == []
+    missing = AuxiliaryFolder(str(tmp_path / "nowhere")).missing()
+    assert len(missing) == 1 and "data.auxiliary" in missing[0] and "nowhere" in missing[0]
+    with pytest.raises(DataNotFoundError, match="nowhere"):
+        AuxiliaryFolder(str(tmp_path / "nowhere")).load(16, seed=0)
+
+
+def test_key_share_and_pool_are_checked_when_the_threat_is_built():
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["+experiment=demo_avih", "data.pool=300"])
+    from reconattack.runner import build_threat
+
+    with pytest.raises(ConfigError, match="pool"):
+        build_threat(cfg)
+    with pytest.raises(ConfigError, match="leaks no image"):
+        build_threat(compose_cfg(["+experiment=demo_avih", "threat.key_share=0.001"]))

@@ -1,8 +1,19 @@
-"""CFGAN data: images + their sparse SIFT keypoints, seeded splits, and the LightningDataModule.
+"""Data of the SIFT threat: images with their sparse SIFT keypoints, seeded splits, and the
+LightningDataModule every attack on SIFT features reads.
 
-Samples carry the resized image and the cached sparse keypoints; the dense SIFT maps are
-built per batch on the training device by :func:`reconattack.data.sift.build_maps` (the
-attack module does it in ``on_after_batch_transfer``).
+Samples carry the resized image and the cached sparse keypoints; the dense SIFT maps are built
+per batch on the training device by :func:`reconattack.data.sift.build_maps`, in the
+DataModule's ``on_after_batch_transfer``. Batches on the device are what an attack on the
+``sift`` threat reads:
+
+- ``"input"``: (B, 128, S, S) SIFT descriptor maps in [-1, 1] (0 = no keypoint);
+- ``"target"``: (B, 3, H, H) RGB images in [-1, 1];
+- at evaluation also ``"shuffled_input"``: the map of the previous test image (cyclically), the
+  input of the shuffled-SIFT control.
+
+Image sources are named in the config with ``_target_`` (:class:`~reconattack.data.images.
+ImageFolderSource`, :class:`~reconattack.data.images.LMDBSource`, :func:`~reconattack.data.
+images.open_auto`, :func:`~reconattack.data.images.lfw_faces`).
 """
 
 from __future__ import annotations
@@ -14,47 +25,18 @@ import os
 from collections.abc import Sequence
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from reconattack.data.images import (
-    ArraySource,
-    DataNotFoundError,
-    ImageReadError,
-    lfw_faces,
-    open_source,
-    resize,
-)
-from reconattack.data.sift import SiftCache
+from reconattack.data.images import DataNotFoundError, ImageReadError, resize
+from reconattack.data.sift import SiftCache, build_maps
+from reconattack.utils.config import build
 
 log = logging.getLogger(__name__)
-
-SOURCE_KINDS = ("lfw_faces", "folder", "lmdb", "auto")
-
-
-def make_source(kind: str, path: str | None = None, n: int | None = None):
-    """Build an image source from config values.
-
-    ``kind``: ``lfw_faces`` (the 100 faces of ``skimage.data.lfw_subset``, no download),
-    ``folder`` (image files below ``path``), ``lmdb`` (LSUN's LMDB export at ``path``), or
-    ``auto`` (lmdb if ``path/data.mdb`` exists, else folder).
-    """
-    if kind == "lfw_faces":
-        return lfw_faces(n or 100)
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"data.source.kind must be one of {SOURCE_KINDS}, got {kind!r}")
-    if not path:
-        raise ValueError(f"data.source.path is required for data.source.kind={kind!r}")
-    if kind == "auto" and not Path(path).exists():
-        raise DataNotFoundError(
-            f"{path} does not exist; expected LSUN's LMDB export (a directory holding data.mdb) "
-            f"or a folder of image files (set paths.data_dir or the RECONATTACK_DATA environment "
-            f"variable to the datasets root)")
-    return open_source(kind, path)
-
 
 def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
     """Sizes (train, val, test) of ``n`` items.
@@ -113,41 +95,58 @@ class SiftImageDataset(Dataset):
     ``__getitem__`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
     (N, 128), "index": int}`` where S is ``image_size``. With ``hflip`` the image is mirrored
     with probability 0.5 *before* SIFT extraction, so keypoints always belong to the image
-    that is shown (both variants are cached).
+    that is shown (both variants are cached). With ``neighbour`` the item also carries the
+    keypoints of item ``k - 1`` (cyclically) as ``"other_xy"`` / ``"other_desc"`` (the
+    shuffled-SIFT control; independent of batching and of the process split).
     """
 
     def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache,
-                 hflip: bool = False):
+                 hflip: bool = False, neighbour: bool = False):
         self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
-        self.hflip = hflip
+        self.hflip, self.neighbour = hflip, neighbour
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def _keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache.get(resize(self.source.load(self.indices[k]), self.image_size))
 
     def __getitem__(self, k: int) -> dict:
         img = resize(self.source.load(self.indices[k]), self.image_size)
         if self.hflip and torch.rand(()) < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
         xy, desc = self.cache.get(img)
-        return {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+        item = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
+        if self.neighbour:
+            oxy, odesc = self._keypoints((k - 1) % len(self))
+            item.update(other_xy=torch.from_numpy(oxy), other_desc=torch.from_numpy(odesc))
+        return item
 
 
 def collate_sift(items: list[dict]) -> dict:
     """Stack images (B, 3, S, S) uint8; keep keypoints as lists of (N_i, 2) / (N_i, 128) tensors."""
-    return {"image": torch.stack([it["image"] for it in items]),
-            "xy": [it["xy"] for it in items], "desc": [it["desc"] for it in items],
-            "index": torch.tensor([it["index"] for it in items])}
+    out = {"image": torch.stack([it["image"] for it in items]),
+           "xy": [it["xy"] for it in items], "desc": [it["desc"] for it in items],
+           "index": torch.tensor([it["index"] for it in items])}
+    if "other_xy" in items[0]:
+        out["other_xy"] = [it["other_xy"] for it in items]
+        out["other_desc"] = [it["other_desc"] for it in items]
+    return out
 
 
-class CFGANDataModule(pl.LightningDataModule):
-    """Images resized to ``image_size`` with their SIFT keypoints, split train/val/test.
+class SiftDataModule(pl.LightningDataModule):
+    """Images resized to ``image_size`` with their SIFT keypoints, split train/val/test; dense
+    SIFT maps built per batch on the device (see the module docstring for the batch keys).
 
     Args:
-        source: ``{"kind": ..., "path": ...}`` (see :func:`make_source`).
+        source: the image source's config (``_target_``: a class or function returning an object
+            with ``len()``, ``name(i)`` and ``load(i)``; see :mod:`reconattack.data.images`).
         image_size: side of the square images (paper 256; ``cv2.resize`` bilinear, no crop).
-        compress: SIFT map 2x2 compression (map side ``image_size // 2``) or not.
-        contrast_threshold: OpenCV SIFT contrast threshold (paper 0.03).
+        compress: SIFT map 2x2 compression (map side ``image_size // 2``) or not (threat setting).
+        contrast_threshold: OpenCV SIFT contrast threshold (paper 0.03; threat setting).
+        map_seed: seeds the random choice of one keypoint per 2x2 block during training (per
+            rank); evaluation keeps the first-placed keypoint (deterministic).
         val, test: fractions (< 1) or counts (>= 1) of the selected images; ``test: 1.0`` puts
             every image in the test split (generalisation sets such as FFHQ).
         max_images: random subset size before splitting (paper: 50,000 LSUN images), or None.
@@ -160,14 +159,14 @@ class CFGANDataModule(pl.LightningDataModule):
             in the paper (default off); the CPU demo's 80 training faces use it.
     """
 
-    def __init__(self, source: dict, image_size: int = 256, compress: bool = True,
+    def __init__(self, source: Any, image_size: int = 256, compress: bool = True,
                  contrast_threshold: float = 0.03, val: float = 0.1, test: float = 0.1,
                  max_images: int | None = None, split_file: str | None = None,
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 hflip: bool = False):
+                 hflip: bool = False, map_seed: int = 0):
         super().__init__()
-        self.source_cfg = dict(source)
+        self.source_cfg = source
         self.image_size, self.compress = int(image_size), bool(compress)
         self.map_size = self.image_size // 2 if self.compress else self.image_size
         self.contrast_threshold = contrast_threshold
@@ -177,6 +176,8 @@ class CFGANDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.seed, self.hflip = num_workers, seed, hflip
+        self.map_seed = int(map_seed)
+        self._map_gen: torch.Generator | None = None
         self.source = None
         self.split: dict[str, list[str]] | None = None
         self.datasets: dict[str, SiftImageDataset] = {}
@@ -184,7 +185,7 @@ class CFGANDataModule(pl.LightningDataModule):
     # -- set-up ---------------------------------------------------------------------------
     def _open(self):
         if self.source is None:
-            self.source = make_source(self.source_cfg.get("kind", "auto"), self.source_cfg.get("path"))
+            self.source = build(self.source_cfg)
         return self.source
 
     def check(self) -> None:
@@ -193,9 +194,13 @@ class CFGANDataModule(pl.LightningDataModule):
         self._open()
 
     def _unreadable_file(self) -> Path:
-        key = (f"{self.source_cfg.get('kind')}:{self.source_cfg.get('path')}:{self.image_size}:"
+        key = (f"{self._describe_source()}:{self.image_size}:"
                f"{self.max_images}:{self.seed if self.max_images else ''}")
         return self.cache.root / f"unreadable-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+    def _describe_source(self) -> str:
+        cfg = self.source_cfg
+        return ":".join(str(v) for v in (cfg.values() if hasattr(cfg, "values") else [cfg]))
 
     def _selected(self, names: Sequence[str]) -> list[int]:
         """Indices of the images this run may use: a seeded random subset of ``max_images``."""
@@ -224,7 +229,7 @@ class CFGANDataModule(pl.LightningDataModule):
                         "; ".join(f"{k}: {v}" for k, v in list(bad.items())[:5]))
         if len(bad) == len(indices):
             raise DataNotFoundError(f"none of the {len(indices)} images in "
-                                    f"{self.source_cfg.get('path')} could be read")
+                                    f"{self._open()!r} could be read")
         out = self._unreadable_file()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -255,10 +260,11 @@ class CFGANDataModule(pl.LightningDataModule):
         if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "split.json").write_text(json.dumps(
-                {"source": self.source_cfg, "seed": self.seed, "split": split}, indent=1))
+                {"source": self._describe_source(), "seed": self.seed, "split": split}, indent=1))
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
                                                 self.image_size, self.cache,
-                                                hflip=self.hflip and part == "train") for part in split}
+                                                hflip=self.hflip and part == "train",
+                                                neighbour=part != "train") for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
 
     # -- loaders --------------------------------------------------------------------------
@@ -282,9 +288,39 @@ class CFGANDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    def mean_train_image(self, limit: int | None = None) -> torch.Tensor:
-        """Mean of the training images, (3, S, S) float in [-1, 1] (the mean-image baseline)."""
-        ds = self.datasets["train"]
+    # -- batches on the device ------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """uint8 images + keypoint lists -> ``target`` (B, 3, H, H) in [-1, 1] and ``input``
+        (B, 128, S, S) maps on the batch's device; training draws the 2x2-block representatives
+        at random (seeded per rank), evaluation keeps the first-placed keypoint."""
+        device = batch["image"].device
+        training = self.trainer is not None and self.trainer.training
+        gen = None
+        if training and self.compress:
+            if self._map_gen is None or self._map_gen.device != device:
+                rank = self.trainer.global_rank if self.trainer is not None else 0
+                self._map_gen = torch.Generator(device=device)
+                self._map_gen.manual_seed(self.map_seed * 1000 + rank)
+            gen = self._map_gen
+        return self.device_batch(batch, device, gen)
+
+    def device_batch(self, batch: dict, device: torch.device | str,
+                     generator: torch.Generator | None = None) -> dict:
+        """The batch as attacks read it (see the module docstring), built on ``device``."""
+        out = {"target": batch["image"].to(device).float() / 127.5 - 1, "index": batch["index"],
+               "input": build_maps(batch["xy"], batch["desc"], self.image_size, self.compress,
+                                   generator=generator, device=device)}
+        if "other_xy" in batch:
+            out["shuffled_input"] = build_maps(batch["other_xy"], batch["other_desc"], self.image_size,
+                                               self.compress, device=device)
+        return out
+
+    def mean_train_image(self, limit: int | None = None) -> torch.Tensor | None:
+        """Mean of the training images, (3, S, S) float in [-1, 1] (the mean-image control), or
+        None when there is no training split (a test-only dataset such as FFHQ)."""
+        ds = self.datasets.get("train")
+        if ds is None or len(ds) == 0:
+            return None
         n = len(ds) if limit is None else min(limit, len(ds))
         acc = torch.zeros(3, self.image_size, self.image_size, dtype=torch.float64)
         for k in range(n):  # the images as stored (no augmentation)
@@ -293,5 +329,4 @@ class CFGANDataModule(pl.LightningDataModule):
         return (acc / max(n, 1) / 127.5 - 1).float()
 
 
-__all__ = ["CFGANDataModule", "SiftImageDataset", "collate_sift", "make_split", "make_source",
-           "split_counts", "ArraySource"]
+__all__ = ["SiftDataModule", "SiftImageDataset", "collate_sift", "make_split", "split_counts"]

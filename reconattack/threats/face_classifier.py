@@ -1,5 +1,5 @@
-"""Training a face-recognition model as an identity classifier (the embedded demo's service and
-evaluation models; real runs load published checkpoints instead).
+"""Training a face-recognition model as an identity classifier (the AVIH threat's embedded demo
+builds its service and evaluation models this way; real runs load published checkpoints).
 
 The embedder's unit embeddings feed a CosFace head (normalised class weights, scale ``s``,
 additive margin ``m``), the usual way face models are trained so that cosine similarity of
@@ -12,41 +12,24 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from reconattack.data.avih import LabelledImages
 from reconattack.losses.identity import augment as random_shift
-
-
-class LabelledImages(Dataset):
-    """uint8 (N, H, W, 3) images and int labels → ``{"image": (3, H, W) in [0, 1], "label"}``,
-    drawn at random with replacement for ``length`` items (seeded per item)."""
-
-    def __init__(self, images, labels, length: int, seed: int) -> None:
-        from reconattack.data.avih import to_tensor
-
-        self.images, self.labels = to_tensor(images), torch.as_tensor(labels, dtype=torch.long)
-        self.length, self.seed = int(length), int(seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        j = int(torch.randint(len(self.images), (1,), generator=torch.Generator().manual_seed(
-            self.seed * 1_000_003 + i)))
-        return {"image": self.images[j], "label": self.labels[j]}
 
 
 class FaceClassifier(pl.LightningModule):
     """Embedder + CosFace head.
 
     Args:
-        embedder: (B, 3, H, W) in [0, 1] → (B, E) unit embeddings (``embed_dim`` attribute).
+        embedder: (B, 3, H, W) in [-1, 1] → (B, E) unit embeddings (``embed_dim`` attribute).
         num_classes: identities.
         lr, weight_decay: AdamW settings.
         scale, margin: CosFace s and m.
         shift: random translation (pixels) used as augmentation; 0 disables it.
         color: random per-image colour change used as augmentation: per-channel gains in
-            [1 - color, 1 + color] and offsets in [-color/2, color/2] (0 disables it), so that
+            [1 - color, 1 + color] and offsets in [-color/2, color/2] on the [0, 1] scale (0
+            disables it), so that
             cosine scores do not collapse on images with a colour cast (e.g. key-model
             recoveries) although the training images are grey.
     """
@@ -75,7 +58,7 @@ class FaceClassifier(pl.LightningModule):
             b = x.shape[0]
             gain = 1 + self.color * (2 * torch.rand(b, 3, 1, 1, device=x.device) - 1)
             offset = self.color * (torch.rand(b, 3, 1, 1, device=x.device) - 0.5)
-            x = (x * gain + offset).clamp(0, 1)
+            x = (((x + 1) / 2 * gain + offset).clamp(0, 1)) * 2 - 1
         logits = self.logits(self.embedder(x), batch["label"])
         loss = F.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(-1) == batch["label"]).float().mean()

@@ -4,17 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from reconattack.data.cfgan import CFGANDataModule, collate_sift, make_split, split_counts
 from reconattack.data.images import DataNotFoundError
 from reconattack.data.sift import build_maps
+from reconattack.data.sift_data import SiftDataModule, collate_sift, make_split, split_counts
 from tests.helpers import make_image_folder
 
 
 def _dm(tmp_path, root, **kw):
-    args = dict(source={"kind": "folder", "path": str(root)}, image_size=32, val=2, test=2,
-                cache_dir=str(tmp_path / "cache"), run_dir=str(tmp_path / "run"), batch_size=2)
+    args = dict(source={"_target_": "reconattack.data.images.ImageFolderSource", "root": str(root)},
+                image_size=32, val=2, test=2, cache_dir=str(tmp_path / "cache"),
+                run_dir=str(tmp_path / "run"), batch_size=2)
     args.update(kw)
-    return CFGANDataModule(**args)
+    return SiftDataModule(**args)
 
 
 def test_split_counts_fractions_and_counts():
@@ -107,3 +108,24 @@ def test_hflip_extracts_sift_after_flipping(tmp_path):
         assert np.array_equal(xy, item["xy"].numpy())  # keypoints belong to the shown image
         seen.add(img.tobytes())
     assert len(seen) == 2
+
+
+def test_device_batches_hold_maps_targets_and_the_shuffled_neighbour(tmp_path):
+    """What attacks on the SIFT threat read: ``input`` maps and ``target`` images in [-1, 1]; test
+    items also carry the previous test image's map (cyclically) for the shuffled-SIFT control."""
+    root = make_image_folder(tmp_path / "imgs", n=8, size=40)
+    dm = _dm(tmp_path, root, val=0, test=3, eval_batch_size=3)
+    dm.prepare_data()
+    dm.setup()
+    batch = dm.device_batch(next(iter(dm.test_dataloader())), "cpu")
+    assert batch["input"].shape == (3, 128, 16, 16) and batch["target"].shape == (3, 3, 32, 32)
+    assert -1 <= batch["target"].min() and batch["target"].max() <= 1
+    for i in range(3):  # item i's shuffled input is item i-1's input
+        torch.testing.assert_close(batch["shuffled_input"][i], batch["input"][(i - 1) % 3])
+    train = dm.device_batch(next(iter(dm.train_dataloader())), "cpu")
+    assert "shuffled_input" not in train and train["input"].shape == (2, 128, 16, 16)
+    assert dm.mean_train_image().shape == (3, 32, 32)
+    test_only = _dm(tmp_path / "t", root, val=0, test=1.0)
+    test_only.prepare_data()
+    test_only.setup()
+    assert test_only.mean_train_image() is None  # no training split: the control does not apply

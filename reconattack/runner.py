@@ -1,0 +1,245 @@
+"""One runner for every experiment (SPEC §7).
+
+build the threat model → check that the attack can read its leak and that every input is there
+→ prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
+Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
+streaming pass through the shared metrics callback → ``samples/`` and the flat metrics (the
+caller writes ``metrics.json``).
+
+Nothing here names an attack or a threat model: they come from ``cfg.threat`` and ``cfg.attack``
+(``_target_``), and their configs travel down into them; the runner reads only the generic
+stage settings of :class:`~reconattack.attacks.base.Attack`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from reconattack.attacks.base import Attack, AttackStage
+from reconattack.data.images import DataNotFoundError
+from reconattack.errors import ConfigError
+from reconattack.runtime import RunContext, require_file, save_grid
+from reconattack.threats.base import ThreatEvaluation, ThreatModel
+from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
+from reconattack.utils.config import build
+
+log = logging.getLogger(__name__)
+
+#: metrics of the intermediate stages' images (e.g. CFGAN's coarse net inside the fine stage)
+INTERMEDIATE_METRICS = ("mse", "psnr", "ssim")
+
+
+# ------------------------------------------------------------------------------ set-up
+def build_threat(cfg: DictConfig) -> ThreatModel:
+    """The threat model of ``cfg.threat``, given the ``data`` config and the run seed."""
+    if cfg.get("threat") is None:
+        raise ConfigError("no threat model configured (threat=...)")
+    return build(cfg.threat, _recursive_=False, data=cfg.data, seed=int(cfg.seed))
+
+
+def build_attack(cfg: DictConfig) -> Attack | None:
+    """The attack of ``cfg.attack`` with its ``model`` and ``loss`` configs (None: ``attack=none``,
+    the threat's controls alone)."""
+    if cfg.get("attack") is None:
+        return None
+    return build(cfg.attack, _recursive_=False, model=cfg.get("model"), loss=cfg.get("loss"))
+
+
+def check_fit(threat: ThreatModel, attack: Attack | None) -> None:
+    """Refuse an attack that cannot read the threat's leak, with one message naming both."""
+    if attack is None:
+        return
+    missing = sorted(attack.reads - threat.provides)
+    if missing:
+        raise ConfigError(
+            f"attack {attack.name!r} cannot run on threat {threat.name!r}: it reads "
+            f"{', '.join(sorted(attack.reads))}, the threat provides "
+            f"{', '.join(sorted(threat.provides)) or 'nothing'} (missing: {', '.join(missing)}). "
+            f"Pick a threat that shares what the attack reads, or an attack for threat={threat.name}.")
+
+
+def check_inputs(threat: ThreatModel, attack: Attack | None) -> None:
+    """Every missing input (data, checkpoints) in one message, before any work."""
+    missing = threat.missing_inputs()
+    if attack is not None:
+        for key, table in (("checkpoints", attack.checkpoints), ("resume", attack.resume)):
+            for stage, path in table.items():
+                if str(path) == "???":
+                    missing.append(f"attack.{key}.{stage}: this experiment needs a checkpoint of stage "
+                                   f"{stage} (attack.{key}.{stage}=PATH)")
+                elif not Path(str(path)).expanduser().is_file():
+                    missing.append(f"attack.{key}.{stage}: a checkpoint of stage {stage} at {path}")
+    if missing:
+        raise DataNotFoundError("missing inputs (nothing can be downloaded for these):\n  "
+                                + "\n  ".join(missing))
+
+
+# ------------------------------------------------------------------------------ stages
+def load_stage(module: AttackStage, path: str, stage: str) -> AttackStage:
+    """Load a stage's weights from a Lightning checkpoint of an earlier run: ``weights_only``
+    reading, strict key and shape matching (an error names what does not fit)."""
+    state = state_dict_of(read_checkpoint(path, f"attack.checkpoints.{stage}"))
+    load_strict(module, state, str(path), f"attack.checkpoints.{stage}",
+                hint="Is it a checkpoint of this stage, made with the same model settings?")
+    log.info("stage %s: loaded %s", stage, path)
+    return module
+
+
+def _has_validation(dm: pl.LightningDataModule) -> bool:
+    if not is_overridden("val_dataloader", dm, pl.LightningDataModule):
+        return False
+    loaders = dm.val_dataloader()
+    return bool(loaders) if isinstance(loaders, (list, tuple)) else True
+
+
+def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
+              threat: ThreatModel) -> Path:
+    """Train ``stage`` for ``attack.steps[stage]`` iterations; returns ``checkpoints/<stage>.ckpt``.
+
+    Every ``attack.checkpoint_every`` iterations the latest state is kept in
+    ``checkpoints/<stage>/last.ckpt``; ``attack.resume[stage]`` continues from such a file.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    iterations = attack.steps[stage]
+    per_iteration = int(module.optimizer_steps_per_iteration)
+    dm = threat.datamodule(iterations)
+    dm.setup("fit")
+    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS)]
+    if attack.checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=str(ctx.run_dir / "checkpoints" / stage), filename="last",
+                                         save_top_k=1, enable_version_counter=False,
+                                         every_n_train_steps=attack.checkpoint_every * per_iteration))
+    resume = require_file(attack.resume.get(stage), f"attack.resume.{stage}")
+    extra = {} if _has_validation(dm) else {"limit_val_batches": 0}
+    trainer = ctx.trainer(stage, iterations * per_iteration, callbacks=callbacks,
+                          enable_checkpointing=bool(attack.checkpoint_every),
+                          check_val_every_n_epoch=attack.val_every_n_epochs, **extra)
+    log.info("stage %s: training %d iterations", stage, iterations)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    ckpt = ctx.run_dir / "checkpoints" / f"{stage}.ckpt"
+    trainer.save_checkpoint(str(ckpt))
+    log.info("stage %s: checkpoint %s", stage, ckpt)
+    return ckpt
+
+
+def fit_attack(ctx: RunContext, threat: ThreatModel, attack: Attack) -> AttackStage:
+    """Build every stage in order, loading those given in ``attack.checkpoints`` and training the
+    ones after the last given; returns the final stage's module."""
+    stages = attack.stages
+    given = [i for i, s in enumerate(stages) if s in attack.checkpoints]
+    last_given = given[-1] if given else -1
+    if attack.test_only and last_given != len(stages) - 1:
+        raise ConfigError(f"attack.test_only=true trains nothing, so it needs the final stage's "
+                          f"checkpoint: attack.checkpoints.{stages[-1]}=PATH")
+    previous: AttackStage | None = None
+    for i, stage in enumerate(stages):
+        module = attack.build_stage(stage, threat, previous)
+        if stage in attack.checkpoints:
+            load_stage(module, attack.checkpoints[stage], stage)
+        elif i > last_given:
+            fit_stage(ctx, attack, stage, module, threat)
+        # else: an earlier stage whose weights come with a later stage's checkpoint
+        previous = module
+    return previous
+
+
+# ------------------------------------------------------------------------------ evaluation
+class Evaluator(pl.LightningModule):
+    """One streaming pass over the threat's held-out data: the attack's reconstructions, the
+    images of its intermediate stages and the threat's controls, as metric groups for the shared
+    callback; the first ``num_samples`` rows are kept for ``samples/test_grid.png``.
+
+    Args:
+        stage: the attack's final stage (None: the threat's controls alone).
+        evaluation: the threat's :class:`~reconattack.threats.base.ThreatEvaluation`.
+        attack_row: metrics prefix of the attack's reconstructions.
+        control_rows: ``{control: metrics prefix}``.
+        visualise: picture of the leak for the grid, batch -> (B, 3, H, W) in [-1, 1] or None.
+        num_samples: rows of the sample grid.
+    """
+
+    def __init__(self, stage: AttackStage | None, evaluation: ThreatEvaluation, attack_row: str,
+                 control_rows: dict[str, str], visualise, num_samples: int = 8) -> None:
+        super().__init__()
+        self.stage = stage
+        self.evaluation = evaluation
+        self.attack_row, self.control_rows = attack_row, dict(control_rows)
+        self.visualise, self.num_samples = visualise, int(num_samples)
+        self.columns: dict[str, list[torch.Tensor]] = {}
+
+    def _reconstruct(self, batch: dict) -> torch.Tensor:
+        return self.stage.reconstruct(batch).float().clamp(-1, 1)
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        rows: dict[str, torch.Tensor] = {}
+        intermediate: dict[str, torch.Tensor] = {}
+        if self.stage is not None:
+            rows[self.attack_row] = self._reconstruct(batch)
+            intermediate = {f"{name}/{self.attack_row}": img.float().clamp(-1, 1)
+                            for name, img in self.stage.intermediates(batch).items()}
+        controls = self.evaluation.controls(batch, self._reconstruct if self.stage is not None else None)
+        rows.update({self.control_rows[name]: img.float().clamp(-1, 1) for name, img in controls.items()})
+        groups = self.evaluation.groups(batch, {**intermediate, **rows})
+        for row in intermediate:
+            groups[f"{row}/"]["metrics"] = INTERMEDIATE_METRICS
+        self._keep_samples(batch, intermediate, rows)
+        return {"groups": groups}
+
+    def _keep_samples(self, batch: dict, intermediate: dict, rows: dict) -> None:
+        have = len(self.columns.get("target", []))
+        if self.num_samples <= 0 or have >= self.num_samples or not self.trainer.is_global_zero:
+            return
+        take = self.num_samples - have
+        leak = self.visualise(batch) if self.visualise is not None else None
+        cols = {"target": batch["target"], **({"leak": leak} if leak is not None else {}),
+                **intermediate, **rows}
+        for name, img in cols.items():
+            self.columns.setdefault(name, []).extend(img[:take].detach().float().cpu().unbind(0))
+
+    def save_samples(self, path: Path) -> None:
+        if not self.columns:
+            return
+        names = list(self.columns)
+        save_grid([torch.stack(self.columns[n]) for n in names], path, max_rows=self.num_samples)
+        path.with_suffix(".txt").write_text(" | ".join(names) + "\n")
+
+
+def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
+             stage: AttackStage | None) -> dict:
+    """The final evaluation; returns ``{"<row>/<metric>": value}`` and writes the sample grid."""
+    evaluator = Evaluator(stage, threat.evaluation(), threat.attack_row, threat.control_rows(),
+                          threat.visualise, attack.num_samples if attack is not None else 8)
+    cb = ctx.metric_callback(("test",))
+    dm = threat.datamodule()
+    trainer = ctx.trainer("evaluation", callbacks=[cb])
+    trainer.test(evaluator, datamodule=dm, verbose=False)
+    if ctx.is_global_zero:
+        evaluator.save_samples(ctx.run_dir / "samples" / "test_grid.png")
+    return dict(cb.results.get("test", {}))
+
+
+# ------------------------------------------------------------------------------ the run
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run the experiment of ``cfg`` (see the module docstring); returns its flat metrics."""
+    ctx = RunContext(cfg, run_dir)
+    threat = build_threat(cfg)
+    attack = build_attack(cfg)
+    check_fit(threat, attack)
+    check_inputs(threat, attack)
+    if attack is not None:
+        attack.check(threat)
+    metrics = dict(threat.prepare(ctx))
+    pl.seed_everything(ctx.seed, workers=True)  # training does not depend on what prepare built
+    final = fit_attack(ctx, threat, attack) if attack is not None else None
+    metrics.update(evaluate(ctx, threat, attack, final))
+    if ctx.logger:
+        ctx.logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        ctx.logger.finalize("success")
+    return metrics

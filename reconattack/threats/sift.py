@@ -1,0 +1,124 @@
+"""The SIFT threat model (SPEC §2, the CFGAN paper §III-A): a system shares the SIFT keypoints and
+descriptors of its images (OpenCV SIFT, contrast threshold 0.03, on 256x256 images), placed into
+a dense descriptor map and compressed by 2x2 blocks.
+
+The attacker can extract SIFT from images of its own (same distribution), so it trains on
+(SIFT map, image) pairs of the training split and is evaluated on held-out images. Batches are
+those of :class:`reconattack.data.sift_data.SiftDataModule`: ``"input"`` (B, 128, S, S) maps in
+[-1, 1], ``"target"`` (B, 3, H, H) images in [-1, 1].
+
+Controls:
+
+- ``mean_image``: the mean training image as the reconstruction of every test image (what an
+  attacker knows without reading any feature); not applicable without a training split;
+- ``shuffled_input``: the trained attack given another test image's SIFT map (image i gets the
+  map of image i - 1, cyclically): what the attack reconstructs from the category alone.
+
+The attack reads the features when it beats both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reconattack.data.images import DataNotFoundError
+from reconattack.data.sift_data import SiftDataModule
+from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
+from reconattack.utils.config import build
+
+log = logging.getLogger(__name__)
+
+
+def sift_visualisation(sift: torch.Tensor, size: int) -> torch.Tensor:
+    """Picture of a SIFT map for sample grids: keypoint positions, brightness = mean |descriptor|.
+
+    (B, 128, S, S) in [-1, 1] (0 = empty) -> (B, 3, size, size) in [-1, 1], black background.
+    """
+    occupied = (sift != 0).any(1, keepdim=True)
+    strength = ((sift + 1) / 2).mean(1, keepdim=True)  # descriptor values back in [0, 1]
+    v = torch.where(occupied, 0.35 + 0.65 * strength / strength.amax((2, 3), keepdim=True).clamp_min(1e-6),
+                    torch.zeros_like(strength))
+    v = F.interpolate(v, size=size, mode="nearest")
+    return (v * 2 - 1).expand(-1, 3, -1, -1)
+
+
+class SiftEvaluation(ThreatEvaluation):
+    """Mean-image and shuffled-SIFT controls (see the module docstring)."""
+
+    def __init__(self, mean_image: torch.Tensor | None) -> None:
+        super().__init__()
+        self.has_mean = mean_image is not None
+        self.register_buffer("mean_image", mean_image if mean_image is not None else torch.zeros(0))
+
+    def controls(self, batch: dict, reconstruct: Reconstruct | None) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.has_mean:
+            out["mean_image"] = self.mean_image.to(batch["target"]).expand_as(batch["target"])
+        if reconstruct is not None and "shuffled_input" in batch:
+            out["shuffled_input"] = reconstruct({**batch, "input": batch["shuffled_input"]})
+        return out
+
+
+class SiftThreat(ThreatModel):
+    """SIFT features of images (see the module docstring).
+
+    Args:
+        data: the ``data`` config: a :class:`~reconattack.data.sift_data.SiftDataModule` config
+            (image source, image size, splits, loader settings).
+        contrast_threshold: OpenCV SIFT contrast threshold (paper 0.03).
+        compress: 2x2 block compression of the map (paper; Table III ablation: false).
+        cache_dir: the sparse keypoint cache (shared by runs, keyed by image content + settings).
+    """
+
+    provides = frozenset({"sift_map", "paired_images"})
+    controls = ("mean_image", "shuffled_input")
+
+    def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
+                 compress: bool = True, cache_dir: str = "./cache/sift", **base: Any) -> None:
+        super().__init__(data, seed=seed, **base)
+        self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
+        self.cache_dir = str(cache_dir)
+        self.image_size = int(data.image_size)
+        self.map_size = self.image_size // 2 if self.compress else self.image_size
+        self.dm: SiftDataModule = build(data, _recursive_=False, compress=self.compress,
+                                        contrast_threshold=self.contrast_threshold,
+                                        cache_dir=self.cache_dir, map_seed=self.seed)
+        self.mean_image: torch.Tensor | None = None
+
+    def missing_inputs(self) -> list[str]:
+        try:
+            self.dm.check()
+        except DataNotFoundError as exc:
+            return [f"data.source: {exc}"]
+        return []
+
+    def prepare(self, ctx) -> dict:
+        self.dm.run_dir = ctx.run_dir  # split.json goes there
+        self.dm.prepare_data()
+        self.dm.setup("fit")
+        self.mean_image = self.dm.mean_train_image()
+        if self.mean_image is None:
+            log.warning("no training split: the mean-image control is not applicable")
+        return {}
+
+    def datamodule(self, iterations: int | None = None) -> SiftDataModule:
+        return self.dm
+
+    def evaluation(self) -> SiftEvaluation:
+        return SiftEvaluation(self.mean_image)
+
+    # ------------------------------------------------------------------------------- display
+    def visualise(self, batch: Mapping) -> torch.Tensor:
+        return sift_visualisation(batch["input"], batch["target"].shape[-1])
+
+    def input_example(self, batch_size: int = 1) -> torch.Tensor:
+        return torch.zeros(batch_size, 128, self.map_size, self.map_size)
+
+    def profile_models(self) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
+        return {}
