@@ -271,3 +271,22 @@ def test_slurm_launcher_preset_composes():
     cfg = compose_cfg(["+launcher=slurm", "+experiment=cfgan_celebahq"], hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 2 and cfg.trainer.accelerator == "gpu"
+
+
+def test_demo_sift_baselines_writes_one_table(tmp_path):
+    """One command trains CFGAN, IVR and INV on the demo faces (a multirun set by the experiment
+    file) and prints one report: a row per attack, the mean-image control once, the shuffled-SIFT
+    control per attack."""
+    res = _cli("+experiment=demo_sift_baselines", "+trainer.fast_dev_run=1", "data.batch_size=4",
+               "data.eval_batch_size=10", "metrics.metrics=[mse,psnr,ssim]", "trainer.callbacks.progress=null",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", env_extra={"RECONATTACK_CACHE": str(tmp_path / "cache")},
+               timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert report in res.stdout  # printed at the end of the sweep
+    layout = report[report.index("## Paper layout"):]
+    for row in ("| CFGAN |", "| IVR |", "| INV |", "| shuffled SIFT (another image's features) (CFGAN) |",
+                "| shuffled SIFT (another image's features) (INV) |"):
+        assert row in layout, row
+    assert layout.count("| mean training image |") == 1
+    assert "| row | ssim ↑ | psnr ↑ |" in layout

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reconattack.data.images import DataNotFoundError, ImageReadError, resize
-from reconattack.data.sift import SiftCache, build_maps
+from reconattack.data.sift import SiftCache, build_maps, extract
 from reconattack.utils.config import build
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,17 @@ class SiftImageDataset(Dataset):
 
     ``__getitem__`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
     (N, 128), "index": int}`` where S is ``image_size``. With ``hflip`` the image is mirrored
-    with probability 0.5 *before* SIFT extraction, so keypoints always belong to the image
-    that is shown (both variants are cached). With ``neighbour`` the item also carries the
+    with probability 0.5, and with ``shift`` translated by up to ``shift`` px in each direction
+    (borders replicated), *before* SIFT extraction, so keypoints always belong to the image that
+    is shown (flips are cached; shifted images are extracted afresh, not cached). With ``neighbour`` the item also carries the
     keypoints of item ``k - 1`` (cyclically) as ``"other_xy"`` / ``"other_desc"`` (the
     shuffled-SIFT control; independent of batching and of the process split).
     """
 
     def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache,
-                 hflip: bool = False, neighbour: bool = False):
+                 hflip: bool = False, neighbour: bool = False, shift: int = 0):
         self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
-        self.hflip, self.neighbour = hflip, neighbour
+        self.hflip, self.neighbour, self.shift = hflip, neighbour, int(shift)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -115,13 +116,26 @@ class SiftImageDataset(Dataset):
         img = resize(self.source.load(self.indices[k]), self.image_size)
         if self.hflip and torch.rand(()) < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
-        xy, desc = self.cache.get(img)
+        dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,)).tolist() if self.shift else (0, 0))
+        if dy or dx:
+            img = _translate(img, dy, dx)
+            xy, desc = extract(img, self.cache.contrast_threshold)
+        else:
+            xy, desc = self.cache.get(img)
         item = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
         if self.neighbour:
             oxy, odesc = self._keypoints((k - 1) % len(self))
             item.update(other_xy=torch.from_numpy(oxy), other_desc=torch.from_numpy(odesc))
         return item
+
+
+def _translate(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(S, S, 3) uint8 shifted by (dy, dx) px, the borders replicated."""
+    s = img.shape[0]
+    rows = np.clip(np.arange(s) - dy, 0, s - 1)
+    cols = np.clip(np.arange(s) - dx, 0, s - 1)
+    return np.ascontiguousarray(img[rows][:, cols])
 
 
 def collate_sift(items: list[dict]) -> dict:
@@ -157,6 +171,8 @@ class SiftDataModule(pl.LightningDataModule):
         seed: split seed.
         hflip: random horizontal flips of training images (SIFT extracted after the flip). Not
             in the paper (default off); the CPU demo's 80 training faces use it.
+        shift: random translations of training images by up to this many pixels (SIFT extracted
+            after the shift). Not in the paper (default 0).
     """
 
     def __init__(self, source: Any, image_size: int = 256, compress: bool = True,
@@ -164,7 +180,7 @@ class SiftDataModule(pl.LightningDataModule):
                  max_images: int | None = None, split_file: str | None = None,
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 hflip: bool = False, map_seed: int = 0):
+                 hflip: bool = False, map_seed: int = 0, shift: int = 0):
         super().__init__()
         self.source_cfg = source
         self.image_size, self.compress = int(image_size), bool(compress)
@@ -175,7 +191,7 @@ class SiftDataModule(pl.LightningDataModule):
         self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.seed, self.hflip = num_workers, seed, hflip
+        self.num_workers, self.seed, self.hflip, self.shift = num_workers, seed, hflip, int(shift)
         self.map_seed = int(map_seed)
         self._map_gen: torch.Generator | None = None
         self.source = None
@@ -264,6 +280,7 @@ class SiftDataModule(pl.LightningDataModule):
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
                                                 self.image_size, self.cache,
                                                 hflip=self.hflip and part == "train",
+                                                shift=self.shift if part == "train" else 0,
                                                 neighbour=part != "train") for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
 
@@ -278,6 +295,7 @@ class SiftDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
+        self._map_gen = None  # each fit (stage) draws its block representatives from the seed anew
         return self._loader("train", True)
 
     def val_dataloader(self) -> DataLoader | list:

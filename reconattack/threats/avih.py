@@ -440,8 +440,8 @@ class AVIHThreat(ThreatModel):
         return AVIHEvaluation(self.evaluation_model)
 
     # ------------------------------------------------------------------------------- display
-    def visualise(self, batch: dict) -> torch.Tensor:
-        return batch["input"]
+    def visualise(self, batch: dict) -> None:
+        return None  # the leak is the protected image: the grid shows it as a control
 
     def input_example(self, batch_size: int = 1) -> torch.Tensor:
         return torch.zeros(batch_size, 3, self.image_size, self.image_size)

@@ -129,3 +129,42 @@ def test_device_batches_hold_maps_targets_and_the_shuffled_neighbour(tmp_path):
     test_only.prepare_data()
     test_only.setup()
     assert test_only.mean_train_image() is None  # no training split: the control does not apply
+
+
+def test_shift_extracts_sift_of_the_shifted_image(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n=4, size=32)
+    dm = _dm(tmp_path, root, val=0, test=1, shift=3)
+    dm.prepare_data()
+    dm.setup()
+    ds = dm.datasets["train"]
+    assert dm.datasets["test"].shift == 0  # evaluation images are never shifted
+    from reconattack.data.sift import extract
+
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        item = ds[0]
+        img = np.ascontiguousarray(item["image"].permute(1, 2, 0).numpy())
+        xy, _ = extract(img)
+        assert np.array_equal(xy, item["xy"].numpy())  # keypoints belong to the shown image
+        seen.add(img.tobytes())
+    assert len(seen) > 3
+
+
+def test_training_block_choices_restart_from_the_seed_at_every_fit(tmp_path):
+    """Each stage's fit draws the 2x2-block representatives from ``map_seed`` anew, so a stage's
+    training does not depend on how many batches an earlier stage drew."""
+    from types import SimpleNamespace
+
+    root = make_image_folder(tmp_path / "imgs", n=8, size=128)
+    dm = _dm(tmp_path, root, val=0, test=2, map_seed=3, image_size=128)
+    dm.prepare_data()
+    dm.setup()
+    dm.trainer = SimpleNamespace(training=True, global_rank=0)
+    batch = collate_sift([dm.datasets["train"][i] for i in range(6)])
+    dm.train_dataloader()
+    first = dm.on_after_batch_transfer(batch, 0)["input"]
+    later = dm.on_after_batch_transfer(batch, 0)["input"]  # more draws in the same fit
+    assert not torch.equal(later, first)  # the choice is random (blocks with several keypoints)
+    dm.train_dataloader()  # the next stage's fit
+    torch.testing.assert_close(dm.on_after_batch_transfer(batch, 0)["input"], first)

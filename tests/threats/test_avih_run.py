@@ -46,7 +46,8 @@ def test_demo_pipeline_reports_every_row_and_encryption_metric(tmp_path):
     assert saved["ours/psnr"] == pytest.approx(metrics["ours/psnr"])
     for name in ("samples/test_grid.png", "samples/encrypt_grid.png", "checkpoints/attack.ckpt"):
         assert (run_dir / name).is_file(), name
-    assert (run_dir / "samples" / "test_grid.txt").read_text().split(" | ")[:3] == ["target", "leak", "ours"]
+    assert (run_dir / "samples" / "test_grid.txt").read_text().strip().split(" | ") == [
+        "target", "ours", "original", "protected", "key_model", "random"]
     art, = (tmp_path / "cache" / "artifacts" / "encrypted_gallery").glob("[!.]*")
     gallery = torch.load(art / "gallery.pt", weights_only=True)
     # lossless float32 storage in [-1, 1], per-image key ids and the originals' indices
