@@ -190,13 +190,18 @@ def test_perceptual_loss_without_vgg_weights_is_refused_before_training(tmp_path
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_split_file_is_reused(tmp_path):
+def test_split_file_is_reused_and_the_run_seed_does_not_change_the_split(tmp_path):
     run(compose_cfg([*_coarse_only(tmp_path / "a"), "seed=1"]))
     split_file = tmp_path / "a" / "run" / "split.json"
-    run(compose_cfg([*_coarse_only(tmp_path / "b"), "seed=2", f"data.split_file={split_file}"]))
+    run(compose_cfg([*_coarse_only(tmp_path / "b"), "seed=2", "data.selection_seed=5",
+                     f"data.split_file={split_file}"]))
     a = json.loads(split_file.read_text())["split"]
     b = json.loads((tmp_path / "b" / "run" / "split.json").read_text())["split"]
     assert a == b
+    run(compose_cfg([*_coarse_only(tmp_path / "c"), "seed=2"]))  # another run seed: same split
+    assert json.loads((tmp_path / "c" / "run" / "split.json").read_text())["split"] == a
+    run(compose_cfg([*_coarse_only(tmp_path / "d"), "seed=1", "data.selection_seed=1"]))
+    assert json.loads((tmp_path / "d" / "run" / "split.json").read_text())["split"] != a
 
 
 def test_grad_clip_cosine_schedule_and_warm_start_options(tmp_path):

@@ -168,7 +168,8 @@ class SiftDataModule(pl.LightningDataModule):
         run_dir: where ``split.json`` (and the unreadable-file report) are written.
         cache_dir: SIFT keypoint cache (shared across runs; keyed by image content + settings).
         batch_size, eval_batch_size, num_workers: loader settings.
-        seed: split seed.
+        selection_seed: seeds the ``max_images`` subset and the split. Not the run's ``seed``: a
+            seed sweep varies training only and tests on the same images (SPEC §8).
         hflip: random horizontal flips of training images (SIFT extracted after the flip). Not
             in the paper (default off); the CPU demo's 80 training faces use it.
         shift: random translations of training images by up to this many pixels (SIFT extracted
@@ -179,7 +180,7 @@ class SiftDataModule(pl.LightningDataModule):
                  contrast_threshold: float = 0.03, val: float = 0.1, test: float = 0.1,
                  max_images: int | None = None, split_file: str | None = None,
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
-                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
                  hflip: bool = False, map_seed: int = 0, shift: int = 0):
         super().__init__()
         self.source_cfg = source
@@ -191,7 +192,8 @@ class SiftDataModule(pl.LightningDataModule):
         self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.seed, self.hflip, self.shift = num_workers, seed, hflip, int(shift)
+        self.num_workers, self.hflip, self.shift = num_workers, hflip, int(shift)
+        self.selection_seed = int(selection_seed)
         self.map_seed = int(map_seed)
         self._map_gen: torch.Generator | None = None
         self.source = None
@@ -211,7 +213,7 @@ class SiftDataModule(pl.LightningDataModule):
 
     def _unreadable_file(self) -> Path:
         key = (f"{self._describe_source()}:{self.image_size}:"
-               f"{self.max_images}:{self.seed if self.max_images else ''}")
+               f"{self.max_images}:{self.selection_seed if self.max_images else ''}")
         return self.cache.root / f"unreadable-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
     def _describe_source(self) -> str:
@@ -225,7 +227,7 @@ class SiftDataModule(pl.LightningDataModule):
                 log.warning("data.max_images=%d but only %d images exist; using all",
                             self.max_images, len(names))
             return list(range(len(names)))
-        return np.random.default_rng(self.seed).permutation(len(names))[: self.max_images].tolist()
+        return np.random.default_rng(self.selection_seed).permutation(len(names))[: self.max_images].tolist()
 
     def prepare_data(self) -> None:
         """Check the data, fill the SIFT cache of the selected images (in parallel with
@@ -271,12 +273,13 @@ class SiftDataModule(pl.LightningDataModule):
             bad_file = self._unreadable_file()
             bad = set(json.loads(bad_file.read_text())) if bad_file.is_file() else set()
             usable = [names[i] for i in self._selected(names) if names[i] not in bad]
-            split = make_split(usable, self.val, self.test, self.seed)
+            split = make_split(usable, self.val, self.test, self.selection_seed)
         self.split = split
         if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "split.json").write_text(json.dumps(
-                {"source": self._describe_source(), "seed": self.seed, "split": split}, indent=1))
+                {"source": self._describe_source(), "selection_seed": self.selection_seed, "split": split},
+                indent=1))
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
                                                 self.image_size, self.cache,
                                                 hflip=self.hflip and part == "train",
