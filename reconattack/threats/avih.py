@@ -51,7 +51,7 @@ from reconattack.data.avih import (
 )
 from reconattack.data.images import DataNotFoundError
 from reconattack.errors import ConfigError
-from reconattack.models.face import FaceEmbedder, load_face_checkpoint, make_face_model
+from reconattack.models.face import FaceEmbedder, make_face_model
 from reconattack.models.keys import make_key_model
 from reconattack.runtime import save_grid
 from reconattack.threats.avih_encryption import AVIHEncryptor
@@ -177,7 +177,7 @@ class AVIHThreat(ThreatModel):
     """
 
     provides = frozenset({"encrypted_images", "auxiliary_images", "service_model"})
-    controls = ("original", "protected", "key_model", "random")
+    control_names = ("original", "protected", "key_model", "random")
 
     def __init__(self, data: Any, service: Any, evaluation: Any, key: Any, encrypt: Any,
                  key_share: float = 0.1, target_key: int = 0, reuse_artifacts: bool = True,
@@ -466,4 +466,4 @@ def _write_curve(rows: list[dict], path: Path) -> None:
 
 
 __all__ = ["AVIHDataModule", "AVIHEvaluation", "AVIHThreat", "Role", "encryption_jobs",
-           "leaked_count", "load_face_checkpoint"]
+           "leaked_count"]

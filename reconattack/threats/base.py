@@ -69,7 +69,7 @@ class ThreatModel:
     #: what the attacker is given (see :attr:`reconattack.attacks.base.Attack.reads`)
     provides: frozenset[str] = frozenset()
     #: the controls the threat's evaluation produces (keys of ``report.controls``)
-    controls: tuple[str, ...] = ()
+    control_names: tuple[str, ...] = ()
 
     def __init__(self, data: Any, seed: int = 0, name: str = "threat", label: str | None = None,
                  report: Mapping | None = None) -> None:
@@ -79,9 +79,9 @@ class ThreatModel:
         self.label = str(label or name)
         self.report = plain(report) or {}
         rows = self.report.get("controls") or {}
-        if set(rows) != set(self.controls):
+        if set(rows) != set(self.control_names):
             raise ConfigError(f"threat.report.controls of threat {self.name!r} must name exactly its "
-                              f"controls {list(self.controls)}, got {sorted(rows)}")
+                              f"controls {list(self.control_names)}, got {sorted(rows)}")
         self.attack_row = str(self.report.get("attack_row", "test"))
 
     # ------------------------------------------------------------------------ before any work

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from reconattack.data.images import DataNotFoundError
 from reconattack.data.sift_data import SiftDataModule
@@ -77,7 +76,7 @@ class SiftThreat(ThreatModel):
     """
 
     provides = frozenset({"sift_map", "paired_images"})
-    controls = ("mean_image", "shuffled_input")
+    control_names = ("mean_image", "shuffled_input")
 
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", **base: Any) -> None:
@@ -119,6 +118,3 @@ class SiftThreat(ThreatModel):
 
     def input_example(self, batch_size: int = 1) -> torch.Tensor:
         return torch.zeros(batch_size, 128, self.map_size, self.map_size)
-
-    def profile_models(self) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
-        return {}
