@@ -8,9 +8,10 @@ Policy, all here:
 - **Roles** (:class:`Role`): the gallery's first ``data.pool`` images are the attacker's pool,
   the rest are held out for evaluation.
 - **Encryption jobs** (:func:`encryption_jobs`): every held-out and every pool image is
-  encrypted with the target key; with ``encrypt.decoys`` every pool image once more with another
-  key (the part of the gallery that does not share the target key). Independent of the key share,
-  so one encryption serves a whole key-share sweep.
+  encrypted with the target key; with ``encrypt.decoys`` (off by default: nothing reads them, and
+  they cost +50 % of the encryption) every pool image once more with another key (the part of the
+  gallery that does not share the target key). Independent of the key share, so one encryption
+  serves a whole key-share sweep.
 - **Key share** p (:func:`leaked_count`): the attacker trains on ``round(p · pool)`` pool images
   encrypted with the target key, drawn with the run ``seed``, and is evaluated on every held-out
   image (same key).
@@ -87,7 +88,7 @@ def leaked_count(key_share: float, pool: int) -> int:
 
 
 def encryption_jobs(pool: int, n_gallery: int, num_keys: int, target_key: int = 0,
-                    decoys: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    decoys: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which gallery image is encrypted with which key (see the module docstring).
 
     Returns ``(index, key_id, role)``: int64 gallery indices, int64 key ids, int8 :class:`Role`

@@ -120,12 +120,14 @@ def test_non_zero_rank_waits_for_rank_zero(tmp_path):
 
 # ------------------------------------------------------------------------------ key share
 def test_encryption_jobs_and_key_share():
-    index, key, role = encryption_jobs(pool=4, n_gallery=10, num_keys=3, target_key=0)
+    index, key, role = encryption_jobs(pool=4, n_gallery=10, num_keys=3, target_key=0, decoys=True)
     assert list(index[role == 0]) == [4, 5, 6, 7, 8, 9] and (key[role == 0] == 0).all()
     assert list(index[role == 1]) == [0, 1, 2, 3] and (key[role == 1] == 0).all()
     assert list(index[role == 2]) == [0, 1, 2, 3] and list(key[role == 2]) == [1, 2, 1, 2]
-    _, _, role = encryption_jobs(4, 10, 1)
+    _, _, role = encryption_jobs(4, 10, 1, decoys=True)
     assert (role != Role.DECOY).all()  # one key: no decoys
+    index, _, role = encryption_jobs(4, 10, 3)  # off by default
+    assert len(index) == 10 and (role != Role.DECOY).all()
     assert [int(r) for r in (Role.HELD_OUT, Role.POOL, Role.DECOY)] == [0, 1, 2]
     assert leaked_count(0.03, 1000) == 30 and leaked_count(0.7, 1000) == 700
     assert leaked_count(0.01, 250) == 3  # 2.5 rounds up
