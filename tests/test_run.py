@@ -138,7 +138,9 @@ def test_nothing_in_the_runner_names_an_attack_or_a_threat():
 
 # ----------------------------------------------------------------------------- checkpoints
 def _coarse_only(tmp: Path, *extra: str) -> list[str]:
-    return [*experiment_overrides(None, tmp), "attack.stages=[coarse]", "attack.steps.coarse=2",
+    # loss.adv > 0: the GAN step (D, then G) is what these tests checkpoint and resume; the demo
+    # itself trains without it
+    return [*experiment_overrides(None, tmp), "attack.stages=[coarse]", "attack.steps.coarse=2", "loss.adv=0.002",
             "model.coarse.enc_channels=[8,8,8,8]", "model.coarse.dec_channels=[8,8,8,8]",
             "model.coarse.enc_mid=[8,8,8,8]", "metrics.metrics=[mse,psnr,ssim]", *extra]
 
