@@ -219,7 +219,7 @@ def test_encryptor_test_step_reports_groups_and_stores_results():
     from torch.utils.data import DataLoader
 
     gallery = (np.random.default_rng(0).random((5, 16, 16, 3)) * 255).astype(np.uint8)
-    index, key, _ = encryption_jobs(2, 5, 2)
+    index, key, _ = encryption_jobs(2, 5, 2, decoys=True)  # two keys in play
     enc = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=3, log_every=1)
     cb = ReconstructionMetrics(stages=("test",), metrics=("mse", "psnr", "ssim"))
     trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[cb], inference_mode=False,
