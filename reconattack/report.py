@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import statistics
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from reconattack.utils.files import atomic_write_text
 
 MAIN_METRICS = ("test/psnr", "test/ssim", "test/fid", "test/lpips", "test/clip")
 MISSING = "missing: "
@@ -163,14 +166,15 @@ def write_reports(root: Path) -> list[Path]:
     md += _paper_table(groups, rows, reasons)
     if reasons:
         md += ["", "Missing metrics (no pretrained weights):", ""] + [f"- {r}" for r in reasons]
-    (root / "report.md").write_text("\n".join(md) + "\n")
-    with (root / "report.csv").open("w", newline="") as f:
+    atomic_write_text(root / "report.md", "\n".join(md) + "\n")
+    with io.StringIO(newline="") as f:
         w = csv.writer(f)
         w.writerow(["setting", "runs"] + [c for m in metrics for c in (f"{m} mean", f"{m} std")])
         for row in rows:
             w.writerow([row["setting"], row["runs"]] + [
                 c for m in metrics for c in ((row[m]["mean"], row[m]["std"]) if row[m]["mean"] is not None
                                              else (row[m]["text"], ""))])
+        atomic_write_text(root / "report.csv", f.getvalue())
     written += [root / "report.md", root / "report.csv"]
     written += _plots(root, groups, metrics, rows)
     return written

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from reconattack.attacks.base import Attack, AttackStage
 from reconattack.data.images import DataNotFoundError
-from reconattack.errors import ConfigError
+from reconattack.errors import ConfigError, NonFiniteLossError
 from reconattack.runtime import RunContext, require_file, save_grid
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
@@ -122,7 +122,14 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
                           enable_checkpointing=bool(attack.checkpoint_every),
                           check_val_every_n_epoch=attack.val_every_n_epochs, **extra)
     log.info("stage %s: training %d iterations", stage, iterations)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except NonFiniteLossError as exc:
+        last = ctx.run_dir / "checkpoints" / stage / "last.ckpt"
+        kept = (f"the last checkpoint, {last}, is kept (continue with attack.resume.{stage}={last} "
+                f"after changing what diverged)" if last.is_file() else
+                "no checkpoint was written before it (attack.checkpoint_every)")
+        raise NonFiniteLossError(f"{exc}; {kept}") from exc
     ckpt = ctx.run_dir / "checkpoints" / f"{stage}.ckpt"
     trainer.save_checkpoint(str(ckpt))
     log.info("stage %s: checkpoint %s", stage, ckpt)

@@ -19,6 +19,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from reconattack.utils.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -182,10 +184,10 @@ def _jsonable(v):
 
 
 def write_metrics(metrics: dict, run_dir: Path) -> Path:
-    """Write the flat metrics dict to ``run_dir/metrics.json`` (numbers, or strings for missing ones)."""
-    path = run_dir / "metrics.json"
-    path.write_text(json.dumps({k: _jsonable(v) for k, v in sorted(metrics.items())}, indent=2))
-    return path
+    """Write the flat metrics dict to ``run_dir/metrics.json`` (numbers, or strings for missing
+    ones), atomically: a reader never sees half a file, and a kill leaves the previous one."""
+    return atomic_write_text(run_dir / "metrics.json",
+                             json.dumps({k: _jsonable(v) for k, v in sorted(metrics.items())}, indent=2))
 
 
 def require_file(path: str | None, what: str) -> Path | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from reconattack.errors import ConfigError
 from reconattack.run import run
@@ -162,6 +163,34 @@ def test_stage_checkpoints_resume_and_test_only(tmp_path):
     assert not (tmp_path / "c" / "run" / "checkpoints" / "coarse.ckpt").exists()
 
 
+def test_a_nan_loss_stops_the_run_naming_the_step_and_term_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from reconattack.attacks.cfgan import CFGANStage
+    from reconattack.errors import NonFiniteLossError
+
+    real = CFGANStage.generator_losses
+
+    def diverges(self, batch, fake):
+        terms = real(self, batch, fake)
+        if self.global_step // self.optimizer_steps_per_iteration >= 3:  # from iteration 3 on
+            terms["pix"] = terms["pix"] * float("nan")
+            terms["total"] = terms["total"] + terms["pix"]
+        return terms
+
+    monkeypatch.setattr(CFGANStage, "generator_losses", diverges)
+    cfg = compose_cfg([*_coarse_only(tmp_path), "attack.steps.coarse=6", "attack.checkpoint_every=2"])
+    with pytest.raises(NonFiniteLossError) as err:
+        run(cfg)
+    msg = str(err.value)
+    print(msg)
+    assert "coarse" in msg and "iteration 3 " in msg and "loss_g/pix=nan" in msg and "loss_g/total=nan" in msg
+    last = tmp_path / "run" / "checkpoints" / "coarse" / "last.ckpt"
+    assert str(last) in msg and "attack.resume.coarse" in msg
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4  # iterations 0-1 (D + G steps); iteration 2 had no checkpoint
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_test_only_needs_the_final_stage(tmp_path):
     cfg = compose_cfg([*experiment_overrides(None, tmp_path), "attack.test_only=true"])
     with pytest.raises(ConfigError, match="attack.checkpoints.fine"):
@@ -278,6 +307,10 @@ def test_slurm_launcher_preset_composes():
     cfg = compose_cfg(["+launcher=slurm", "+experiment=cfgan_celebahq"], hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 2 and cfg.trainer.accelerator == "gpu"
+    # what the DDP preset says the GAN steps need, on the launcher's GPUs
+    assert cfg.trainer.strategy == "ddp_find_unused_parameters_true" and cfg.trainer.sync_batchnorm
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=False)  # ${hydra:...} resolves in a job
+    assert trainer["devices"] == "${hydra:launcher.gpus_per_node}" and trainer["num_nodes"] == "${hydra:launcher.nodes}"
 
 
 def test_demo_sift_baselines_writes_one_table(tmp_path):

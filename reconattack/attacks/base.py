@@ -8,7 +8,9 @@
   :mod:`reconattack.threats.base`) and :meth:`~AttackStage.reconstruct` returns
   ``(B, 3, H, W)`` RGB in [-1, 1].
 - :class:`GANStage` — the shared adversarial step (discriminator step, then generator step,
-  Lightning manual optimisation, gradient clipping, learning-rate schedules).
+  Lightning manual optimisation, gradient clipping, learning-rate schedules), which stops the
+  run with :class:`~reconattack.errors.NonFiniteLossError` before a NaN or infinite loss reaches
+  the weights.
 
 Networks given by the threat or by a library (the AVIH service model, VGG for perceptual
 losses) are *attached* to a stage (:meth:`AttackStage.attach`): frozen, moved with the module,
@@ -20,6 +22,7 @@ is a subclass of :class:`Attack` and its stage modules, and a YAML file in ``con
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from reconattack.errors import ConfigError
+from reconattack.errors import ConfigError, NonFiniteLossError
 from reconattack.utils.config import build, plain
 
 
@@ -165,6 +168,24 @@ class GANStage(AttackStage):
             return opts
         return opts, [self.scheduler_factory(o, total_steps=self.iterations) for o in opts]
 
+    def check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
+        """Raise :class:`~reconattack.errors.NonFiniteLossError` naming the step and the loss
+        term(s) when any of ``terms`` (scalars) is NaN or infinite, before any update from them.
+        One device synchronisation; under DDP every rank stops together (a rank that raised
+        alone would leave the others waiting in the next all-reduce)."""
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        bad = not bool(torch.isfinite(values).all())
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        named = ", ".join(f"{k}={float(v):g}" for k, v in zip(terms, values.tolist()) if not math.isfinite(v))
+        iteration = self.global_step // self.optimizer_steps_per_iteration
+        raise NonFiniteLossError(
+            f"{self.log_prefix.rstrip('/')}: non-finite loss at iteration {iteration} (global step "
+            f"{self.global_step}): {named or 'on another process'}. Stopped before the update; the "
+            f"weights are those of the step before")
+
     def _step(self, opt, loss: torch.Tensor, update: bool = True) -> None:
         opt.zero_grad(set_to_none=True)
         if update:
@@ -188,11 +209,13 @@ class GANStage(AttackStage):
         if opt_d is not None:
             self.toggle_optimizer(opt_d)
             d_loss = self.discriminator_loss(batch, fake.detach())
+            self.check_finite({"loss_d": d_loss})
             self._step(opt_d, d_loss, update=self.update_discriminator(d_loss))
             self.untoggle_optimizer(opt_d)
             logs["loss_d"] = d_loss.detach()
             self.toggle_optimizer(opt_g)
         terms = self.generator_losses(batch, fake)
+        self.check_finite({f"loss_g/{k}": v for k, v in terms.items()})
         self._step(opt_g, terms["total"])
         if opt_d is not None:
             self.untoggle_optimizer(opt_g)

@@ -26,14 +26,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from reconattack.utils.files import atomic_write_bytes
 
 __all__ = [
     "DESC_DIM",
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 
 DESC_DIM = 128
 #: bump when the on-disk format or the extraction procedure changes
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: CRC-32 of the payload in the header
 
 _local = threading.local()
 
@@ -304,17 +306,15 @@ def build_maps(
 # cache
 # --------------------------------------------------------------------------------------------
 
-_MAGIC = b"RASIFT01"
-_HEADER = np.dtype([("magic", "S8"), ("n", "<u4"), ("dim", "<u4")])
+_MAGIC = b"RASIFT02"
+_HEADER = np.dtype([("magic", "S8"), ("n", "<u4"), ("dim", "<u4"), ("crc", "<u4")])
 
 
 def _encode_entry(xy: np.ndarray, desc: np.ndarray) -> bytes:
-    header = np.array([(_MAGIC, len(xy), DESC_DIM)], dtype=_HEADER).tobytes()
-    return (
-        header
-        + np.ascontiguousarray(xy, dtype="<f4").tobytes()
-        + np.ascontiguousarray(desc, dtype=np.uint8).tobytes()
-    )
+    payload = (np.ascontiguousarray(xy, dtype="<f4").tobytes()
+               + np.ascontiguousarray(desc, dtype=np.uint8).tobytes())
+    header = np.array([(_MAGIC, len(xy), DESC_DIM, zlib.crc32(payload))], dtype=_HEADER).tobytes()
+    return header + payload
 
 
 def _decode_entry(buf: bytearray) -> tuple[np.ndarray, np.ndarray]:
@@ -328,6 +328,8 @@ def _decode_entry(buf: bytearray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("bad magic or descriptor size")
     if len(buf) != hsize + n * 8 + n * dim:
         raise ValueError(f"size {len(buf)} does not match {n} keypoints")
+    if zlib.crc32(memoryview(buf)[hsize:]) != int(header["crc"]):
+        raise ValueError("checksum mismatch")
     xy = np.frombuffer(buf, dtype="<f4", count=2 * n, offset=hsize).reshape(n, 2)
     desc = np.frombuffer(buf, dtype=np.uint8, count=n * dim, offset=hsize + 8 * n).reshape(n, dim)
     return xy, desc
@@ -339,11 +341,11 @@ class SiftCache:
     Layout: ``root/<settings>/<k[:2]>/<k[2:]>.sift`` where ``k`` is the sha1 of the image
     bytes, shape and dtype, and ``<settings>`` (``sift-ct<threshold>-<hash>``) is derived from
     the contrast threshold, the OpenCV version and :data:`CACHE_FORMAT_VERSION`; a
-    ``settings.json`` in that folder says which. An entry holds a 16-byte header, ``xy``
-    float32 ``(N, 2)`` and ``desc`` uint8 ``(N, 128)``: ``16 + 136 N`` bytes (≈ 70 KB for
+    ``settings.json`` in that folder says which. An entry holds a 20-byte header (with a CRC-32
+    of the rest), ``xy`` float32 ``(N, 2)`` and ``desc`` uint8 ``(N, 128)``: ``20 + 136 N`` bytes (≈ 70 KB for
     500 keypoints). Writes go to a temporary file in the same folder followed by
-    ``os.replace``, so several processes can fill the cache at once. A corrupt entry is
-    recomputed (and rewritten), never trusted.
+    ``os.replace``, so several processes can fill the cache at once. A corrupt entry (wrong size, header
+    or checksum) is recomputed (and rewritten), never trusted.
 
     The object holds only paths and settings and is cheap to pickle into DataLoader workers.
 
@@ -403,28 +405,13 @@ class SiftCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "settings.json"
         if not info.exists():
-            self._atomic_write(info, json.dumps(self.settings, indent=2).encode())
+            atomic_write_bytes(info, json.dumps(self.settings, indent=2).encode())
         self._dir_ready = True
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
 
     def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
         xy, desc = extract(image, self.contrast_threshold)
         self._ensure_dir()
-        self._atomic_write(path, _encode_entry(xy, desc))
+        atomic_write_bytes(path, _encode_entry(xy, desc))
         return xy, desc
 
     # -- public API ----------------------------------------------------------------------

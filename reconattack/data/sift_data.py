@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from reconattack.data.images import DataNotFoundError, ImageReadError, resize
 from reconattack.data.sift import SiftCache, build_maps, extract
 from reconattack.utils.config import build
+from reconattack.utils.distributed import per_process_batch, world_size_of
+from reconattack.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,9 @@ class SiftDataModule(pl.LightningDataModule):
         split_file: a ``split.json`` written by an earlier run; reused when given.
         run_dir: where ``split.json`` (and the unreadable-file report) are written.
         cache_dir: SIFT keypoint cache (shared across runs; keyed by image content + settings).
-        batch_size, eval_batch_size, num_workers: loader settings.
+        batch_size, eval_batch_size: images per step of all processes together (each DDP
+            process loads its share, :func:`~reconattack.utils.distributed.per_process_batch`).
+        num_workers: loader processes (per training process).
         selection_seed: seeds the ``max_images`` subset and the split. Not the run's ``seed``: a
             seed sweep varies training only and tests on the same images (SPEC §8).
         hflip: random horizontal flips of training images (SIFT extracted after the flip). Not
@@ -248,11 +252,7 @@ class SiftDataModule(pl.LightningDataModule):
         if len(bad) == len(indices):
             raise DataNotFoundError(f"none of the {len(indices)} images in "
                                     f"{self._open()!r} could be read")
-        out = self._unreadable_file()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(bad, indent=1))
-        os.replace(tmp, out)
+        atomic_write_text(self._unreadable_file(), json.dumps(bad, indent=1))
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
@@ -276,8 +276,7 @@ class SiftDataModule(pl.LightningDataModule):
             split = make_split(usable, self.val, self.test, self.selection_seed)
         self.split = split
         if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "split.json").write_text(json.dumps(
+            atomic_write_text(self.run_dir / "split.json", json.dumps(
                 {"source": self._describe_source(), "selection_seed": self.selection_seed, "split": split},
                 indent=1))
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
@@ -292,8 +291,10 @@ class SiftDataModule(pl.LightningDataModule):
         ds = self.datasets.get(part)
         if ds is None or len(ds) == 0:
             raise ValueError(f"the {part} split is empty; check data.val / data.test / data.max_images")
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, drop_last=train and len(ds) >= self.batch_size,
+        world = world_size_of(self)
+        batch = (per_process_batch(self.batch_size, world) if train else
+                 per_process_batch(self.eval_batch_size, world, "data.eval_batch_size", exact=False))
+        return DataLoader(ds, batch_size=batch, shuffle=train, drop_last=train and len(ds) >= batch * world,
                           num_workers=self.num_workers, collate_fn=collate_sift,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 

@@ -59,6 +59,7 @@ from reconattack.threats.avih_encryption import AVIHEncryptor
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.threats.face_classifier import FaceClassifier, train_loader
 from reconattack.utils.config import build, factory, plain
+from reconattack.utils.distributed import per_process_batch, world_size_of
 from reconattack.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
@@ -123,11 +124,13 @@ class AVIHDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, drop_last=True,
+        batch = per_process_batch(self.batch_size, world_size_of(self))
+        return DataLoader(self.train_set, batch_size=batch, shuffle=False, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.eval_batch_size, shuffle=False,
+        batch = per_process_batch(self.eval_batch_size, world_size_of(self), "data.eval_batch_size", exact=False)
+        return DataLoader(self.test_set, batch_size=batch, shuffle=False,
                           num_workers=self.num_workers)
 
 

@@ -246,7 +246,7 @@ def test_cache_settings_and_size(tmp_path, real_images):
     assert len(files) == 2
     for f in files:
         assert f.stat().st_size < 150_000
-    assert a.path(img).stat().st_size == 16 + 136 * len(a.get(img)[0])
+    assert a.path(img).stat().st_size == 20 + 136 * len(a.get(img)[0])
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary files left
 
 
@@ -255,12 +255,15 @@ def test_cache_corrupt_entry_recomputed(tmp_path, real_images):
     img = real_images[2]
     ref_xy, ref_desc = cache.get(img)
     path = cache.path(img)
-    for garbage in (b"", b"junk", path.read_bytes()[:-5]):
+    whole = path.read_bytes()
+    flipped = bytearray(whole)
+    flipped[-1] ^= 0x01  # one bit of a descriptor: same size, valid header, wrong checksum
+    for garbage in (b"", b"junk", whole[:-5], bytes(flipped)):
         path.write_bytes(garbage)
         xy, desc = cache.get(img)
         np.testing.assert_array_equal(xy, ref_xy)
         np.testing.assert_array_equal(desc, ref_desc)
-        assert path.stat().st_size == 16 + 136 * len(ref_xy)  # rewritten
+        assert path.stat().st_size == 20 + 136 * len(ref_xy)  # rewritten
 
 
 def test_cache_fill_and_zero_keypoints(tmp_path, real_images):
