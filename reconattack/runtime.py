@@ -19,6 +19,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from reconattack.errors import InputNotFoundError
+
 log = logging.getLogger(__name__)
 
 
@@ -194,5 +196,5 @@ def require_file(path: str | None, what: str) -> Path | None:
         return None
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
-        raise FileNotFoundError(f"{what}: {p} does not exist")
+        raise InputNotFoundError(f"{what}: {p} does not exist")
     return p
