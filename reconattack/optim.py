@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from reconattack.errors import ConfigError
+
 
 class PerImageMomentum(torch.optim.Optimizer):
     """The official AVIH update of encrypted images, one problem per image.
@@ -26,8 +28,8 @@ class PerImageMomentum(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.01, momentum: float = 0.3,
                  decay: float = 0.85, patience: int = 16) -> None:
         if lr <= 0 or not 0 <= momentum < 1 or not 0 < decay <= 1 or patience < 1:
-            raise ValueError(f"PerImageMomentum: need lr > 0, 0 <= momentum < 1, 0 < decay <= 1, "
-                             f"patience >= 1; got {lr}, {momentum}, {decay}, {patience}")
+            raise ConfigError(f"PerImageMomentum: need lr > 0, 0 <= momentum < 1, 0 < decay <= 1, "
+                              f"patience >= 1; got {lr}, {momentum}, {decay}, {patience}")
         super().__init__(params, {"lr": float(lr), "momentum": float(momentum),
                                   "decay": float(decay), "patience": int(patience)})
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 
+from reconattack.errors import InputNotFoundError
 from reconattack.utils.files import atomic_write_text
 
 MAIN_METRICS = ("test/psnr", "test/ssim", "test/fid", "test/lpips", "test/clip")
@@ -56,7 +57,7 @@ def load_runs(root: Path) -> list[dict]:
         runs.append({"dir": run_dir, "overrides": overrides, "config": config or {},
                      "metrics": json.loads(mfile.read_text())})
     if not runs:
-        raise FileNotFoundError(f"no metrics.json below {root}; give a run or multirun directory")
+        raise InputNotFoundError(f"no metrics.json below {root}; give a run or multirun directory")
     return runs
 
 

@@ -3,7 +3,9 @@
 Composes ``conf/config.yaml`` (a threat model, an attack, data, trainer, logger, metrics), runs
 the experiment with the one runner (:mod:`reconattack.runner`), writes ``metrics.json`` into the
 run directory and prints where the results are. Returns ``cfg.optimized_metric`` (if set) for
-Hydra sweepers.
+Hydra sweepers. An error the user caused (:class:`~reconattack.errors.UserError`: a bad config
+value, missing or malformed data, checkpoints or weights) is printed as one line and the exit
+status is 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from reconattack.errors import UserError
 from reconattack.runner import run_experiment
 from reconattack.runtime import is_global_zero, write_metrics
-from reconattack.utils.weights import MissingWeightsError
+from reconattack.sweeps import job_guard
 
 log = logging.getLogger("reconattack")
 
@@ -46,22 +50,55 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-# errors a user causes (missing data, weights, files; bad config values): one clear line, exit 2
-USER_ERRORS = (FileNotFoundError, MissingWeightsError, ValueError)
+# errors a user causes and can fix (bad config values; missing or malformed data, checkpoints,
+# weights): one clear line, exit 2. Every other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError,)
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user error ``exc`` stands for, or None when it is a bug.
+
+    That is ``exc`` itself when it is one of :data:`USER_ERRORS`, or the user error that a Hydra
+    ``InstantiationException`` was raised from (``hydra.utils.instantiate`` wraps whatever a
+    ``_target_`` raises, with the original as ``__cause__``). Other exceptions are not looked
+    through: a bug raised while handling a user error stays a bug.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, USER_ERRORS):
+            return exc
+        if not isinstance(exc, InstantiationException):
+            return None
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return None
+
+
+def run_cli(cfg: DictConfig) -> float | None:
+    """:func:`run` for the command line: a user error becomes one line on the log (console and
+    ``run.log``) and exit status 2 (``HYDRA_FULL_ERROR=1``: raised with its traceback instead);
+    any other exception propagates. In a multirun a failed job is recorded instead and the sweep
+    goes on (:mod:`reconattack.sweeps`). Returns ``cfg.optimized_metric``'s value (or None)."""
+    metrics = None
+    try:
+        with job_guard(_run_dir(cfg), is_user_error=lambda e: user_error(e) is not None):
+            metrics = run(cfg)
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s: %s", type(err).__name__, err)  # console (stderr) and run.log
+        sys.exit(2)
+    if metrics is None:  # a failed job of a multirun, recorded in its directory
+        return None
+    key = cfg.get("optimized_metric")
+    value = metrics.get(key) if key else None
+    return value if isinstance(value, (int, float)) else None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except USER_ERRORS as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s: %s", type(exc).__name__, exc)  # console (stderr) and run.log
-        sys.exit(2)
-    key = cfg.get("optimized_metric")
-    value = metrics.get(key) if key else None
-    return value if isinstance(value, (int, float)) else None
+    return run_cli(cfg)
 
 
 if __name__ == "__main__":

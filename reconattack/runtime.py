@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from reconattack.errors import InputNotFoundError
 from reconattack.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -196,5 +197,5 @@ def require_file(path: str | None, what: str) -> Path | None:
         return None
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
-        raise FileNotFoundError(f"{what}: {p} does not exist")
+        raise InputNotFoundError(f"{what}: {p} does not exist")
     return p

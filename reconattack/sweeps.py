@@ -47,20 +47,19 @@ def record_failure(run_dir: Path, exc: BaseException) -> Path:
 
 
 @contextmanager
-def job_guard(run_dir: Path, on_error: Callable[[BaseException], None] | None = None):
-    """Inside a multirun: record an exception of the job (:func:`record_failure`), log it with
-    its traceback, call ``on_error`` and swallow it, so the sweep goes on. Outside a multirun
-    (or for KeyboardInterrupt / SystemExit other than a user error's exit) it propagates."""
+def job_guard(run_dir: Path, is_user_error: Callable[[BaseException], bool] | None = None):
+    """Inside a multirun: record an exception of the job (:func:`record_failure`), log it (one
+    line for a user error, else with its traceback) and swallow it, so the sweep goes on.
+    Outside a multirun it propagates; KeyboardInterrupt and SystemExit always do."""
     try:
         yield
     except Exception as exc:
         if not in_multirun():
             raise
         record_failure(run_dir, exc)
-        log.error("job failed (the sweep goes on; %s): %s: %s", Path(run_dir) / FAILURE_FILE,
-                  type(exc).__name__, exc, exc_info=exc)
-        if on_error is not None:
-            on_error(exc)
+        user = is_user_error is not None and is_user_error(exc)
+        log.error("job failed, the sweep goes on (%s): %s: %s", Path(run_dir) / FAILURE_FILE,
+                  type(exc).__name__, exc, exc_info=None if user else exc)
 
 
 def job_status(job_dir: Path) -> dict[str, Any]:

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
-from reconattack.errors import ConfigError
+import reconattack.run as cli
+from reconattack.errors import ConfigError, UserError
 from reconattack.run import run
 from tests.helpers import (
     ATTACK_CONFIGS,
@@ -265,6 +267,65 @@ def test_unknown_experiment_is_a_clear_error(tmp_path):
     assert "no_such_experiment" in res.stderr and "cfgan_lsun_bird" in res.stderr
 
 
+def _raising(exc: BaseException):
+    def run_experiment(cfg, run_dir):  # stands in for reconattack.runner.run_experiment
+        raise exc
+    return run_experiment
+
+
+def _caused_by(outer: BaseException, cause: BaseException) -> BaseException:
+    outer.__cause__ = cause  # as `raise outer from cause` leaves it
+    return outer
+
+
+@pytest.mark.parametrize("exc", [
+    ConfigError("threat.x must be positive"),
+    # what hydra.utils.instantiate raises for an error in a _target_'s constructor
+    _caused_by(InstantiationException("Error in call to target 'x.Y':\nConfigError(...)"),
+               ConfigError("threat.x must be positive")),
+], ids=["direct", "wrapped-by-hydra"])
+def test_a_user_error_is_one_line_and_exit_status_2(exc, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(cli, "run_experiment", _raising(exc))
+    with pytest.raises(SystemExit) as stop:
+        cli.run_cli(compose_cfg(base_overrides(tmp_path)))
+    assert stop.value.code == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["ConfigError: threat.x must be positive"]
+    assert errors[0].exc_info is None  # no traceback
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the full error on request
+    with pytest.raises(InstantiationException if exc.__cause__ else ConfigError):
+        cli.run_cli(compose_cfg(base_overrides(tmp_path)))
+
+
+def test_a_real_config_error_exits_2_in_process(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    cfg = compose_cfg(["+experiment=demo_avih", "threat.key_share=1.5", *base_overrides(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        cli.run_cli(cfg)
+    assert stop.value.code == 2
+    assert "ConfigError: threat.key_share must be in (0, 1], got 1.5" in caplog.text
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("internal"),
+    KeyError("internal"),
+    _caused_by(InstantiationException("Error in call to target 'x.Y'"), ValueError("internal")),
+    # a bug raised while handling a user error is still a bug
+    _caused_by(RuntimeError("internal"), ConfigError("threat.x must be positive")),
+], ids=["ValueError", "KeyError", "wrapped-ValueError", "RuntimeError-from-ConfigError"])
+def test_an_internal_error_is_not_a_user_error_and_keeps_its_traceback(exc, tmp_path, monkeypatch,
+                                                                        caplog):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(cli, "run_experiment", _raising(exc))
+    with pytest.raises(type(exc)) as err:
+        cli.run_cli(compose_cfg(base_overrides(tmp_path)))
+    assert err.value is exc and not isinstance(err.value, UserError)
+    assert err.traceback[-1].name == "run_experiment"  # raised where it happened, not re-made
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 CLI_TINY = ["attack.steps.coarse=2", "attack.steps.fine=2", "data.batch_size=4", "data.eval_batch_size=10",
             "metrics.metrics=[mse,psnr,ssim]", "trainer.callbacks.progress=null", "attack.num_samples=2"]
 
@@ -293,6 +354,20 @@ def test_cli_multirun_sweep(tmp_path):
     assert "## Paper layout" in table and "| CFGAN | " in table and "| mean training image |" in table
     assert "psnr ↑" in table
     assert not any(p.suffix == ".png" for p in written)  # only the seed varies: nothing to plot
+
+
+def test_a_failed_sweep_job_does_not_stop_the_others(tmp_path):
+    """Job 0 fails (a config error), job 1 still runs; the sweep exits 1 naming job 0."""
+    tiny = [o for o in CLI_TINY if not o.startswith("attack.steps.coarse=")]
+    res = _cli("-m", "attack.steps.coarse=0,2", *tiny, "attack.stages=[coarse]", f"hydra.sweep.dir={tmp_path}",
+               env_extra={"RECONATTACK_CACHE": str(tmp_path / "cache")})
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert isinstance(json.loads((tmp_path / "1" / "metrics.json").read_text())["test/psnr"], float)
+    failed = (tmp_path / "0" / "failed.txt").read_text()
+    assert failed.startswith("ConfigError: attack.steps must be >= 1") and "Traceback" in failed
+    assert "1 of 2 job(s) did not finish" in res.stdout and "[attack.steps.coarse=0" in res.stdout
+    status = json.loads((tmp_path / "sweep_status.json").read_text())
+    assert [j["status"] for j in status] == ["failed", "finished"]
 
 
 def test_cli_ddp_cpu_two_processes(tmp_path):

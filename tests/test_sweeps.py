@@ -7,7 +7,13 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from reconattack.sweeps import FAILURE_FILE, STATUS_FILE, SweepStatusCallback, record_failure, sweep_status
+from reconattack.sweeps import (
+    FAILURE_FILE,
+    STATUS_FILE,
+    SweepStatusCallback,
+    record_failure,
+    sweep_status,
+)
 
 
 def _job(root, num, overrides, metrics=True):

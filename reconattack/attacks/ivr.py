@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reconattack.attacks.base import Attack, GANStage
+from reconattack.errors import ConfigError
 from reconattack.utils.config import build
 
 PIXEL_LOSSES = ("l1", "l2")
@@ -27,7 +28,7 @@ class IVRStage(GANStage):
 
     def __init__(self, net: nn.Module, pixel: str = "l2", **gan: Any) -> None:
         if pixel not in PIXEL_LOSSES:
-            raise ValueError(f"loss.pixel must be one of {PIXEL_LOSSES}, got {pixel!r}")
+            raise ConfigError(f"loss.pixel must be one of {PIXEL_LOSSES}, got {pixel!r}")
         super().__init__(None, log_prefix="ivr/train/", **gan)
         self.net = net
         self.pixel = pixel

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from reconattack.data.faces import IdentityFolderSource, build_pairs, digits_faces, load_bin
 from reconattack.data.images import DataNotFoundError, resize
+from reconattack.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _fit_size(images: np.ndarray, size: int, source: str) -> np.ndarray:
 
 def _path(raw: str | os.PathLike | None, key: str) -> Path:
     if not raw:
-        raise ValueError(f"{key}.path is not set")
+        raise ConfigError(f"{key}.path is not set")
     return Path(os.path.expanduser(str(raw)))
 
 
@@ -164,8 +165,8 @@ class DigitsFaces:
         sizes = {"models": self.split["models"], "auxiliary": self.split["auxiliary"],
                  "gallery": n_gallery, "queries": self.split["queries"]}
         if sum(sizes.values()) > len(every):
-            raise ValueError(f"data.source.split asks for {sum(sizes.values())} images ({sizes}) but "
-                             f"the digits have {len(every)}")
+            raise ConfigError(f"data.source.split asks for {sum(sizes.values())} images ({sizes}) but "
+                              f"the digits have {len(every)}")
         order = np.random.default_rng(seed).permutation(len(every))
         parts, start = {}, 0
         for role, n in sizes.items():
@@ -196,8 +197,8 @@ class BinGallery:
         images, is_same = load_bin(path)
         n_pairs = len(is_same)
         if n_pairs < n_gallery:
-            raise ValueError(f"gallery smaller than requested: {path} has {n_pairs} pairs, "
-                             f"data.gallery_size asks for {n_gallery} (one gallery image per pair)")
+            raise ConfigError(f"gallery smaller than requested: {path} has {n_pairs} pairs, "
+                              f"data.gallery_size asks for {n_gallery} (one gallery image per pair)")
         images = _fit_size(images, size, str(path))
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(n_pairs, n_gallery, replace=False))
@@ -230,8 +231,8 @@ class IdentityFolderGallery:
         src = IdentityFolderSource(path)
         labels = np.asarray(src.labels)
         if (labels < 0).any():
-            raise ValueError(f"data.source: {path} has no identity sub-folders; a gallery needs one "
-                             "sub-folder per identity (to build verification pairs)")
+            raise ConfigError(f"data.source: {path} has no identity sub-folders; a gallery needs one "
+                              "sub-folder per identity (to build verification pairs)")
         q_idx, g_idx = [], []
         for lab in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == lab))
@@ -240,9 +241,9 @@ class IdentityFolderGallery:
                 g_idx.extend(members[1:])
         g_idx = np.asarray(g_idx, np.int64)
         if len(g_idx) < n_gallery:
-            raise ValueError(f"gallery smaller than requested: {path} has {len(g_idx)} usable gallery "
-                             f"images (identities with >= 2 images, one kept as query), "
-                             f"data.gallery_size asks for {n_gallery}")
+            raise ConfigError(f"gallery smaller than requested: {path} has {len(g_idx)} usable gallery "
+                              f"images (identities with >= 2 images, one kept as query), "
+                              f"data.gallery_size asks for {n_gallery}")
         g_idx = rng.choice(g_idx, n_gallery, replace=False)
         q_idx = np.asarray(q_idx, np.int64)
 

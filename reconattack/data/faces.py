@@ -38,6 +38,7 @@ from reconattack.data.images import (
     normalise_extensions,
     resize,
 )
+from reconattack.errors import ConfigError, UserError
 
 __all__ = [
     "BinFormatError",
@@ -60,7 +61,7 @@ _BIN_LAYOUT = (
 _LATIN1_NAMES = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1"})
 
 
-class BinFormatError(ValueError):
+class BinFormatError(UserError, ValueError):
     """A file is not a (safe, well-formed) insightface verification ``.bin``."""
 
 
@@ -390,7 +391,7 @@ def digits_faces(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         ``(images, labels)``: uint8 ``(1797, size, size, 3)`` and int64 ``(1797,)`` in ``0..9``.
     """
     if isinstance(size, bool) or int(size) != size or size <= 0:
-        raise ValueError(f"digits_faces: size must be a positive int, got {size!r}")
+        raise ConfigError(f"digits_faces: size must be a positive int, got {size!r}")
     size = int(size)
     from sklearn.datasets import load_digits
 
@@ -456,14 +457,14 @@ def build_pairs(
     order = np.argsort(query, kind="stable")  # query indices grouped by label
     uniq, starts, counts = np.unique(query[order], return_index=True, return_counts=True)
     if len(uniq) < 2:
-        raise ValueError(
+        raise ConfigError(
             "build_pairs: the queries hold a single identity; impostor pairs need at least two"
         )
     pos = np.searchsorted(uniq, gallery)
     pos_c = np.minimum(pos, len(uniq) - 1)
     has_genuine = uniq[pos_c] == gallery
     if not has_genuine.any():
-        raise ValueError(
+        raise ConfigError(
             "build_pairs: no gallery identity has a query image; no genuine pair can be made"
         )
     missing = int((~has_genuine).sum())

@@ -30,6 +30,8 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from reconattack.errors import ConfigError, UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SOURCE_KINDS",
@@ -60,11 +62,11 @@ _lmdb_envs: dict[tuple[int, str], object] = {}
 _lmdb_lock = threading.Lock()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image file or buffer could not be decoded (corrupt, empty, unsupported format)."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset path does not exist or does not have the expected layout."""
 
 
@@ -494,7 +496,7 @@ def lfw_faces(n: int = 100) -> ArraySource:
         :class:`ArraySource` of uint8 ``(n, 25, 25, 3)`` images, names ``"lfw_subset_000"``...
     """
     if not 0 < n <= 100:
-        raise ValueError(f"lfw_faces: n must be in 1..100 (lfw_subset has 100 faces), got {n}")
+        raise ConfigError(f"lfw_faces: n must be in 1..100 (lfw_subset has 100 faces), got {n}")
     from skimage.data import lfw_subset
 
     faces = np.asarray(lfw_subset()[:n], dtype=np.float64)

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from reconattack.errors import ConfigError
 from reconattack.utils.files import atomic_write_bytes
 
 __all__ = [
@@ -127,7 +128,7 @@ def _as_tensor(a, dtype: torch.dtype, shape_tail: tuple[int, ...], what: str) ->
 def _check_size(size: int, compress: bool) -> int:
     size = int(size)
     if size <= 0 or (compress and size % 2):
-        raise ValueError(f"size must be positive (and even when compress=True), got {size}")
+        raise ConfigError(f"size must be positive (and even when compress=True), got {size}")
     return size // 2 if compress else size
 
 

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reconattack.data.images import DataNotFoundError, ImageReadError, resize
 from reconattack.data.sift import SiftCache, build_maps, extract
+from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
 from reconattack.utils.distributed import per_process_batch, world_size_of
 from reconattack.utils.files import atomic_write_text
@@ -51,7 +52,7 @@ def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
 
     n_val, n_test = count(val), count(test)
     if n_val + n_test > n:
-        raise ValueError(f"split asks for {n_val} val + {n_test} test images but only {n} are available")
+        raise ConfigError(f"split asks for {n_val} val + {n_test} test images but only {n} are available")
     return n - n_val - n_test, n_val, n_test
 
 
@@ -263,12 +264,12 @@ class SiftDataModule(pl.LightningDataModule):
         if self.split_file:
             path = Path(self.split_file)
             if not path.is_file():
-                raise FileNotFoundError(f"data.split_file={path} does not exist")
+                raise InputNotFoundError(f"data.split_file={path} does not exist")
             split = json.loads(path.read_text())["split"]
             missing = [n for part in split.values() for n in part if n not in index_of]
             if missing:
-                raise ValueError(f"{len(missing)} image(s) of split file {path} are not in the data "
-                                 f"source (e.g. {missing[0]!r})")
+                raise ConfigError(f"{len(missing)} image(s) of split file {path} are not in the data "
+                                  f"source (e.g. {missing[0]!r})")
         else:
             bad_file = self._unreadable_file()
             bad = set(json.loads(bad_file.read_text())) if bad_file.is_file() else set()
@@ -290,7 +291,7 @@ class SiftDataModule(pl.LightningDataModule):
     def _loader(self, part: str, train: bool) -> DataLoader:
         ds = self.datasets.get(part)
         if ds is None or len(ds) == 0:
-            raise ValueError(f"the {part} split is empty; check data.val / data.test / data.max_images")
+            raise ConfigError(f"the {part} split is empty; check data.val / data.test / data.max_images")
         world = world_size_of(self)
         batch = (per_process_batch(self.batch_size, world) if train else
                  per_process_batch(self.eval_batch_size, world, "data.eval_batch_size", exact=False))

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from reconattack.errors import ConfigError
+
 TASK_DISTANCES = ("l2", "l2sq", "cos")
 PIXEL_DISTANCES = ("l2", "l1", "mse", "mae")
 WEIGHT_KEYS = ("task", "diff", "rec", "vc")
@@ -24,7 +26,7 @@ WEIGHT_KEYS = ("task", "diff", "rec", "vc")
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def vc_loss(x: torch.Tensor, kernel: int = 4) -> torch.Tensor:
@@ -40,7 +42,7 @@ def vc_loss(x: torch.Tensor, kernel: int = 4) -> torch.Tensor:
         raise ValueError(f"vc_loss expects (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
     if kernel < 1 or (h - kernel + 1) * (w - kernel + 1) < 2:
-        raise ValueError(f"vc_loss: kernel {kernel} leaves fewer than 2 patch positions in {h}x{w}")
+        raise ConfigError(f"vc_loss: kernel {kernel} leaves fewer than 2 patch positions in {h}x{w}")
     weight = x.new_ones(c, 1, kernel, kernel)
     sums = F.conv2d(x, weight, groups=c)  # (B, C, H - k + 1, W - k + 1)
     return sums.flatten(2).var(dim=2, unbiased=True).sum(dim=1)

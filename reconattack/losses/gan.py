@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from reconattack.errors import ConfigError
+
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
@@ -54,4 +56,4 @@ def js_g_loss(fake_scores: torch.Tensor, mode: str = "minimax") -> torch.Tensor:
         return -F.softplus(2 * fake_scores).mean()
     if mode == "non_saturating":
         return F.softplus(-2 * fake_scores).mean()
-    raise ValueError(f"js_g_loss mode must be 'minimax' or 'non_saturating', got {mode!r}")
+    raise ConfigError(f"js_g_loss mode must be 'minimax' or 'non_saturating', got {mode!r}")

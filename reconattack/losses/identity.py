@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from reconattack.errors import ConfigError
 from reconattack.losses.avih import task_loss
 
 
@@ -28,7 +29,7 @@ def augment(x: torch.Tensor, flip: bool = True, pad: int = 5, crop: bool = True,
     returns ``x`` itself. Random draws use ``generator`` (on its own device) or the global RNG.
     """
     if pad < 0:
-        raise ValueError(f"augment: pad must be >= 0, got {pad}")
+        raise ConfigError(f"augment: pad must be >= 0, got {pad}")
     if x.dim() != 4:
         raise ValueError(f"augment expects (B, C, H, W), got shape {tuple(x.shape)}")
     b, c, h, w = x.shape

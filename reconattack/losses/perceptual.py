@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from reconattack.errors import ConfigError
 from reconattack.utils.weights import WeightsSpec, load_state_dict
 
 VGG_WEIGHTS = {
@@ -47,7 +48,7 @@ class VGGFeatures(nn.Module):
                  download: bool = True, features: nn.Sequential | None = None, arch: str = "vgg19"):
         super().__init__()
         if arch not in VGG_WEIGHTS:
-            raise ValueError(f"VGGFeatures: arch must be one of {sorted(VGG_WEIGHTS)}, got {arch!r}")
+            raise ConfigError(f"VGGFeatures: arch must be one of {sorted(VGG_WEIGHTS)}, got {arch!r}")
         if features is None:
             vgg = getattr(torchvision.models, arch)(weights=None)
             vgg.load_state_dict(load_state_dict(VGG_WEIGHTS[arch], weights_path, download))

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reconattack.errors import ConfigError
 from reconattack.utils.weights import (
     MissingWeightsError,
     WeightsSpec,
@@ -437,7 +438,7 @@ def load_clip(
     import open_clip
 
     if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model_name!r}")
+        raise ConfigError(f"unknown open_clip model {model_name!r}")
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
     if path:
         file = Path(os.path.expanduser(str(path)))
@@ -448,7 +449,7 @@ def load_clip(
         file = str(file)
     else:
         if not cfg:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown open_clip pretrained tag {pretrained!r} for {model_name}; available: "
                 f"{open_clip.list_pretrained_tags_by_model(model_name)}"
             )

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from reconattack.errors import ConfigError
 from reconattack.metrics import functional as MF
 from reconattack.utils.weights import MissingWeightsError
 
@@ -115,22 +116,22 @@ class MetricSuite:
         self.metrics = tuple(str(m) for m in metrics)
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
         if unknown:
-            raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
+            raise ConfigError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
         self.quantize = bool(quantize)
         self.ssim_window = ssim_window or ("uniform" if self.quantize else "gaussian")
         if self.ssim_window not in ("gaussian", "uniform"):
-            raise ValueError(f"ssim_window must be 'gaussian' or 'uniform', got {ssim_window!r}")
+            raise ConfigError(f"ssim_window must be 'gaussian' or 'uniform', got {ssim_window!r}")
         self.weights = {k: (str(v) if v else None) for k, v in dict(weights or {}).items()}
         bad = sorted(set(self.weights) - set(FEATURE_METRICS))
         if bad:
-            raise ValueError(f"weights given for unknown metrics {bad}; keys: {FEATURE_METRICS}")
+            raise ConfigError(f"weights given for unknown metrics {bad}; keys: {FEATURE_METRICS}")
         self.download = bool(download)
         self.feature_nets = dict(feature_nets or {})
         bad = sorted(set(self.feature_nets) - set(FEATURE_METRICS))
         if bad:
             raise ValueError(f"feature_nets for unknown metrics {bad}; keys: {FEATURE_METRICS}")
         if not 0.0 <= far <= 1.0:
-            raise ValueError(f"far must be in [0, 1], got {far}")
+            raise ConfigError(f"far must be in [0, 1], got {far}")
         self.far = float(far)
         self.reset_real_features = bool(reset_real_features)
         self.fid_antialias = bool(fid_antialias)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reconattack.errors import ConfigError
+
 FUSIONS = ("paper", "official", "concat")
 OUTPUT_ACTIVATIONS = ("none", "tanh")
 
@@ -131,10 +133,10 @@ class _Decoder(nn.Module):
                  output_activation: str):
         super().__init__()
         if len(dec_channels) != len(enc_channels):
-            raise ValueError("model.dec_channels must have as many entries as model.enc_channels "
-                             f"(got {len(dec_channels)} and {len(enc_channels)})")
+            raise ConfigError("model.dec_channels must have as many entries as model.enc_channels "
+                              f"(got {len(dec_channels)} and {len(enc_channels)})")
         if output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}")
+            raise ConfigError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}")
         blocks, prev = [], enc_channels[-1]
         for skip_ch, out_ch in zip(reversed(enc_channels), dec_channels):
             blocks.append(DecoderBlock(prev, skip_ch, out_ch))
@@ -154,8 +156,8 @@ def _encoder(in_ch: int, enc_channels: Sequence[int], enc_mid: Sequence[int] | N
     """Encoder blocks; block i maps width ``prev`` to ``enc_channels[i]`` through a middle width
     ``enc_mid[i]`` (official layout: the block's input width, ``enc_mid=None``)."""
     if enc_mid is not None and len(enc_mid) != len(enc_channels):
-        raise ValueError(f"model enc_mid must have as many entries as enc_channels "
-                         f"(got {len(enc_mid)} and {len(enc_channels)})")
+        raise ConfigError(f"model enc_mid must have as many entries as enc_channels "
+                          f"(got {len(enc_mid)} and {len(enc_channels)})")
     blocks, prev = [], in_ch
     for i, out_ch in enumerate(enc_channels):
         blocks.append(EncoderBlock(prev, prev if enc_mid is None else enc_mid[i], out_ch))
@@ -215,7 +217,7 @@ class FineGenerator(nn.Module):
                  enc_mid: Sequence[int] | None = None, stem_mid: int | None = None):
         super().__init__()
         if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.fusion = fusion
         self.final_scale = final_scale
         if fusion == "concat":
@@ -273,7 +275,7 @@ class Discriminator(nn.Module):
                  channels: Sequence[int] = (32, 64, 128, 256, 256, 256)):
         super().__init__()
         if image_size // 2 ** len(channels) != 4 or image_size % 2 ** len(channels):
-            raise ValueError(
+            raise ConfigError(
                 f"discriminator: {len(channels)} levels take {image_size}px to "
                 f"{image_size / 2 ** len(channels):g}px, but the last 4x4 conv needs 4px; use "
                 f"{max(1, (image_size // 4).bit_length() - 1)} entries in model.discriminator.channels")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from reconattack.errors import ConfigError
+
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters (frozen ones, e.g. fixed BN weights, excluded)."""
@@ -15,5 +17,5 @@ def check_side(x, levels: int, what: str) -> None:
     encoder level); ``x`` is (B, C, H, W)."""
     side = 2 ** levels
     if x.shape[-1] % side or x.shape[-2] % side:
-        raise ValueError(f"{what}: input side {tuple(x.shape[-2:])} must be a multiple of "
-                         f"2 ** {levels} = {side} (one halving per encoder level)")
+        raise ConfigError(f"{what}: input side {tuple(x.shape[-2:])} must be a multiple of "
+                          f"2 ** {levels} = {side} (one halving per encoder level)")

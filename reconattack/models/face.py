@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.checkpoints import (
+    CheckpointFormatError,
     load_strict,
     mismatches,
     read_checkpoint,
@@ -55,18 +57,18 @@ def _head_size(input_size: int, n_stages: int, what: str) -> int:
     """Spatial size after ``n_stages`` halvings; ValueError unless it is a positive integer."""
     factor = 2**n_stages
     if input_size <= 0 or input_size % factor:
-        raise ValueError(f"{what}: input_size={input_size} must be a positive multiple of "
-                         f"2**{n_stages} = {factor} ({n_stages} stride-2 stages)")
+        raise ConfigError(f"{what}: input_size={input_size} must be a positive multiple of "
+                          f"2**{n_stages} = {factor} ({n_stages} stride-2 stages)")
     return input_size // factor
 
 
 def _check_stages(layers: Sequence[int], widths: Sequence[int], what: str) -> None:
     if len(layers) == 0 or len(layers) != len(widths):
-        raise ValueError(f"{what}: layers {list(layers)} and widths {list(widths)} must be "
-                         "non-empty and of equal length (one entry per stage)")
+        raise ConfigError(f"{what}: layers {list(layers)} and widths {list(widths)} must be "
+                          "non-empty and of equal length (one entry per stage)")
     if any(int(n) < 1 for n in layers) or any(int(w) < 1 for w in widths):
-        raise ValueError(f"{what}: every stage needs >= 1 block and width >= 1, got "
-                         f"layers={list(layers)}, widths={list(widths)}")
+        raise ConfigError(f"{what}: every stage needs >= 1 block and width >= 1, got "
+                          f"layers={list(layers)}, widths={list(widths)}")
 
 
 def _init_conv_bn(module: nn.Module) -> None:
@@ -272,7 +274,7 @@ class ConvEmbedder(nn.Module):
                  input_size: int = 32):
         super().__init__()
         if len(widths) == 0 or any(int(w) < 1 for w in widths):
-            raise ValueError(f"ConvEmbedder: widths must be non-empty positive ints, got {list(widths)}")
+            raise ConfigError(f"ConvEmbedder: widths must be non-empty positive ints, got {list(widths)}")
         self.widths = [int(w) for w in widths]
         self.layers = [2] * len(self.widths)
         self.embedding_size, self.input_size = int(embedding_size), int(input_size)
@@ -302,7 +304,7 @@ class ConvEmbedder(nn.Module):
 def _channel_stat(value: float | Sequence[float], name: str) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=torch.float32).flatten()
     if t.numel() not in (1, 3):
-        raise ValueError(f"FaceEmbedder: {name} must be a float or 3 floats, got {value!r}")
+        raise ConfigError(f"FaceEmbedder: {name} must be a float or 3 floats, got {value!r}")
     return t.expand(3).clone().view(1, 3, 1, 1)
 
 
@@ -322,13 +324,13 @@ class FaceEmbedder(nn.Module):
                  mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5):
         super().__init__()
         if channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"FaceEmbedder: channel_order must be one of {CHANNEL_ORDERS}, "
-                             f"got {channel_order!r}")
+            raise ConfigError(f"FaceEmbedder: channel_order must be one of {CHANNEL_ORDERS}, "
+                              f"got {channel_order!r}")
         if int(input_size) <= 0:
-            raise ValueError(f"FaceEmbedder: input_size must be positive, got {input_size}")
+            raise ConfigError(f"FaceEmbedder: input_size must be positive, got {input_size}")
         std_t = _channel_stat(std, "std")
         if (std_t <= 0).any():
-            raise ValueError(f"FaceEmbedder: std must be > 0, got {std!r}")
+            raise ConfigError(f"FaceEmbedder: std must be > 0, got {std!r}")
         self.backbone = backbone
         self.input_size = int(input_size)
         self.channel_order = channel_order
@@ -425,12 +427,14 @@ class AdaFaceFormat:
     def state_dict(self, obj: Mapping, path: str) -> dict[str, torch.Tensor]:
         inner = obj.get("state_dict")
         if not isinstance(inner, Mapping):
-            raise ValueError(f"face checkpoint {path}: an AdaFace .ckpt needs a 'state_dict' entry "
-                             f"(top-level keys: {', '.join(str(k) for k in list(obj)[:8])})")
+            raise CheckpointFormatError(
+                f"face checkpoint {path}: an AdaFace .ckpt needs a 'state_dict' entry "
+                f"(top-level keys: {', '.join(str(k) for k in list(obj)[:8])})")
         sd = sub_state({str(k): v for k, v in inner.items()}, "model.")
         if not sd:
-            raise ValueError(f"face checkpoint {path}: no 'model.' keys in its state_dict; is it "
-                             "an AdaFace checkpoint? (try format InsightfaceFormat or ReconattackFormat)")
+            raise CheckpointFormatError(
+                f"face checkpoint {path}: no 'model.' keys in its state_dict; is it "
+                "an AdaFace checkpoint? (try format InsightfaceFormat or ReconattackFormat)")
         return sd
 
 
@@ -463,8 +467,8 @@ def load_face_checkpoint(backbone: nn.Module, path: str | os.PathLike, format=No
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"face model checkpoint not found: {path} ({CHECKPOINT_KEY_HINT} "
-                                "to an existing insightface .pth / AdaFace .ckpt file)")
+        raise InputNotFoundError(f"face model checkpoint not found: {path} ({CHECKPOINT_KEY_HINT} "
+                                 "to an existing insightface .pth / AdaFace .ckpt file)")
     obj = read_checkpoint(path, "face checkpoint")
     fmt = format if format is not None else detect_format(obj)
     sd = fmt.state_dict(obj, path)

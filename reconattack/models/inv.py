@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reconattack.errors import ConfigError
 from reconattack.models.common import check_side
 
 ACTIVATIONS = ("relu", "lrelu")
@@ -37,7 +38,7 @@ OUTPUTS = ("tanh", "none")
 
 def _act(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+        raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
     return nn.ReLU() if name == "relu" else nn.LeakyReLU(0.2)  # TF's leaky_relu: alpha 0.2
 
 
@@ -93,15 +94,15 @@ class InvNet(nn.Module):
         super().__init__()
         n_enc = len(enc_channels)
         if len(dec_channels) < n_enc or not 0 <= skip_connections <= n_enc:
-            raise ValueError(f"InvNet: need len(dec_channels) >= len(enc_channels) = {n_enc} and "
-                             f"0 <= skip_connections <= {n_enc}, got {len(dec_channels)} and "
-                             f"{skip_connections}")
+            raise ConfigError(f"InvNet: need len(dec_channels) >= len(enc_channels) = {n_enc} and "
+                              f"0 <= skip_connections <= {n_enc}, got {len(dec_channels)} and "
+                              f"{skip_connections}")
         if output not in OUTPUTS:
-            raise ValueError(f"InvNet: output must be one of {OUTPUTS}, got {output!r}")
+            raise ConfigError(f"InvNet: output must be one of {OUTPUTS}, got {output!r}")
         self.extra_ups = int(round(math.log2(final_scale)))
         if 2 ** self.extra_ups != final_scale or len(dec_channels) - n_enc < self.extra_ups:
-            raise ValueError(f"InvNet: final_scale must be a power of 2 with as many decoder "
-                             f"convolutions after the skips, got {final_scale}")
+            raise ConfigError(f"InvNet: final_scale must be a power of 2 with as many decoder "
+                              f"convolutions after the skips, got {final_scale}")
         self.n_enc, self.skip_connections, self.output = n_enc, int(skip_connections), output
         self.final_scale = int(final_scale)
         enc_in = [in_ch, *enc_channels[:-1]]
@@ -159,8 +160,8 @@ class InvDiscriminator(nn.Module):
         super().__init__()
         side = image_size // 2 ** len(channels)
         if side < 1 or image_size % 2 ** len(channels):
-            raise ValueError(f"InvDiscriminator: image_size {image_size} must be a multiple of "
-                             f"2 ** {len(channels)} (one max pooling per level)")
+            raise ConfigError(f"InvDiscriminator: image_size {image_size} must be a multiple of "
+                              f"2 ** {len(channels)} (one max pooling per level)")
         layers: list[nn.Module] = []
         cin = in_ch
         for co in channels:

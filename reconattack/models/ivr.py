@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from reconattack.errors import ConfigError
 from reconattack.models.common import check_side
 
 OUTPUTS = ("tanh", "none")
@@ -53,12 +54,12 @@ class IVRNet(nn.Module):
                  out_ch: int = 3, output: str = "none", final_scale: int = 2):
         super().__init__()
         if output not in OUTPUTS:
-            raise ValueError(f"IVRNet: output must be one of {OUTPUTS}, got {output!r}")
+            raise ConfigError(f"IVRNet: output must be one of {OUTPUTS}, got {output!r}")
         ups = len(dec_channels) - len(enc_channels)
         if ups < 0 or 2 ** ups != final_scale:
-            raise ValueError(f"IVRNet: {len(dec_channels)} decoder levels after {len(enc_channels)} "
-                             f"encoder levels scale the side by {2.0 ** ups:g}, but final_scale is "
-                             f"{final_scale}; use len(enc_channels) + log2(final_scale) decoder levels")
+            raise ConfigError(f"IVRNet: {len(dec_channels)} decoder levels after {len(enc_channels)} "
+                              f"encoder levels scale the side by {2.0 ** ups:g}, but final_scale is "
+                              f"{final_scale}; use len(enc_channels) + log2(final_scale) decoder levels")
         self.levels, self.output = len(enc_channels), output
         layers: list[nn.Module] = []
         cin = in_ch

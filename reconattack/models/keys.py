@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reconattack.errors import ConfigError
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
 from reconattack.utils.seeding import seeded
 
@@ -38,7 +39,7 @@ D_ACTIVATIONS = ("tanh", "none")
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _norm_layer(norm: str, channels: int) -> nn.Module:
@@ -159,7 +160,7 @@ class UNet(nn.Module):
         _check("upsample", upsample, UPSAMPLES)
         _check("output", output, UNET_OUTPUTS)
         if depth < 1 or base < 1:
-            raise ValueError(f"UNet needs depth >= 1 and base >= 1, got depth={depth}, base={base}")
+            raise ConfigError(f"UNet needs depth >= 1 and base >= 1, got depth={depth}, base={base}")
         widths = [base * min(2 ** i, 8) for i in range(depth + 1)]
         self.depth = depth
         self.output = output
@@ -253,7 +254,7 @@ class ResnetGenerator(nn.Module):
         _check("norm", norm, ("batch", "instance"))
         _check("padding_type", padding_type, PADDING_TYPES)
         if n_blocks < 0:
-            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+            raise ConfigError(f"n_blocks must be >= 0, got {n_blocks}")
         use_bias = norm == "instance"
         model: list[nn.Module] = [nn.ReflectionPad2d(3),
                                   nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),

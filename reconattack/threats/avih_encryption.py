@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reconattack.errors import ConfigError
 from reconattack.losses.avih import avih_loss
 from reconattack.optim import PerImageMomentum
 
@@ -71,9 +72,9 @@ class AVIHEncryptor(pl.LightningModule):
                  seed: int = 0, log_every: int = 50) -> None:
         super().__init__()
         if init not in INITS:
-            raise ValueError(f"threat.encrypt.init must be one of {INITS}, got {init!r}")
+            raise ConfigError(f"threat.encrypt.init must be one of {INITS}, got {init!r}")
         if iterations < 1:
-            raise ValueError(f"threat.encrypt.iterations must be >= 1, got {iterations}")
+            raise ConfigError(f"threat.encrypt.iterations must be >= 1, got {iterations}")
         self.service = service
         self.keys = nn.ModuleList(keys)
         for p in self.parameters():

@@ -21,9 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from reconattack.errors import InputNotFoundError, UserError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint's keys or shapes do not fit the configured network."""
+
+
+class CheckpointFormatError(UserError, ValueError):
+    """A checkpoint file cannot be read, holds more than tensors and plain containers, or does
+    not have the layout its reader expects."""
 
 
 def _first_reason(err: Exception) -> str:
@@ -37,26 +44,28 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Mappin
     """Load ``path`` on the CPU with ``weights_only=True`` and return the mapping it holds.
 
     Lightning checkpoints may carry an ``argparse.Namespace`` of hyper-parameters; that plain
-    attribute container is admitted. Raises FileNotFoundError for a missing file and ValueError
-    (saying what was refused and how to re-save the file) for anything else that is not tensors
-    and plain containers.
+    attribute container is admitted. Raises :class:`~reconattack.errors.InputNotFoundError` (a
+    FileNotFoundError) for a missing file and :class:`CheckpointFormatError` (a ValueError; saying
+    what was refused and how to re-save the file) for anything else that is not tensors and plain
+    containers.
     """
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
-        raise FileNotFoundError(f"{what} not found: {p}")
+        raise InputNotFoundError(f"{what} not found: {p}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{what} {p} holds objects other than tensors and plain containers, refused "
-                         f"by torch.load(weights_only=True): {_first_reason(err)}. Re-save its state "
-                         "dict with torch.save(model.state_dict(), path).") from None
+        raise CheckpointFormatError(
+            f"{what} {p} holds objects other than tensors and plain containers, refused by "
+            f"torch.load(weights_only=True): {_first_reason(err)}. Re-save its state dict with "
+            "torch.save(model.state_dict(), path).") from None
     except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{what} {p} could not be read ({type(err).__name__}: {err}); is it a "
-                         "complete PyTorch checkpoint?") from None
+        raise CheckpointFormatError(f"{what} {p} could not be read ({type(err).__name__}: {err}); "
+                                    "is it a complete PyTorch checkpoint?") from None
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{what} {p}: expected a state dict or a dict with 'state_dict', "
-                         f"got {type(obj).__name__}")
+        raise CheckpointFormatError(f"{what} {p}: expected a state dict or a dict with "
+                                    f"'state_dict', got {type(obj).__name__}")
     return obj
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from reconattack.errors import UserError
 
-class MissingWeightsError(RuntimeError):
+
+class MissingWeightsError(UserError, RuntimeError):
     """Pretrained weights are not available (no local file, no cache, no download)."""
 
 
