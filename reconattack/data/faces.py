@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,11 +117,42 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise BinFormatError(f"{self._name}: refused a persistent id in the pickle; {_BIN_LAYOUT}.")
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Walk the pickle's opcodes with :func:`pickletools.genops` (nothing is built or run).
+
+    This catches, before the unpickler allocates anything, what would make it allocate far
+    more than the file holds:
+
+    - a memo index (``PUT``/``BINPUT``/``LONG_BINPUT``) beyond the number of opcodes before
+      it — picklers number memo entries 0, 1, 2, ..., but CPython's unpickler grows its memo
+      table to twice any index it is given and zero-fills it: one flipped byte in a 9-byte
+      file costs 16 × 2^32 bytes (an out-of-memory kill rather than an error);
+    - a length field (counted bytes/str) that runs past the end of the data; genops reads
+      only what is there.
+
+    Raises:
+        ValueError: (from genops or here) the opcode stream is malformed.
+    """
+    for n_before, (opcode, arg, pos) in enumerate(pickletools.genops(data)):
+        if opcode.name in _MEMO_PUTS and arg > n_before:
+            raise ValueError(
+                f"memo index {arg} at byte {pos} is beyond the {n_before} opcodes before it"
+            )
+
+
 def _restricted_loads(data: bytes, name: str = "<bytes>") -> object:
-    """Unpickle ``data`` with :class:`_RestrictedUnpickler` (errors → :class:`BinFormatError`)."""
+    """Unpickle ``data`` with :class:`_RestrictedUnpickler` (errors → :class:`BinFormatError`).
+
+    The opcode stream is checked first (:func:`_check_opcodes`), so corrupt files fail
+    without the unpickler's oversized allocations.
+    """
     if len(data) == 0:
         raise BinFormatError(f"{name}: {_BIN_EXPECTED}; the file is empty.")
     try:
+        _check_opcodes(data)
         return _RestrictedUnpickler(io.BytesIO(data), name).load()
     except BinFormatError:
         raise
@@ -139,6 +171,23 @@ def _describe(obj: object) -> str:
         kinds = sorted({type(x).__name__ for x in obj})
         return f"a {type(obj).__name__} of {len(obj)} items ({', '.join(kinds) or 'empty'})"
     return f"a {type(obj).__name__}"
+
+
+def _short_repr(value: object, limit: int = 60) -> str:
+    """A bounded ``repr`` of an unpickled value for an error message; never raises.
+
+    ``repr`` itself is not safe on unpickled data: an int of more than 4300 digits raises
+    ValueError (CPython's int/str conversion limit) and a deeply nested list RecursionError.
+    """
+    if type(value) is int and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        return f"a {type(value).__name__} of {len(value)} items"
+    try:
+        text = repr(value)
+    except Exception:  # a str/bytes subclass cannot come out of the restricted unpickler
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_bin_structure(obj: object, name: str) -> tuple[list[bytes], list[bool]]:
@@ -162,7 +211,7 @@ def _check_bin_structure(obj: object, name: str) -> tuple[list[bytes], list[bool
         None,
     )
     if bad is not None:
-        raise fail(f"is-same flag {bad} = {issame[bad]!r} (expected a bool or 0/1)")
+        raise fail(f"is-same flag {bad} = {_short_repr(issame[bad])} (expected a bool or 0/1)")
     if not issame:
         raise fail(f"no pairs ({len(bins)} images, 0 is-same flags)")
     if len(bins) != 2 * len(issame):

@@ -98,6 +98,33 @@ def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
     )
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MAX_CHUNK = 2**31 - 1  # PNG spec: a chunk length is at most 2^31 - 1
+
+
+def _check_png_chunks(data: bytes, name: str) -> None:
+    """Refuse a PNG with a chunk that declares more bytes than the buffer holds.
+
+    OpenCV's PNG reader allocates (and zero-fills) a chunk's declared length before reading
+    it: one corrupt length field (a single flipped byte) makes a 1 KB file cost up to 4 GB
+    of memory and seconds of work before the read fails anyway. Walking the chunk headers
+    first is cheap (12 bytes per chunk, stopping at ``IEND``); whatever passes is left to
+    OpenCV, which checks the rest (CRCs, zlib data, ...).
+    """
+    pos, end = len(_PNG_SIGNATURE), len(data)
+    while end - pos >= 8:  # a chunk header: 4-byte big-endian length, 4-byte type
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        ctype = bytes(data[pos + 4 : pos + 8])
+        if length > _PNG_MAX_CHUNK or length > end - pos - 12:
+            raise ImageReadError(
+                f"{name}: truncated or corrupt PNG: chunk {ctype!r} at byte {pos} declares "
+                f"{length} bytes of data but only {max(end - pos - 12, 0)} follow"
+            )
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, WebP, BMP, TIFF, ...) to RGB uint8.
 
@@ -119,11 +146,14 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         ``np.ndarray`` uint8, shape ``(H, W, 3)``, RGB, values in ``[0, 255]``.
 
     Raises:
-        ImageReadError: the buffer is empty, corrupt, or of an unsupported pixel layout;
-            the message names ``name``.
+        ImageReadError: the buffer is empty, corrupt (including a PNG chunk that declares
+            more bytes than the buffer holds, refused before OpenCV allocates them), or of an
+            unsupported pixel layout; the message names ``name``.
     """
     if data is None or len(data) == 0:
         raise ImageReadError(f"{name}: empty image data")
+    if bytes(data[: len(_PNG_SIGNATURE)]) == _PNG_SIGNATURE:
+        _check_png_chunks(data, name)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

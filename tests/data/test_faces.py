@@ -289,6 +289,48 @@ def test_bin_garbage_empty_truncated(tmp_path):
         assert str(trunc) in str(exc.value)
 
 
+def test_bin_huge_or_deep_flag_is_a_format_error(tmp_path):
+    """Found by fuzzing: the error message's repr of a bad is-same flag raised ValueError
+    (int beyond CPython's 4300-digit str conversion limit) or RecursionError (deeply nested
+    list) instead of BinFormatError."""
+    huge = _write_pickle(tmp_path / "huge.bin", ([b"a", b"b"], [10**5000]), protocol=4)
+    with pytest.raises(BinFormatError, match="is-same flag 0 = an int of 16610 bits"):
+        load_bin(huge)
+    depth = 200_000  # far beyond the recursion limit; the unpickler builds it without recursing
+    deep_list = b"]" * depth + b"a" * (depth - 1)
+    raw = b"\x80\x04]C\x01aaC\x01ba]" + deep_list + b"a\x86."  # ([b"a", b"b"], [[[...]]])
+    deep = tmp_path / "deep.bin"
+    deep.write_bytes(raw)
+    with pytest.raises(BinFormatError, match="is-same flag 0 = a list of 1 items"):
+        load_bin(deep)
+
+
+@pytest.mark.parametrize("op", [b"r", b"q"])  # LONG_BINPUT (4-byte index), BINPUT (1 byte)
+def test_bin_memo_index_bomb_refused(tmp_path, op):
+    """Found by fuzzing: one flipped byte in a memo index made CPython's unpickler grow and
+    zero-fill its memo table to 16 × index bytes (a 9-byte file cost 3 GB and 5 s at index
+    2e8; an out-of-memory kill further up). The opcodes are checked before unpickling."""
+    index = struct.pack("<I", 200_000_000) if op == b"r" else b"\xff"
+    path = tmp_path / "memo.bin"
+    path.write_bytes(b"\x80\x02]" + op + index + b".")
+    with pytest.raises(BinFormatError, match="truncated or corrupt.*memo index"):
+        load_bin(path)
+    # the memo numbering that picklers write (0, 1, 2, ...) is untouched
+    imgs = _images(4)
+    for protocol in range(6):
+        good = make_bin(tmp_path / f"p{protocol}.bin", imgs, [True, False], protocol=protocol)
+        np.testing.assert_array_equal(load_bin(good)[0], imgs)
+
+
+def test_bin_oversized_length_refused(tmp_path):
+    """A counted bytes opcode that claims more than the file holds is refused before the
+    unpickler allocates it."""
+    path = tmp_path / "len.bin"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"x.")  # BINBYTES8
+    with pytest.raises(BinFormatError, match="truncated or corrupt"):
+        load_bin(path)
+
+
 def test_bin_undecodable_image(tmp_path):
     imgs = _images(4)
     bins = [_png(x) for x in imgs]

@@ -112,6 +112,24 @@ def test_corrupt_and_empty_raise_image_read_error(tmp_path):
     assert issubclass(ImageReadError, ValueError)
 
 
+def test_png_chunk_longer_than_file_refused_before_decoding():
+    """Found by fuzzing: a PNG whose IDAT length field was corrupted (one flipped byte) made
+    OpenCV allocate and zero-fill the declared length — 3.4 GB and 2.5 s for a 1.2 KB file —
+    before failing. Such chunks are refused before OpenCV sees the buffer."""
+    png = bytearray(_encode(_rgb_pattern(24, 20), ".png"))
+    assert png[37:41] == b"IDAT"  # the chunk after the 25-byte IHDR
+    png[33:37] = (0xD30005C3).to_bytes(4, "big")
+    with pytest.raises(ImageReadError, match=r"bomb.png: truncated or corrupt PNG: chunk b'IDAT'"):
+        decode_image(bytes(png), "bomb.png")
+    png[33:37] = (2**31).to_bytes(4, "big")  # over the spec's maximum, whatever the file size
+    with pytest.raises(ImageReadError, match="declares 2147483648 bytes"):
+        decode_image(bytes(png) + bytes(100), "big.png")
+    # valid PNGs, with trailing bytes after IEND, still decode
+    img = _rgb_pattern(24, 20)
+    good = _encode(img[..., ::-1].copy(), ".png")
+    np.testing.assert_array_equal(decode_image(good + b"trailing junk", "ok.png"), img)
+
+
 # -- resize ----------------------------------------------------------------------------------
 
 
