@@ -1,7 +1,8 @@
 """One runner for every experiment (SPEC §7).
 
-build the threat model → check that the attack can read its leak and that every input is there
-→ prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
+check the configuration (:func:`check_config`) → build the threat model → check that the attack
+can read its leak, that every input is there and that the networks take the configured sizes →
+prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
 Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
 streaming pass through the shared metrics callback → ``samples/`` and the flat metrics (the
 caller writes ``metrics.json``).
@@ -23,7 +24,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from reconattack.attacks.base import Attack, AttackStage
 from reconattack.data.images import DataNotFoundError
-from reconattack.errors import ConfigError, NonFiniteLossError
+from reconattack.errors import ConfigError, NonFiniteLossError, UserError
 from reconattack.runtime import RunContext, require_file, save_grid
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
@@ -36,6 +37,36 @@ INTERMEDIATE_METRICS = ("mse", "psnr", "ssim")
 
 
 # ------------------------------------------------------------------------------ set-up
+def check_config(cfg: DictConfig) -> None:
+    """Settings no experiment can take, each with one clear message, before anything is built:
+    a negative number in the ``loss`` config (weights, kernel sizes, paddings), a run seed that
+    is not an integer. (Unknown keys are refused where their object is built,
+    :func:`reconattack.utils.config.build`; ranges that depend on the threat or the data where
+    those are.)"""
+    bad = [f"loss.{key}={value}" for key, value in _numbers(cfg.get("loss")) if value < 0]
+    if bad:
+        raise ConfigError(f"loss settings must be >= 0 (weights, sizes), got {', '.join(bad)}")
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
+
+
+def _numbers(node, prefix: str = ""):
+    """(dotted key, value) of every int / float leaf below a config node."""
+    from omegaconf import OmegaConf
+
+    if node is None:
+        return
+    container = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    items = container.items() if isinstance(container, dict) else (
+        enumerate(container) if isinstance(container, list) else ())
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, list)):
+            yield from _numbers(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value
+
+
 def build_threat(cfg: DictConfig) -> ThreatModel:
     """The threat model of ``cfg.threat``, given the ``data`` config and the run seed."""
     if cfg.get("threat") is None:
@@ -78,6 +109,31 @@ def check_inputs(threat: ThreatModel, attack: Attack | None) -> None:
     if missing:
         raise DataNotFoundError("missing inputs (nothing can be downloaded for these):\n  "
                                 + "\n  ".join(missing))
+
+
+def check_networks(threat: ThreatModel, attack: Attack | None) -> None:
+    """Build the attack's networks and run them once on PyTorch's ``meta`` device (shapes only:
+    no memory, no arithmetic), so that settings the networks cannot take — an image size the
+    encoder depth cannot divide, a discriminator too deep for it — fail with their clear message
+    before any work. Only user errors are raised here; anything the meta device cannot run is
+    left to the real build."""
+    if attack is None:
+        return
+    with torch.device("meta"), torch.no_grad():
+        try:
+            models = attack.profile_models(threat)
+        except UserError:
+            raise
+        except Exception as exc:  # e.g. a network that reads a file at construction
+            log.debug("meta check of %s skipped: %s", attack.name, exc)
+            return
+        for name, (module, inputs) in models.items():
+            try:
+                module(*inputs)
+            except UserError:
+                raise
+            except Exception as exc:  # data-dependent code cannot run without data
+                log.debug("meta forward of %s skipped: %s", name, exc)
 
 
 # ------------------------------------------------------------------------------ stages
@@ -235,6 +291,7 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
 # ------------------------------------------------------------------------------ the run
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the experiment of ``cfg`` (see the module docstring); returns its flat metrics."""
+    check_config(cfg)
     ctx = RunContext(cfg, run_dir)
     threat = build_threat(cfg)
     attack = build_attack(cfg)
@@ -242,6 +299,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     check_inputs(threat, attack)
     if attack is not None:
         attack.check(threat)
+    check_networks(threat, attack)
     metrics = dict(threat.prepare(ctx))
     pl.seed_everything(ctx.seed, workers=True)  # training does not depend on what prepare built
     final = fit_attack(ctx, threat, attack) if attack is not None else None

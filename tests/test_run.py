@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,22 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_term_and_keeps_the_last_ch
     assert state["global_step"] == 4  # iterations 0-1 (D + G steps); iteration 2 had no checkpoint
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+model.coarse.enc_chanels=[8,8]", "model.coarse.enc_chanels: reconattack.models.cfgan.CoarseGenerator does "
+                                        "not take 'enc_chanels' (in its config); it takes: in_ch, enc_channels"),
+    ("+attack.stepz=3", "attack.stepz: reconattack.attacks.cfgan.CFGAN does not take 'stepz'"),
+    ("+data.batchsize=3", "data.batchsize: reconattack.data.sift_data.SiftDataModule does not take 'batchsize'"),
+    ("loss.adv=-0.1", "loss settings must be >= 0 (weights, sizes), got loss.adv=-0.1"),
+    ("data.image_size=96", "discriminator: 4 levels take 96px to 6px"),
+    ("data.batch_size=500", "data.batch_size=500 is larger than the 80 training images"),
+    ("attack.steps.coarse=0", "attack.steps must be >= 1"),
+])
+def test_bad_configuration_is_refused_before_any_work(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(compose_cfg([*_coarse_only(tmp_path), override]))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
 def test_test_only_needs_the_final_stage(tmp_path):

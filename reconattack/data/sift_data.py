@@ -275,6 +275,9 @@ class SiftDataModule(pl.LightningDataModule):
             bad = set(json.loads(bad_file.read_text())) if bad_file.is_file() else set()
             usable = [names[i] for i in self._selected(names) if names[i] not in bad]
             split = make_split(usable, self.val, self.test, self.selection_seed)
+        if split.get("train") and self.batch_size > len(split["train"]):
+            raise ConfigError(f"data.batch_size={self.batch_size} is larger than the {len(split['train'])} "
+                              f"training images of the split; use data.batch_size <= {len(split['train'])}")
         self.split = split
         if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             atomic_write_text(self.run_dir / "split.json", json.dumps(
