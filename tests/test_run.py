@@ -203,6 +203,9 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_term_and_keeps_the_last_ch
     ("data.image_size=96", "discriminator: 4 levels take 96px to 6px"),
     ("data.batch_size=500", "data.batch_size=500 is larger than the 80 training images"),
     ("attack.steps.coarse=0", "attack.steps must be >= 1"),
+    # config values that become parts of paths cannot leave the run directory
+    ("attack.name=../../escape", "attack.name='../../escape' becomes part of file paths"),
+    ("threat.name=/tmp/x", "threat.name='/tmp/x' becomes part of file paths"),
 ])
 def test_bad_configuration_is_refused_before_any_work(override, message, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(message)):

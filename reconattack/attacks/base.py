@@ -32,6 +32,7 @@ from torch import nn
 
 from reconattack.errors import ConfigError, NonFiniteLossError
 from reconattack.utils.config import build, plain
+from reconattack.utils.files import safe_name
 
 
 class AttackStage(pl.LightningModule):
@@ -257,9 +258,9 @@ class Attack:
                  resume: Mapping[str, str | None] | None = None, checkpoint_every: int | None = None,
                  val_every_n_epochs: int = 1, num_samples: int = 8, reference: Mapping | None = None,
                  model: Any = None, loss: Any = None) -> None:
-        self.name = str(name)
+        self.name = safe_name(name, "attack.name")
         self.label = str(label or name)
-        self.stages = [str(s) for s in stages]
+        self.stages = [safe_name(s, "attack.stages") for s in stages]
         if not self.stages:
             raise ConfigError(f"attack.stages of attack {self.name!r} is empty")
         steps = plain(steps) or {}

@@ -27,6 +27,7 @@ from torch import nn
 
 from reconattack.errors import ConfigError
 from reconattack.utils.config import plain
+from reconattack.utils.files import safe_name
 
 Reconstruct = Callable[[dict], torch.Tensor]
 
@@ -75,7 +76,7 @@ class ThreatModel:
                  report: Mapping | None = None) -> None:
         self.data_cfg = data
         self.seed = int(seed)
-        self.name = str(name)
+        self.name = safe_name(name, "threat.name")
         self.label = str(label or name)
         self.report = plain(report) or {}
         rows = self.report.get("controls") or {}

@@ -6,6 +6,7 @@ Windows). A process killed while writing leaves the previous version whole and, 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,3 +34,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding``."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def safe_name(value: str, key: str) -> str:
+    """``value`` when it can be one file or folder name (letters, digits, ``_ . -``; no path
+    separator, not ``.`` or ``..``), else ConfigError naming ``key``: config values that become
+    parts of paths (stage, attack and threat names) never write outside the run and cache
+    directories."""
+    from reconattack.errors import ConfigError
+
+    value = str(value)
+    if not _NAME.match(value) or value in (".", ".."):
+        raise ConfigError(f"{key}={value!r} becomes part of file paths; use letters, digits, '_', '.' "
+                          f"and '-' only (no path separators)")
+    return value
