@@ -187,7 +187,9 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
                 "no checkpoint was written before it (attack.checkpoint_every)")
         raise NonFiniteLossError(f"{exc}; {kept}") from exc
     ckpt = ctx.run_dir / "checkpoints" / f"{stage}.ckpt"
-    trainer.save_checkpoint(str(ckpt))
+    # the whole training state (optimisers, schedules, loops), so a stage can be continued from it;
+    # said explicitly, else Lightning logs that it defaulted to it
+    trainer.save_checkpoint(str(ckpt), weights_only=False)
     log.info("stage %s: checkpoint %s", stage, ckpt)
     return ckpt
 

@@ -5,6 +5,7 @@ checkpoints, test-only runs and resume; loggers, sweeps and DDP."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -149,8 +150,10 @@ def _coarse_only(tmp: Path, *extra: str) -> list[str]:
             "model.coarse.enc_mid=[8,8,8,8]", "metrics.metrics=[mse,psnr,ssim]", *extra]
 
 
-def test_stage_checkpoints_resume_and_test_only(tmp_path):
-    run(compose_cfg([*_coarse_only(tmp_path / "a"), "attack.steps.coarse=4", "attack.checkpoint_every=2"]))
+def test_stage_checkpoints_resume_and_test_only(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        run(compose_cfg([*_coarse_only(tmp_path / "a"), "attack.steps.coarse=4", "attack.checkpoint_every=2"]))
+    assert "weights_only` was not set" not in caplog.text  # every save says what it saves
     last = tmp_path / "a" / "run" / "checkpoints" / "coarse" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 8  # 4 D + 4 G steps
     run(compose_cfg([*_coarse_only(tmp_path / "b"), "attack.steps.coarse=6", f"attack.resume.coarse={last}"]))
