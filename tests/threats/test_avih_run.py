@@ -50,11 +50,12 @@ def test_demo_pipeline_reports_every_row_and_encryption_metric(tmp_path):
         "target", "ours", "original", "protected", "key_model", "random"]
     art, = (tmp_path / "cache" / "artifacts" / "encrypted_gallery").glob("[!.]*")
     gallery = torch.load(art / "gallery.pt", weights_only=True)
-    # lossless float32 storage in [-1, 1], per-image key ids and the originals' indices
-    assert gallery["encrypted"].dtype == torch.float32 and gallery["encrypted"].shape == (36, 3, 16, 16)
+    # lossless float32 storage in [-1, 1], per-image key ids and the originals' indices: the 12
+    # held-out, then the 12 pool images, all under the target key (no decoys by default)
+    assert gallery["encrypted"].dtype == torch.float32 and gallery["encrypted"].shape == (24, 3, 16, 16)
     assert gallery["encrypted"].min() >= -1 and gallery["encrypted"].max() <= 1
-    assert gallery["index"].tolist() == list(range(12, 24)) + list(range(12)) * 2
-    assert gallery["key_id"].tolist() == [0] * 24 + [1] * 12
+    assert gallery["index"].tolist() == list(range(12, 24)) + list(range(12))
+    assert gallery["key_id"].tolist() == [0] * 24
     assert (art / "spec.json").is_file() and (art / "curve.csv").is_file()
 
 
