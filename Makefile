@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-full lint bench report clean
+.PHONY: install demo test test-full lint bench gpu-check report clean
 
 install: $(STAMP)
 
@@ -31,6 +31,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sift.py --threads $$(nproc)
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_avih.py
+
+# On a GPU machine: the paper CFGAN and AVIH face setting in fp32, 16-mixed and bf16-mixed
+# (images/s, peak memory, loss vs fp32; exit 1 outside the tolerance); benchmarks/GPU_CHECK.md.
+# It needs only torch and pytorch_lightning, so it installs nothing: the venv's python when there
+# is one, else $(PYTHON) (same as `PYTHONPATH=. python benchmarks/gpu_check.py`).
+# Options: make gpu-check ARGS="--only cfgan --steps 100"
+GPU_CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=. $(GPU_CHECK_PY) benchmarks/gpu_check.py $(ARGS)
 
 # make report DIR=outputs/cfgan/multiruns/...
 report: $(STAMP)

@@ -6,6 +6,9 @@ Weights: torchvision's VGG19 / VGG16 IMAGENET1K_V1 (``vgg19-dcbb9e9d.pth``,
 (:mod:`reconattack.utils.weights`): a local file named in the config, the torch hub cache, or a
 download. Without them :class:`MissingWeightsError` is raised; the training code refuses a
 positive perceptual/style weight then (never random VGG weights).
+
+torchvision is imported when the pretrained VGG is built, not with this module (which the CFGAN
+attack imports): ``benchmarks/gpu_check.py`` runs CFGAN, perceptual loss off, with PyTorch alone.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from reconattack.errors import ConfigError
@@ -50,6 +52,8 @@ class VGGFeatures(nn.Module):
         if arch not in VGG_WEIGHTS:
             raise ConfigError(f"VGGFeatures: arch must be one of {sorted(VGG_WEIGHTS)}, got {arch!r}")
         if features is None:
+            import torchvision
+
             vgg = getattr(torchvision.models, arch)(weights=None)
             vgg.load_state_dict(load_state_dict(VGG_WEIGHTS[arch], weights_path, download))
             features = vgg.features

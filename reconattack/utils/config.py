@@ -5,17 +5,18 @@ unchanged: Hydra wraps every exception of a ``_target_`` in an ``InstantiationEx
 would turn a clear ``DataNotFoundError`` ("no data at ...") into a generic one. A key the class
 does not take (a typo in a YAML file) or a required one that is missing is a
 :class:`~reconattack.errors.ConfigError` naming the config key and what the class takes.
+
+Hydra and OmegaConf are imported where they are used, not with this module: the attack and
+threat modules import it, and ``benchmarks/gpu_check.py`` builds their stages with explicit
+arguments on machines that have PyTorch and Lightning but not Hydra.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+import sys
 from typing import Any
-
-import hydra
-from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
 
 from reconattack.errors import ConfigError
 
@@ -23,6 +24,9 @@ from reconattack.errors import ConfigError
 def build(cfg: Any, *args: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(cfg, *args, **kwargs)``, re-raising the target's own exception
     (an unknown or missing key: :class:`~reconattack.errors.ConfigError`)."""
+    import hydra
+    from hydra.errors import InstantiationException
+
     try:
         return hydra.utils.instantiate(cfg, *args, **kwargs)
     except InstantiationException as exc:
@@ -40,6 +44,9 @@ def _signature_mismatch(cfg: Any, err: TypeError, kwargs: dict) -> ConfigError |
     """A ConfigError when ``err`` says the config's ``_target_`` was called with a keyword it
     does not take or without one it needs, per the target's own signature (else None: a
     TypeError from inside the constructor is a bug and keeps its traceback)."""
+    import hydra
+    from omegaconf import DictConfig
+
     target = cfg.get("_target_") if isinstance(cfg, (dict, DictConfig)) else None
     m = re.search(r"(unexpected keyword argument|missing \d+ required (?:positional|keyword-only) "
                   r"arguments?:) (.+)$", str(err))
@@ -77,6 +84,8 @@ def _signature_mismatch(cfg: Any, err: TypeError, kwargs: dict) -> ConfigError |
 
 def _full_key(cfg: Any) -> str:
     """``"model.coarse."`` for a config node at that place (empty when unknown)."""
+    from omegaconf import DictConfig
+
     if isinstance(cfg, DictConfig):
         try:
             key = cfg._get_full_key(None)
@@ -88,7 +97,10 @@ def _full_key(cfg: Any) -> str:
 
 def plain(node: Any) -> Any:
     """A resolved plain-Python copy of a config node (anything else is returned as is)."""
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    omegaconf = sys.modules.get("omegaconf")  # not imported: ``node`` cannot be one of its configs
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(node):
+        return omegaconf.OmegaConf.to_container(node, resolve=True)
+    return node
 
 
 def factory(cfg: Any, **kwargs: Any):
