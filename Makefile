@@ -41,7 +41,7 @@ GPU_CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	PYTHONPATH=. $(GPU_CHECK_PY) benchmarks/gpu_check.py $(ARGS)
 
-# make report DIR=outputs/cfgan/multiruns/...
+# make report DIR=outputs/sift/multiruns/...
 report: $(STAMP)
 	$(PY) -m reconattack.report $(DIR)
 
