@@ -1,0 +1,78 @@
+"""Each paper family at its real sizes, one step per stage, on CPU, on fixture data made here
+(slow: minutes and several GB). The demos run small networks; these tests make sure the paper
+code paths run too: the CFGAN paper networks (76.6M coarse + 106.8M fine generator) at 256x256
+with both stages, and the AVIH face setting (IR-18 service and IR-101 evaluation models in their
+published checkpoint formats with random weights, 112x112 faces from a .bin, CelebA-style
+auxiliary folder, U-Net keys, the DR attacker)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reconattack.run import run
+from tests.helpers import base_overrides, compose_cfg, make_image_folder
+
+pytestmark = pytest.mark.slow
+
+
+def _params(state: dict, prefix: str) -> float:
+    """Millions of parameters of the tensors under ``prefix`` (BN buffers excluded)."""
+    return sum(v.numel() for k, v in state.items()
+               if k.startswith(prefix) and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) / 1e6
+
+
+def test_cfgan_paper_networks_at_256px_both_stages(tmp_path):
+    data = tmp_path / "data"
+    make_image_folder(data / "celebahq", n=14, size=260)
+    cfg = compose_cfg(["+experiment=cfgan_celebahq", *base_overrides(tmp_path, data),
+                       "attack.steps.coarse=1", "attack.steps.fine=1", "data.batch_size=2",
+                       "data.eval_batch_size=2", "data.num_workers=0", "data.val=0", "data.test=2",
+                       "metrics.metrics=[mse,psnr,ssim]",
+                       # L_per / L_style need pretrained VGG19 weights (no download here); L_pix,
+                       # L_adv and the dense-SIFT loss run at the paper's weights
+                       "loss.per=0", "loss.style=0"])
+    assert cfg.data.image_size == 256 and cfg.loss.sift > 0 and cfg.loss.adv > 0
+    metrics = run(cfg)
+    assert isinstance(metrics["test/psnr"], float) and isinstance(metrics["baseline/shuffled_sift/psnr"], float)
+    ckpts = tmp_path / "run" / "checkpoints"
+    coarse = torch.load(ckpts / "coarse.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    fine = torch.load(ckpts / "fine.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert _params(coarse, "generator.") == pytest.approx(76.6, abs=0.05)
+    assert _params(fine, "generator.") == pytest.approx(106.8, abs=0.05)
+    assert _params(fine, "coarse.") == pytest.approx(76.6, abs=0.05)  # the frozen trained coarse net
+
+
+def test_avih_face_setting_at_112px(tmp_path):
+    from reconattack.data.faces import make_bin
+    from reconattack.models.face import AdaFaceIResNet, IResNet
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    faces = (rng.random((40, 112, 112, 3)) * 255).astype(np.uint8)
+    make_bin(data / "faces_emore" / "lfw.bin", faces, [True, False] * 10)
+    make_image_folder(data / "celeba" / "img_align_celeba", n=8, size=112)  # CelebA-style folder
+    paper = compose_cfg(["+experiment=avih_attack_lfw"])
+    torch.manual_seed(0)
+    service, evaluation = paper.threat.service.net, paper.threat.evaluation.net
+    ir18 = IResNet(layers=list(service.layers), widths=list(service.widths), embedding_size=512)
+    (data / "models" / "ms1mv3_arcface_r18_fp16").mkdir(parents=True)
+    torch.save(ir18.state_dict(), data / "models" / "ms1mv3_arcface_r18_fp16" / "backbone.pth")  # insightface
+    ir101 = AdaFaceIResNet(layers=list(evaluation.layers), widths=list(evaluation.widths), embedding_size=512)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in ir101.state_dict().items()}, "epoch": 1},
+               data / "models" / "adaface_ir101_webface12m.ckpt")  # AdaFace's Lightning format
+    assert list(service.layers) == [2, 2, 2, 2] and list(evaluation.layers) == [3, 13, 30, 3]
+    cfg = compose_cfg(["+experiment=avih_attack_lfw", *base_overrides(tmp_path, data),
+                       "data.gallery_size=20", "data.pool=10", "data.num_workers=0", "data.batch_size=4",
+                       "data.eval_batch_size=8", "threat.key_share=0.5", "threat.encrypt.iterations=2",
+                       "threat.encrypt.batch_size=8", "attack.steps.attack=2", "metrics.metrics=[mse,psnr,ssim]"])
+    assert cfg.data.image_size == 112
+    metrics = run(cfg)
+    for row in ("ours", "original", "protected", "key_model", "random"):
+        assert isinstance(metrics[f"{row}/tpr@far"], float), row
+    assert isinstance(metrics["encrypt/service_cos"], float)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["attack/leaked_images"] == 5
