@@ -758,6 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{_num(r.wall_s, '.1f')} s)", file=sys.stderr, flush=True)
         save()
 
+    def every_precision(name: str, build, make, batch: int) -> None:
+        for p in args.precisions:
+            rows.append(train_run(name, p, build, make, batch, args.steps, args.warmup, device, args.seed, root))
+            progress(rows[-1])
+
     try:
         if args.only in (None, "cfgan"):
             batch = args.batch or cf["batch"]
@@ -776,12 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"images from 128x{cf_size // 2}x{cf_size // 2} SIFT maps; batch {batch}; Adam "
                     f"{cf['optimizer']['lr']:g}; loss {terms} (per and style 0: they need pretrained "
                     f"VGG19 weights{no_sift}).")
-                make = partial(cfgan_batch, image_size=cf_size, seed=args.seed)
-                for p in args.precisions:
-                    build = partial(build_cfgan, stage, cf, cf_size, sift, args.steps, args.seed)
-                    rows.append(train_run(f"cfgan-{stage}", p, build, make, batch, args.steps,
-                                          args.warmup, device, args.seed, root))
-                    progress(rows[-1])
+                every_precision(f"cfgan-{stage}", partial(build_cfgan, stage, cf, cf_size, sift, args.steps, args.seed),
+                                partial(cfgan_batch, image_size=cf_size, seed=args.seed), batch)
         if args.only in (None, "avih"):
             batch = args.batch or av["batch"]
             with torch.device("meta"):
@@ -795,12 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"synthetic encrypted and auxiliary images; batch {batch}; loss identity "
                 f"{lw['identity']:g} (augmented: flip, pad {lw['augment']['pad']}, crop) + gan "
                 f"{lw['gan']:g} ({lw['gan_mode']}).")
-            make = partial(avih_batch, image_size=av_size, seed=args.seed)
-            for p in args.precisions:
-                build = partial(build_dr, av, args.steps, args.seed)
-                rows.append(train_run("avih-dr", p, build, make, batch, args.steps, args.warmup,
-                                      device, args.seed, root))
-                progress(rows[-1])
+            every_precision("avih-dr", partial(build_dr, av, args.steps, args.seed),
+                            partial(avih_batch, image_size=av_size, seed=args.seed), batch)
             if args.encrypt_iterations:
                 eb = args.batch or av["encrypt"]["batch"]
                 legend.append(
