@@ -32,6 +32,7 @@ from torch import nn
 
 from reconattack.errors import ConfigError, NonFiniteLossError
 from reconattack.utils.config import build, plain
+from reconattack.utils.distributed import world_size_of
 from reconattack.utils.files import safe_name
 
 
@@ -176,7 +177,7 @@ class GANStage(AttackStage):
         alone would leave the others waiting in the next all-reduce)."""
         values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
         bad = not bool(torch.isfinite(values).all())
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if world_size_of(self) > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return

@@ -412,7 +412,7 @@ class SiftCache:
     def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
         xy, desc = extract(image, self.contrast_threshold)
         self._ensure_dir()
-        atomic_write_bytes(path, _encode_entry(xy, desc))
+        atomic_write_bytes(path, _encode_entry(xy, desc), durable=False)
         return xy, desc
 
     # -- public API ----------------------------------------------------------------------

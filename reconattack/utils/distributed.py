@@ -16,7 +16,10 @@ from reconattack.errors import ConfigError
 def world_size_of(obj) -> int:
     """The number of processes of the Trainer attached to ``obj`` (a LightningModule or
     LightningDataModule), 1 without one."""
-    trainer = getattr(obj, "trainer", None)
+    try:
+        trainer = obj.trainer  # a LightningModule without a Trainer raises RuntimeError
+    except (AttributeError, RuntimeError):
+        return 1
     return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
 
 

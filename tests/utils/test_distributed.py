@@ -17,6 +17,9 @@ def test_per_process_batch():
         per_process_batch(0, 1)
     assert world_size_of(SimpleNamespace(trainer=None)) == 1
     assert world_size_of(SimpleNamespace(trainer=SimpleNamespace(world_size=4))) == 4
+    import pytorch_lightning as pl
+
+    assert world_size_of(pl.LightningModule()) == 1  # no Trainer attached (its .trainer raises)
 
 
 def test_sift_loader_takes_its_share(tmp_path):

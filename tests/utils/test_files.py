@@ -52,3 +52,12 @@ def test_killed_writer_leaves_previous_metrics(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/psnr": 1.0}
     # the killed writer's temporary may remain beside it, never under the real name
     assert all(p.name.startswith(".metrics.json.") for p in tmp_path.iterdir() if p.name != "metrics.json")
+
+
+def test_a_cache_write_skips_the_fsync_but_stays_atomic(tmp_path, monkeypatch):
+    def no_fsync(fd):
+        raise AssertionError("fsync on the hot path")
+
+    monkeypatch.setattr(files.os, "fsync", no_fsync)
+    path = atomic_write_bytes(tmp_path / "entry.sift", b"data", durable=False)
+    assert path.read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == ["entry.sift"]
