@@ -10,6 +10,9 @@ its first job and reuses it; changing anything inside the spec builds a new one.
 Building is guarded so that concurrent jobs (a SLURM array, a joblib launcher) build each artifact
 once: the builder holds an exclusive ``flock`` on ``<kind>/.locks/<key>.lock``, builds into a temporary
 directory, writes ``spec.json`` and renames it into place; a waiting job then finds it complete.
+A build that was killed leaves no artifact; what its builder kept in the artifact's work folder
+(:meth:`ArtifactStore.work_dir`, e.g. the encrypted gallery's finished chunks) lets the next build
+continue instead of starting over.
 Under multi-process training only the rank-0 process builds; the other ranks wait for the
 ``DONE`` marker (see :func:`reconattack.runtime.process_rank`).
 """
@@ -76,6 +79,13 @@ class ArtifactStore:
         base = self.root if self.reuse else self.private_root
         return base / kind / spec_key(kind, spec)
 
+    def work_dir(self, kind: str, spec: Mapping[str, Any]) -> Path:
+        """A folder that survives a killed build of the artifact (``<kind>/.<key>.work``): a
+        builder keeps finished pieces there and continues from them; it is removed when the
+        artifact is published. Only the builder holding the artifact's lock uses it."""
+        final = self.path(kind, spec)
+        return final.parent / f".{final.name}.work"
+
     def get(self, kind: str, spec: Mapping[str, Any], build: Callable[[Path], None],
             what: str | None = None) -> Path:
         """The artifact's directory, built by ``build(tmp_dir)`` unless it already exists.
@@ -95,9 +105,12 @@ class ArtifactStore:
             if (final / DONE).is_file():  # built by a concurrent job while we waited
                 log.info("%s: reusing %s (built by another job)", what, final)
                 return final
+            for stale in final.parent.glob(f".{final.name}.tmp*"):  # left by a killed build
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            work = self.work_dir(kind, spec)
+            work.mkdir(parents=True, exist_ok=True)
             try:
                 log.info("%s: building %s", what, final)
                 build(tmp)
@@ -107,6 +120,7 @@ class ArtifactStore:
                 (tmp / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
                 os.replace(tmp, final)
+                shutil.rmtree(work, ignore_errors=True)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

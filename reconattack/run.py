@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from reconattack.errors import UserError
 from reconattack.runner import run_experiment
 from reconattack.runtime import is_global_zero, write_metrics
-from reconattack.sweeps import job_guard
+from reconattack.sweeps import clear_failure, job_guard
 
 log = logging.getLogger("reconattack")
 
@@ -40,6 +42,8 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("resume") and is_global_zero():
+        clear_failure(run_dir)  # a sweep job that failed before is being run again
     metrics = run_experiment(cfg, run_dir)
     if is_global_zero():
         path = write_metrics(metrics, run_dir)
@@ -83,6 +87,9 @@ def run_cli(cfg: DictConfig) -> float | None:
     try:
         with job_guard(_run_dir(cfg), is_user_error=lambda e: user_error(e) is not None):
             metrics = run(cfg)
+    except SIGTERMException:  # Lightning stopped an evaluation or encryption pass on SIGTERM
+        log.warning("stopped by SIGTERM; continue with resume=true and the same run directory")
+        sys.exit(128 + signal.SIGTERM)
     except Exception as exc:
         err = user_error(exc)
         if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -3,7 +3,7 @@
 check the configuration (:func:`check_config`) → build the threat model → check that the attack
 can read its leak, that every input is there and that the networks take the configured sizes →
 prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
-Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
+Trainer each, with checkpoints (``resume=true`` continues a stopped run: :mod:`reconattack.resume`) → evaluate the final stage and the threat's controls in one
 streaming pass through the shared metrics callback → ``samples/`` and the flat metrics (the
 caller writes ``metrics.json``).
 
@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from reconattack.attacks.base import Attack, AttackStage
 from reconattack.data.images import DataNotFoundError
 from reconattack.errors import ConfigError, NonFiniteLossError, UserError
+from reconattack.resume import Preemption, RNGState, last_checkpoint, seed_all, stage_seed
 from reconattack.runtime import RunContext, require_file, save_grid
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
@@ -158,8 +159,11 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
               threat: ThreatModel) -> Path:
     """Train ``stage`` for ``attack.steps[stage]`` iterations; returns ``checkpoints/<stage>.ckpt``.
 
-    Every ``attack.checkpoint_every`` iterations the latest state is kept in
-    ``checkpoints/<stage>/last.ckpt``; ``attack.resume[stage]`` continues from such a file.
+    Every ``attack.checkpoint_every`` iterations, and when a signal of ``preempt_signals``
+    arrives (:class:`~reconattack.resume.Preemption`), the latest state is kept in
+    ``checkpoints/<stage>/last.ckpt``, random states included (:class:`~reconattack.resume.
+    RNGState`). The stage continues from such a file when the run is resumed (``resume=true``)
+    or when it is given as ``attack.resume[stage]``.
     """
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -167,21 +171,24 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     per_iteration = int(module.optimizer_steps_per_iteration)
     dm = threat.datamodule(iterations)
     dm.setup("fit")
-    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS)]
+    last = last_checkpoint(ctx.run_dir, stage)
+    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS), RNGState(),
+                 Preemption(last, ctx.preempt_signals, stage)]
     if attack.checkpoint_every:
-        callbacks.append(ModelCheckpoint(dirpath=str(ctx.run_dir / "checkpoints" / stage), filename="last",
+        callbacks.append(ModelCheckpoint(dirpath=str(last.parent), filename=last.stem,
                                          save_top_k=1, enable_version_counter=False,
                                          every_n_train_steps=attack.checkpoint_every * per_iteration))
-    resume = require_file(attack.resume.get(stage), f"attack.resume.{stage}")
+    resume = require_file(attack.resume.get(stage), f"attack.resume.{stage}") or ctx.state.latest_state(stage)
     extra = {} if _has_validation(dm) else {"limit_val_batches": 0}
     trainer = ctx.trainer(stage, iterations * per_iteration, callbacks=callbacks,
                           enable_checkpointing=bool(attack.checkpoint_every),
                           check_val_every_n_epoch=attack.val_every_n_epochs, **extra)
+    if resume:
+        log.info("stage %s: continuing from %s", stage, resume)
     log.info("stage %s: training %d iterations", stage, iterations)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
     except NonFiniteLossError as exc:
-        last = ctx.run_dir / "checkpoints" / stage / "last.ckpt"
         kept = (f"the last checkpoint, {last}, is kept (continue with attack.resume.{stage}={last} "
                 f"after changing what diverged)" if last.is_file() else
                 "no checkpoint was written before it (attack.checkpoint_every)")
@@ -195,19 +202,29 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
 
 
 def fit_attack(ctx: RunContext, threat: ThreatModel, attack: Attack) -> AttackStage:
-    """Build every stage in order, loading those given in ``attack.checkpoints`` and training the
-    ones after the last given; returns the final stage's module."""
+    """Build every stage in order, loading those given in ``attack.checkpoints`` (and, when the
+    run is resumed, those it finished before) and training the ones after the last loaded;
+    returns the final stage's module. Each stage is built from its own seed
+    (:func:`~reconattack.resume.stage_seed`), so it starts the same whether the stages before it
+    were trained in this process or loaded."""
     stages = attack.stages
-    given = [i for i, s in enumerate(stages) if s in attack.checkpoints]
+    loaded = dict(attack.checkpoints)
+    for stage in stages:
+        done = ctx.state.finished_stage(stage)
+        if done is not None and stage not in loaded:
+            log.info("stage %s: finished before the run was resumed, loading %s", stage, done)
+            loaded[stage] = str(done)
+    given = [i for i, s in enumerate(stages) if s in loaded]
     last_given = given[-1] if given else -1
     if attack.test_only and last_given != len(stages) - 1:
         raise ConfigError(f"attack.test_only=true trains nothing, so it needs the final stage's "
                           f"checkpoint: attack.checkpoints.{stages[-1]}=PATH")
     previous: AttackStage | None = None
     for i, stage in enumerate(stages):
+        seed_all(stage_seed(ctx.seed, i))
         module = attack.build_stage(stage, threat, previous)
-        if stage in attack.checkpoints:
-            load_stage(module, attack.checkpoints[stage], stage)
+        if stage in loaded:
+            load_stage(module, loaded[stage], stage)
         elif i > last_given:
             fit_stage(ctx, attack, stage, module, threat)
         # else: an earlier stage whose weights come with a later stage's checkpoint
@@ -292,9 +309,18 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
 
 # ------------------------------------------------------------------------------ the run
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the experiment of ``cfg`` (see the module docstring); returns its flat metrics."""
+    """Run the experiment of ``cfg`` (see the module docstring); returns its flat metrics.
+
+    With ``resume=true`` it continues the run in ``run_dir`` (:mod:`reconattack.resume`): a
+    finished run returns its metrics, finished stages are loaded, a stage stopped midway
+    continues from its latest state."""
     check_config(cfg)
     ctx = RunContext(cfg, run_dir)
+    ctx.state.start(cfg)
+    finished = ctx.state.finished_metrics()
+    if finished is not None:
+        log.info("resume: %s finished before (metrics.json); nothing to do", run_dir)
+        return finished
     threat = build_threat(cfg)
     attack = build_attack(cfg)
     check_fit(threat, attack)
@@ -302,11 +328,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     if attack is not None:
         attack.check(threat)
     check_networks(threat, attack)
-    metrics = dict(threat.prepare(ctx))
-    pl.seed_everything(ctx.seed, workers=True)  # training does not depend on what prepare built
-    final = fit_attack(ctx, threat, attack) if attack is not None else None
-    metrics.update(evaluate(ctx, threat, attack, final))
-    if ctx.logger:
-        ctx.logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        ctx.logger.finalize("success")
+    try:
+        metrics = dict(threat.prepare(ctx))
+        final = fit_attack(ctx, threat, attack) if attack is not None else None
+        metrics.update(evaluate(ctx, threat, attack, final))
+        if ctx.logger:
+            ctx.logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    except BaseException:
+        ctx.close_logger("failed")
+        raise
+    ctx.close_logger("success")
     return metrics

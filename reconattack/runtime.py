@@ -17,9 +17,12 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from reconattack.errors import InputNotFoundError
+from reconattack.resume import RunState
+from reconattack.utils.checkpoints import AtomicCheckpointIO
 from reconattack.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -42,19 +45,27 @@ def is_global_zero() -> bool:
     return process_rank() == 0
 
 
-def make_logger(cfg: DictConfig, run_dir: Path):
-    """The configured Lightning logger (``cfg.logger``), or False for ``logger=none``."""
+def make_logger(cfg: DictConfig, run_dir: Path, version: str | None = None):
+    """The configured Lightning logger (``cfg.logger``), or False for ``logger=none``.
+
+    ``version``: the run id of the logger of the run's first start (a resumed run); passed on
+    when the logger config says ``continue_run: true`` (W&B continues that run, TensorBoard
+    writes into the same version folder); otherwise the resumed run logs as a new version."""
     if cfg.get("logger") is None or not cfg.logger.get("_target_"):
         return False
-    return hydra.utils.instantiate(cfg.logger, save_dir=str(run_dir))
+    kwargs = OmegaConf.to_container(cfg.logger, resolve=True)
+    if kwargs.pop("continue_run", False) and version is not None:
+        kwargs["version"] = version
+    return hydra.utils.instantiate(kwargs, save_dir=str(run_dir))
 
 
 def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None = None,
-                 offline: bool | None = None, **kwargs):
+                 offline: bool | None = None, version: str | None = None, **kwargs):
     """WandbLogger that goes offline by itself when no API key is configured.
 
     An API key counts as configured when ``WANDB_API_KEY`` is set or ``~/.netrc`` has an
     entry for api.wandb.ai (what ``wandb login`` writes). ``offline`` forces either mode.
+    ``version``: the id of a W&B run to continue (a resumed run; ``resume="allow"``).
     """
     from pytorch_lightning.loggers import WandbLogger
 
@@ -66,7 +77,11 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
         if offline:
             log.info("W&B: no API key configured, logging offline to %s (sync later with `wandb sync`)",
                      save_dir)
-    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, **kwargs)
+    if version is not None:
+        kwargs.setdefault("resume", "allow")
+        log.info("W&B: continuing run %s", version)
+    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, version=version,
+                       **kwargs)
 
 
 #: Trainer settings that shorten a run (debugging); never applied to artifacts shared by runs
@@ -88,9 +103,15 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
             tcfg.pop(key, None)
     tcfg.setdefault("enable_checkpointing", False)
     tcfg.update(overrides)
+    # checkpoints are written atomically in their own folder (utils/checkpoints.py)
+    plugins = tcfg.pop("plugins", None) or []
+    plugins = [hydra.utils.instantiate(p) if isinstance(p, dict) else p
+               for p in (plugins if isinstance(plugins, (list, tuple)) else [plugins])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
     return hydra.utils.instantiate(
         tcfg, max_steps=max_steps, logger=logger if logger is not None else False,
-        callbacks=cbs, default_root_dir=str(run_dir / "checkpoints" / stage), _convert_="all")
+        callbacks=cbs, plugins=plugins, default_root_dir=str(run_dir / "checkpoints" / stage), _convert_="all")
 
 
 def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None):
@@ -121,16 +142,33 @@ class RunContext:
         self.seed = int(cfg.seed)
         self.cache_dir = Path(str(cfg.paths.cache_dir))
         self.rank = process_rank()
+        self.state = RunState(self.run_dir, resume=bool(cfg.get("resume", False)),
+                              is_global_zero=self.rank == 0)
+        self.preempt_signals = list(cfg.get("preempt_signals") or [])
         self._logger = None
 
     @property
     def logger(self):
-        """The run's Lightning logger (created at first use), or False for ``logger=none``."""
+        """The run's Lightning logger (created at first use; a resumed run continues the first
+        start's logger run where the logger can), or False for ``logger=none``."""
         if self._logger is None:
-            self._logger = make_logger(self.cfg, self.run_dir)
+            self._logger = make_logger(self.cfg, self.run_dir, self.state.logger_version())
             if self._logger:
                 self._logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+                self.state.record_logger_version(self._logger.version)
         return self._logger
+
+    def close_logger(self, status: str) -> None:
+        """Finalize the run's logger (if one was created); a W&B run is finished, so that the
+        next run in this process (a sweep's next job) starts its own."""
+        if not self._logger:
+            return
+        self._logger.finalize(status)
+        from pytorch_lightning.loggers import WandbLogger
+
+        if isinstance(self._logger, WandbLogger) and getattr(self._logger, "_experiment", None) is not None:
+            self._logger.experiment.finish(exit_code=0 if status == "success" else 1)
+        self._logger = False
 
     def trainer(self, name: str, max_steps: int = -1, callbacks: list | None = None,
                 single_device: bool = False, logger=None, **overrides) -> pl.Trainer:

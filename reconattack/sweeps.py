@@ -46,6 +46,11 @@ def record_failure(run_dir: Path, exc: BaseException) -> Path:
     return atomic_write_text(Path(run_dir) / FAILURE_FILE, text)
 
 
+def clear_failure(run_dir: Path) -> None:
+    """Remove the ``failed.txt`` of an earlier attempt of this job (it is being run again)."""
+    (Path(run_dir) / FAILURE_FILE).unlink(missing_ok=True)
+
+
 @contextmanager
 def job_guard(run_dir: Path, is_user_error: Callable[[BaseException], bool] | None = None):
     """Inside a multirun: record an exception of the job (:func:`record_failure`), log it (one

@@ -147,3 +147,12 @@ def experiment_overrides(name: str | None, tmp: Path, data_dir: Path | None = No
     first = ([f"+experiment={name}"] if name else []) + list(extra or [])
     cfg = compose_cfg(first)
     return [*first, *base_overrides(tmp, data_dir), *tiny_overrides(cfg)]
+
+
+def coarse_only(tmp: Path, *extra: str) -> list[str]:
+    """The default experiment with its coarse stage alone, tiny networks and the GAN step
+    (``loss.adv`` > 0: the discriminator step, then the generator step, is what the checkpoint
+    and resume tests save and continue; the demo itself trains without it)."""
+    return [*experiment_overrides(None, tmp), "attack.stages=[coarse]", "attack.steps.coarse=2", "loss.adv=0.002",
+            "model.coarse.enc_channels=[8,8,8,8]", "model.coarse.dec_channels=[8,8,8,8]",
+            "model.coarse.enc_mid=[8,8,8,8]", "metrics.metrics=[mse,psnr,ssim]", *extra]

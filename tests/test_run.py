@@ -24,6 +24,7 @@ from tests.helpers import (
     ATTACK_CONFIGS,
     EXPERIMENTS,
     base_overrides,
+    coarse_only,
     compose_cfg,
     experiment_overrides,
     make_experiment_data,
@@ -142,28 +143,20 @@ def test_nothing_in_the_runner_names_an_attack_or_a_threat():
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _coarse_only(tmp: Path, *extra: str) -> list[str]:
-    # loss.adv > 0: the GAN step (D, then G) is what these tests checkpoint and resume; the demo
-    # itself trains without it
-    return [*experiment_overrides(None, tmp), "attack.stages=[coarse]", "attack.steps.coarse=2", "loss.adv=0.002",
-            "model.coarse.enc_channels=[8,8,8,8]", "model.coarse.dec_channels=[8,8,8,8]",
-            "model.coarse.enc_mid=[8,8,8,8]", "metrics.metrics=[mse,psnr,ssim]", *extra]
-
-
 def test_stage_checkpoints_resume_and_test_only(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
-        run(compose_cfg([*_coarse_only(tmp_path / "a"), "attack.steps.coarse=4", "attack.checkpoint_every=2"]))
+        run(compose_cfg([*coarse_only(tmp_path / "a"), "attack.steps.coarse=4", "attack.checkpoint_every=2"]))
     assert "weights_only` was not set" not in caplog.text  # every save says what it saves
     last = tmp_path / "a" / "run" / "checkpoints" / "coarse" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 8  # 4 D + 4 G steps
-    run(compose_cfg([*_coarse_only(tmp_path / "b"), "attack.steps.coarse=6", f"attack.resume.coarse={last}"]))
+    run(compose_cfg([*coarse_only(tmp_path / "b"), "attack.steps.coarse=6", f"attack.resume.coarse={last}"]))
     final = torch.load(tmp_path / "b" / "run" / "checkpoints" / "coarse.ckpt", map_location="cpu",
                        weights_only=True)
     assert final["global_step"] == 12
     # test only: the trained stage is loaded, not trained again, and gives the same numbers
     ckpt = tmp_path / "b" / "run" / "checkpoints" / "coarse.ckpt"
     first = json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
-    again = run(compose_cfg([*_coarse_only(tmp_path / "c"), "attack.test_only=true",
+    again = run(compose_cfg([*coarse_only(tmp_path / "c"), "attack.test_only=true",
                              f"attack.checkpoints.coarse={ckpt}"]))
     assert again["test/psnr"] == pytest.approx(first["test/psnr"], abs=1e-4)
     assert not (tmp_path / "c" / "run" / "checkpoints" / "coarse.ckpt").exists()
@@ -183,7 +176,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_term_and_keeps_the_last_ch
         return terms
 
     monkeypatch.setattr(CFGANStage, "generator_losses", diverges)
-    cfg = compose_cfg([*_coarse_only(tmp_path), "attack.steps.coarse=6", "attack.checkpoint_every=2"])
+    cfg = compose_cfg([*coarse_only(tmp_path), "attack.steps.coarse=6", "attack.checkpoint_every=2"])
     with pytest.raises(NonFiniteLossError) as err:
         run(cfg)
     msg = str(err.value)
@@ -212,7 +205,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_term_and_keeps_the_last_ch
 ])
 def test_bad_configuration_is_refused_before_any_work(override, message, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        run(compose_cfg([*_coarse_only(tmp_path), override]))
+        run(compose_cfg([*coarse_only(tmp_path), override]))
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
@@ -223,9 +216,9 @@ def test_test_only_needs_the_final_stage(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_names_the_keys(tmp_path):
-    run(compose_cfg(_coarse_only(tmp_path / "a")))
+    run(compose_cfg(coarse_only(tmp_path / "a")))
     ckpt = tmp_path / "a" / "run" / "checkpoints" / "coarse.ckpt"
-    cfg = compose_cfg([*_coarse_only(tmp_path / "b"), "model.coarse.enc_channels=[8,8,8,16]",
+    cfg = compose_cfg([*coarse_only(tmp_path / "b"), "model.coarse.enc_channels=[8,8,8,16]",
                        "model.coarse.dec_channels=[16,8,8,8]", f"attack.checkpoints.coarse={ckpt}"])
     with pytest.raises(ValueError, match=r"does not fit CFGANStage: .*shape mismatches"):
         run(cfg)
@@ -247,16 +240,16 @@ def test_perceptual_loss_without_vgg_weights_is_refused_before_training(tmp_path
 
 
 def test_split_file_is_reused_and_the_run_seed_does_not_change_the_split(tmp_path):
-    run(compose_cfg([*_coarse_only(tmp_path / "a"), "seed=1"]))
+    run(compose_cfg([*coarse_only(tmp_path / "a"), "seed=1"]))
     split_file = tmp_path / "a" / "run" / "split.json"
-    run(compose_cfg([*_coarse_only(tmp_path / "b"), "seed=2", "data.selection_seed=5",
+    run(compose_cfg([*coarse_only(tmp_path / "b"), "seed=2", "data.selection_seed=5",
                      f"data.split_file={split_file}"]))
     a = json.loads(split_file.read_text())["split"]
     b = json.loads((tmp_path / "b" / "run" / "split.json").read_text())["split"]
     assert a == b
-    run(compose_cfg([*_coarse_only(tmp_path / "c"), "seed=2"]))  # another run seed: same split
+    run(compose_cfg([*coarse_only(tmp_path / "c"), "seed=2"]))  # another run seed: same split
     assert json.loads((tmp_path / "c" / "run" / "split.json").read_text())["split"] == a
-    run(compose_cfg([*_coarse_only(tmp_path / "d"), "seed=1", "data.selection_seed=1"]))
+    run(compose_cfg([*coarse_only(tmp_path / "d"), "seed=1", "data.selection_seed=1"]))
     assert json.loads((tmp_path / "d" / "run" / "split.json").read_text())["split"] != a
 
 
@@ -355,7 +348,7 @@ CLI_TINY = ["attack.steps.coarse=2", "attack.steps.fine=2", "data.batch_size=4",
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb", "none"])
 def test_loggers(logger, tmp_path):
-    cfg = compose_cfg([*_coarse_only(tmp_path), f"logger={logger}"])
+    cfg = compose_cfg([*coarse_only(tmp_path), f"logger={logger}"])
     metrics = run(cfg)
     assert isinstance(metrics["test/psnr"], float)
     if logger == "wandb":  # no API key here: offline run files

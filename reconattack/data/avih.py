@@ -283,13 +283,15 @@ class EncryptionJobs(Dataset):
     """One item per encryption job (gallery image × key model).
 
     Item: ``{"image": (3, H, W) in [-1, 1], "index": gallery index, "key_id": int, "slot": job
-    number}`` and, when ``encrypted`` is given (evaluating a stored gallery),
-    ``"encrypted": (3, H, W) in [-1, 1]``.
+    number}`` and, when ``encrypted`` is given (a stored gallery, or the jobs an interrupted
+    encryption finished), ``"encrypted": (3, H, W) in [-1, 1]`` and ``"done"``: whether that
+    encryption is there (``done`` (M,) bool; default every job).
     """
 
     def __init__(self, gallery: np.ndarray, index: np.ndarray, key_id: np.ndarray,
-                 encrypted: torch.Tensor | None = None) -> None:
+                 encrypted: torch.Tensor | None = None, done: torch.Tensor | None = None) -> None:
         self.gallery, self.index, self.key_id, self.encrypted = gallery, index, key_id, encrypted
+        self.done = done
 
     def __len__(self) -> int:
         return len(self.index)
@@ -299,6 +301,7 @@ class EncryptionJobs(Dataset):
                 "key_id": int(self.key_id[slot]), "slot": slot}
         if self.encrypted is not None:
             item["encrypted"] = self.encrypted[slot]
+            item["done"] = bool(self.done[slot]) if self.done is not None else True
         return item
 
 

@@ -33,13 +33,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reconattack.data.images import DataNotFoundError, ImageReadError, resize
+from reconattack.data.sampling import (
+    ResumableSampler,
+    consumed_batches,
+    loader_generator,
+    trainer_rank_and_world,
+)
 from reconattack.data.sift import SiftCache, build_maps, extract
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
-from reconattack.utils.distributed import per_process_batch, world_size_of
+from reconattack.utils.distributed import per_process_batch
 from reconattack.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+#: mixed into a batch's first item seed for its 2x2-block draws (the item's augmentation uses the
+#: seed itself)
+MAP_SEED_SALT = 0x2545F4914F6CDD1D
 
 def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
     """Sizes (train, val, test) of ``n`` items.
@@ -95,8 +105,12 @@ def _scan_one(i: int) -> tuple[str, str | None]:
 class SiftImageDataset(Dataset):
     """Items of a source with their cached SIFT keypoints.
 
-    ``__getitem__`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
-    (N, 128), "index": int}`` where S is ``image_size``. With ``hflip`` the image is mirrored
+    ``__getitem__(k)`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
+    (N, 128), "index": int}`` where S is ``image_size``; ``__getitem__((k, item_seed))`` (the
+    training sampler's keys, :class:`~reconattack.data.sampling.ResumableSampler`) draws the
+    item's augmentation from ``item_seed`` and adds ``"seed": item_seed``, so an item's
+    augmentation is the same in any loader worker and after a restart (a plain ``k`` draws it
+    from the global torch RNG). With ``hflip`` the image is mirrored
     with probability 0.5, and with ``shift`` translated by up to ``shift`` px in each direction
     (borders replicated), *before* SIFT extraction, so keypoints always belong to the image that
     is shown (flips are cached; shifted images are extracted afresh, not cached). With ``neighbour`` the item also carries the
@@ -115,11 +129,14 @@ class SiftImageDataset(Dataset):
     def _keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.cache.get(resize(self.source.load(self.indices[k]), self.image_size))
 
-    def __getitem__(self, k: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        k, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         img = resize(self.source.load(self.indices[k]), self.image_size)
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and torch.rand((), generator=gen) < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
-        dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,)).tolist() if self.shift else (0, 0))
+        dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,), generator=gen).tolist()
+                  if self.shift else (0, 0))
         if dy or dx:
             img = _translate(img, dy, dx)
             xy, desc = extract(img, self.cache.contrast_threshold)
@@ -127,6 +144,8 @@ class SiftImageDataset(Dataset):
             xy, desc = self.cache.get(img)
         item = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
+        if seed is not None:
+            item["seed"] = seed
         if self.neighbour:
             oxy, odesc = self._keypoints((k - 1) % len(self))
             item.update(other_xy=torch.from_numpy(oxy), other_desc=torch.from_numpy(odesc))
@@ -142,10 +161,13 @@ def _translate(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def collate_sift(items: list[dict]) -> dict:
-    """Stack images (B, 3, S, S) uint8; keep keypoints as lists of (N_i, 2) / (N_i, 128) tensors."""
+    """Stack images (B, 3, S, S) uint8; keep keypoints as lists of (N_i, 2) / (N_i, 128) tensors;
+    item seeds (training) as an int64 (B,) ``"seed"``."""
     out = {"image": torch.stack([it["image"] for it in items]),
            "xy": [it["xy"] for it in items], "desc": [it["desc"] for it in items],
            "index": torch.tensor([it["index"] for it in items])}
+    if "seed" in items[0]:
+        out["seed"] = torch.tensor([it["seed"] for it in items], dtype=torch.int64)
     if "other_xy" in items[0]:
         out["other_xy"] = [it["other_xy"] for it in items]
         out["other_desc"] = [it["other_desc"] for it in items]
@@ -162,8 +184,11 @@ class SiftDataModule(pl.LightningDataModule):
         image_size: side of the square images (paper 256; ``cv2.resize`` bilinear, no crop).
         compress: SIFT map 2x2 compression (map side ``image_size // 2``) or not (threat setting).
         contrast_threshold: OpenCV SIFT contrast threshold (paper 0.03; threat setting).
-        map_seed: seeds the random choice of one keypoint per 2x2 block during training (per
-            rank); evaluation keeps the first-placed keypoint (deterministic).
+        map_seed: the run seed: seeds the training order, the augmentation and the random
+            choice of one keypoint per 2x2 block during training, all as functions of the seed,
+            the epoch and the position (:class:`~reconattack.data.sampling.ResumableSampler`), so
+            a stage continued from a checkpoint trains on the same batches; evaluation keeps the
+            first-placed keypoint (deterministic).
         val, test: fractions (< 1) or counts (>= 1) of the selected images; ``test: 1.0`` puts
             every image in the test split (generalisation sets such as FFHQ).
         max_images: random subset size before splitting (paper: 50,000 LSUN images), or None.
@@ -200,7 +225,6 @@ class SiftDataModule(pl.LightningDataModule):
         self.num_workers, self.hflip, self.shift = num_workers, hflip, int(shift)
         self.selection_seed = int(selection_seed)
         self.map_seed = int(map_seed)
-        self._map_gen: torch.Generator | None = None
         self.source = None
         self.split: dict[str, list[str]] | None = None
         self.datasets: dict[str, SiftImageDataset] = {}
@@ -295,15 +319,22 @@ class SiftDataModule(pl.LightningDataModule):
         ds = self.datasets.get(part)
         if ds is None or len(ds) == 0:
             raise ConfigError(f"the {part} split is empty; check data.val / data.test / data.max_images")
-        world = world_size_of(self)
-        batch = (per_process_batch(self.batch_size, world) if train else
-                 per_process_batch(self.eval_batch_size, world, "data.eval_batch_size", exact=False))
-        return DataLoader(ds, batch_size=batch, shuffle=train, drop_last=train and len(ds) >= batch * world,
+        rank, world = trainer_rank_and_world(self)
+        if not train:
+            batch = per_process_batch(self.eval_batch_size, world, "data.eval_batch_size", exact=False)
+            return DataLoader(ds, batch_size=batch, shuffle=False, num_workers=self.num_workers,
+                              collate_fn=collate_sift, persistent_workers=self.num_workers > 0,
+                              pin_memory=torch.cuda.is_available())
+        batch = per_process_batch(self.batch_size, world)
+        sampler = ResumableSampler(len(ds), batch, seed=self.map_seed, shuffle=True, rank=rank,
+                                   world_size=world, start_batch=consumed_batches(self.trainer),
+                                   item_seeds=True)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
+                          generator=loader_generator(self.map_seed),
                           num_workers=self.num_workers, collate_fn=collate_sift,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        self._map_gen = None  # each fit (stage) draws its block representatives from the seed anew
         return self._loader("train", True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -318,16 +349,14 @@ class SiftDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """uint8 images + keypoint lists -> ``target`` (B, 3, H, H) in [-1, 1] and ``input``
         (B, 128, S, S) maps on the batch's device; training draws the 2x2-block representatives
-        at random (seeded per rank), evaluation keeps the first-placed keypoint."""
+        at random, from the batch's first item seed (a function of the run seed, the epoch and
+        the position: the same after a restart), evaluation keeps the first-placed keypoint."""
         device = batch["image"].device
         training = self.trainer is not None and self.trainer.training
         gen = None
-        if training and self.compress:
-            if self._map_gen is None or self._map_gen.device != device:
-                rank = self.trainer.global_rank if self.trainer is not None else 0
-                self._map_gen = torch.Generator(device=device)
-                self._map_gen.manual_seed(self.map_seed * 1000 + rank)
-            gen = self._map_gen
+        if training and self.compress and "seed" in batch:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(int(batch["seed"][0]) ^ MAP_SEED_SALT)
         return self.device_batch(batch, device, gen)
 
     def device_batch(self, batch: dict, device: torch.device | str,

@@ -51,11 +51,17 @@ from reconattack.data.avih import (
     to_tensor,
 )
 from reconattack.data.images import DataNotFoundError
+from reconattack.data.sampling import (
+    ResumableSampler,
+    consumed_batches,
+    loader_generator,
+    trainer_rank_and_world,
+)
 from reconattack.errors import ConfigError
 from reconattack.models.face import FaceEmbedder, make_face_model
 from reconattack.models.keys import make_key_model
 from reconattack.runtime import save_grid
-from reconattack.threats.avih_encryption import AVIHEncryptor
+from reconattack.threats.avih_encryption import AVIHEncryptor, load_chunks
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.threats.face_classifier import FaceClassifier, train_loader
 from reconattack.utils.config import build, factory, plain
@@ -124,8 +130,14 @@ class AVIHDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        batch = per_process_batch(self.batch_size, world_size_of(self))
-        return DataLoader(self.train_set, batch_size=batch, shuffle=False, drop_last=True,
+        """The leaked items in dataset order (each item is drawn from its own seed), each process
+        its share, started where a restored checkpoint left off."""
+        rank, world = trainer_rank_and_world(self)
+        batch = per_process_batch(self.batch_size, world)
+        sampler = ResumableSampler(len(self.train_set), batch, shuffle=False, rank=rank, world_size=world,
+                                   start_batch=consumed_batches(self.trainer))
+        return DataLoader(self.train_set, batch_size=batch, sampler=sampler, drop_last=True,
+                          generator=loader_generator(0),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def test_dataloader(self) -> DataLoader:
@@ -374,9 +386,17 @@ class AVIHThreat(ThreatModel):
         encryptor = self.encryptor()
         built: dict = {}
         gallery_images = self.parts.gallery.images
+        work = store.work_dir("encrypted_gallery", spec)
 
         def build_gallery(tmp: Path) -> None:
-            jobs = EncryptionJobs(gallery_images, index, key_id)
+            # jobs an interrupted build of the same gallery finished are taken, not redone
+            encrypted, done, curve = load_chunks(work, len(index))
+            if done.any():
+                log.info("encrypted gallery: continuing an interrupted build, %d of %d jobs were "
+                         "encrypted before", int(done.sum()), len(index))
+            encryptor.chunk_dir, encryptor.curve = work, list(curve)
+            jobs = EncryptionJobs(gallery_images, index, key_id, encrypted=encrypted,
+                                  done=done if encrypted is not None else None)
             built["metrics"] = self._encryption_test(ctx, encryptor, jobs)
             out = encryptor.collected()
             if not torch.equal(out["index"], torch.from_numpy(index)):
@@ -394,6 +414,7 @@ class AVIHThreat(ThreatModel):
         if metrics is None:  # reused: evaluate the stored encryption with this run's metric settings
             jobs = EncryptionJobs(gallery_images, gallery["index"].numpy(), gallery["key_id"].numpy(),
                                   encrypted=gallery["encrypted"])
+            encryptor.keep = False
             metrics = self._encryption_test(ctx, encryptor, jobs)
         metrics["encrypt/images"] = int(len(gallery["index"]))
         log.info("encrypted gallery: %s", path)

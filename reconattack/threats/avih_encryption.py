@@ -18,17 +18,22 @@ official step sizes were set (this module is their boundary). The optimisation r
 whatever the trainer's precision (autocast is switched off around it).
 
 It runs in Lightning's **test** loop (``Trainer(inference_mode=False)``): each ``test_step``
-encrypts its batch (or takes the stored encryption when the batch has ``"encrypted"``) and
+encrypts its batch (or takes the stored encryption when the batch has ``"encrypted"``; with
+``"done"``, only the jobs not done are encrypted) and
 returns the evaluation groups for :class:`reconattack.metrics.callback.ReconstructionMetrics`:
 ``encrypt/`` (encrypted vs original), ``encrypt/key_`` (key-model recovery vs original) and
 ``encrypt/wrong_key_`` (recovery with another key). The service-embedding cosine similarity is
 logged as ``encrypt/service_cos``. Encrypted results are kept in :attr:`store` (CPU, lossless
-float32) for the threat to save.
+float32) for the threat to save, and, with :attr:`chunk_dir`, each batch's fresh encryptions in a
+file of their own as soon as they are done: a build killed midway continues from them
+(:func:`load_chunks`) instead of starting over.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -38,6 +43,9 @@ from torch import nn
 from reconattack.errors import ConfigError
 from reconattack.losses.avih import avih_loss
 from reconattack.optim import PerImageMomentum
+from reconattack.utils.files import atomic_torch_save
+
+log = logging.getLogger(__name__)
 
 INITS = ("normal", "uniform", "original")
 
@@ -87,6 +95,8 @@ class AVIHEncryptor(pl.LightningModule):
         self.optimizer_factory = optimizer or _adam
         self.init, self.seed, self.log_every = init, int(seed), int(log_every)
         self.store: dict[str, list[torch.Tensor]] = {}
+        self.keep = True  # keep every row of the pass in `store` (the threat saves the gallery)
+        self.chunk_dir: Path | None = None  # where freshly encrypted jobs are kept as they finish
         self.curve: list[dict] = []  # mean loss terms every `log_every` iterations, per batch
         self._batch_number = 0
 
@@ -157,9 +167,16 @@ class AVIHEncryptor(pl.LightningModule):
 
     # ------------------------------------------------------------------------ Lightning
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        x, key_id = batch["image"].float(), batch["key_id"]
-        encrypting = "encrypted" not in batch
-        x_enc = self.encrypt(x, key_id, batch["slot"]) if encrypting else batch["encrypted"].float()
+        x, key_id, slot = batch["image"].float(), batch["key_id"], batch["slot"]
+        if "encrypted" in batch:  # stored encryptions (all, or those an interrupted build finished)
+            x_enc = batch["encrypted"].float().clone()
+            todo = ~batch["done"].bool() if "done" in batch else torch.zeros_like(slot, dtype=torch.bool)
+        else:
+            x_enc, todo = torch.empty_like(x), torch.ones_like(slot, dtype=torch.bool)
+        if todo.any():
+            curve_from = len(self.curve)
+            x_enc[todo] = self.encrypt(x[todo], key_id[todo], slot[todo]).to(x_enc.dtype)
+            self._save_chunk(slot[todo], x_enc[todo], self.curve[curve_from:])
         with torch.no_grad():
             recovered = self.recover(x_enc, key_id)
             cos = F.cosine_similarity(self.service(x_enc).float(), self.service(x).float(), dim=-1)
@@ -170,12 +187,21 @@ class AVIHEncryptor(pl.LightningModule):
             if len(self.keys) > 1:
                 wrong = self.recover(x_enc, (key_id + 1) % len(self.keys))
                 groups["encrypt/wrong_key_"] = {"pred": wrong, "target": x}
-        if encrypting:
+        if self.keep:
             for name in ("index", "key_id", "slot"):
                 self.store.setdefault(name, []).append(batch[name].detach().cpu())
             self.store.setdefault("encrypted", []).append(x_enc.cpu())
             self.store.setdefault("recovered", []).append(recovered.cpu())
         return {"groups": groups}
+
+    def _save_chunk(self, slot: torch.Tensor, x_enc: torch.Tensor, curve: list[dict]) -> None:
+        """Keep freshly encrypted jobs in :attr:`chunk_dir` (atomically), for an interrupted
+        build to continue from (:func:`load_chunks`)."""
+        if self.chunk_dir is None:
+            return
+        s = slot.detach().cpu()
+        atomic_torch_save({"slot": s, "encrypted": x_enc.detach().float().cpu(), "curve": list(curve)},
+                          Path(self.chunk_dir) / f"jobs-{int(s.min()):08d}-{int(s.max()):08d}.pt")
 
     def collected(self) -> dict[str, torch.Tensor]:
         """Everything stored by ``test_step`` so far, concatenated, in job order."""
@@ -186,4 +212,28 @@ class AVIHEncryptor(pl.LightningModule):
         return out
 
 
-__all__ = ["AVIHEncryptor", "INITS", "PerImageMomentum"]
+def load_chunks(chunk_dir: Path, jobs: int) -> tuple[torch.Tensor | None, torch.Tensor, list[dict]]:
+    """What an interrupted encryption left in ``chunk_dir`` (files of :meth:`AVIHEncryptor.
+    _save_chunk`): ``(encrypted (M, 3, H, W) or None, done (M,) bool, curve rows)`` for ``jobs``
+    = M jobs. A file that cannot be read (torn by a power loss) is skipped: its jobs are
+    encrypted again."""
+    done = torch.zeros(jobs, dtype=torch.bool)
+    encrypted, curve = None, []
+    for path in sorted(Path(chunk_dir).glob("jobs-*.pt")):
+        try:
+            chunk = torch.load(path, map_location="cpu", weights_only=True)
+            slot, enc = chunk["slot"].long(), chunk["encrypted"].float()
+            if slot.numel() and int(slot.max()) >= jobs:
+                raise ValueError(f"job {int(slot.max())} of {jobs}")
+        except Exception as exc:  # a torn or foreign file: those jobs are redone
+            log.warning("encryption chunk %s unreadable (%s); its jobs are encrypted again", path, exc)
+            continue
+        if encrypted is None:
+            encrypted = torch.zeros((jobs, *enc.shape[1:]), dtype=torch.float32)
+        encrypted[slot] = enc
+        done[slot] = True
+        curve.extend(chunk.get("curve", []))
+    return encrypted, done, curve
+
+
+__all__ = ["AVIHEncryptor", "INITS", "PerImageMomentum", "load_chunks"]

@@ -7,6 +7,7 @@ untrusted).
   another architecture raises :class:`CheckpointMismatchError` naming the missing, unexpected and
   shape-mismatched keys (never a silently half-loaded network).
 - :func:`sub_state` — the entries under a prefix (``"generator."``), prefix removed.
+- :class:`AtomicCheckpointIO` — Lightning's checkpoint writer, atomic on the checkpoint's disk.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from lightning_fabric.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from reconattack.errors import InputNotFoundError, UserError
+from reconattack.utils.files import atomic_torch_save
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -110,3 +113,20 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
                                       + "; ".join(problems) + (f". {hint}" if hint else ""))
     module.load_state_dict(dict(state), strict=True)
     return module
+
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with every local save atomic in the checkpoint's own
+    folder (:func:`~reconattack.utils.files.atomic_torch_save`). Lightning's own save writes a
+    temporary file in the system's temp folder and moves it there, which is a copy, not a rename,
+    when that is another disk (a node's ``/tmp`` and a cluster's shared file system): a job
+    killed during the copy leaves half a checkpoint under the real name. Remote paths
+    (``s3://...``) keep Lightning's writer."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("storage_options is not supported by the atomic checkpoint writer")
+        atomic_torch_save(checkpoint, path)

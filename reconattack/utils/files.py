@@ -5,25 +5,25 @@ Windows). A process killed while writing leaves the previous version whole and, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path.
-
-    ``durable``: fsync before the rename, so the new version also survives a power loss. A
-    checksummed cache written on the hot path (SIFT entries, one per image) passes False: a
-    killed process still leaves the old version or none, and an entry torn by a power loss is
-    caught by its checksum and recomputed."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` when the block ends without an exception (see the
+    module docstring; parent folders are created). ``durable``: fsync before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -34,7 +34,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Tru
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path.
+
+    ``durable``: fsync before the rename, so the new version also survives a power loss. A
+    checksummed cache written on the hot path (SIFT entries, one per image) passes False: a
+    killed process still leaves the old version or none, and an entry torn by a power loss is
+    caught by its checksum and recomputed."""
+    with atomic_writer(path, durable) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically and durably, streamed to the temporary file in
+    the target's folder (no second copy in memory, no temporary file on another disk)."""
+    import torch
+
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
