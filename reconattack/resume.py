@@ -222,6 +222,13 @@ def parse_signal(name: str) -> signal.Signals:
         raise ConfigError(f"preempt_signals: unknown signal {name!r}") from None
 
 
+def _is_lightnings(handler) -> bool:
+    """Lightning's own signal handlers (their work, telling the loop to stop, is done here; its
+    SIGTERM handler would also wait for a broadcast the other processes never make)."""
+    module = getattr(handler, "__module__", None) or type(handler).__module__
+    return str(module).split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric")
+
+
 class Preemption(pl.Callback):
     """On a signal of ``signals`` (SLURM sends SIGTERM before preempting a job, and a chosen
     signal before its time limit, e.g. ``--signal=USR1@120``) the stage finishes its current
@@ -231,7 +238,8 @@ class Preemption(pl.Callback):
 
     The handlers replace the ones before them for the stage's training (Lightning acts on SIGTERM
     only at the end of an epoch on one process); once the state is saved, the previous handler of
-    the signal runs (submitit's requeues the job), and the previous handlers are restored.
+    the signal runs unless it is Lightning's (submitit's requeues the job), and the previous
+    handlers are restored.
     """
 
     def __init__(self, path: Path, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
@@ -273,7 +281,7 @@ class Preemption(pl.Callback):
                     "resume=true and the same run directory)", self.stage, name, trainer.global_step, self.path)
         previous = self._previous.get(signal.Signals(signum))
         self._restore_handlers()
-        if callable(previous):  # e.g. submitit's, which requeues the job
+        if callable(previous) and not _is_lightnings(previous):  # e.g. submitit's: requeues the job
             previous(signum, None)
         raise Preempted(128 + signum)
 

@@ -261,3 +261,28 @@ def test_a_run_killed_mid_encryption_continues_the_gallery_chunk_by_chunk(tmp_pa
     assert not work.exists()  # removed once the gallery is published
     print(f"killed with {done} of 24 jobs encrypted")
     _assert_same_metrics(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_a_preempted_ddp_run_stops_every_process_after_the_same_step_and_resumes(tmp_path):
+    """Two CPU processes (DDP, gloo): SIGTERM to the main process; both processes agree to stop
+    after the same step, the state is saved once, the run exits 143, and ``resume=true`` ends
+    with the metrics of an uninterrupted DDP run."""
+    common = [*coarse_only(tmp_path, "attack.steps.coarse=30", "attack.checkpoint_every=2", "data.batch_size=16"),
+              "trainer=ddp_cpu", "trainer.callbacks.progress=null", f"paths.cache_dir={tmp_path / 'cache'}"]
+    common = [a for a in common if not a.startswith("paths.output_dir=")]
+    reference = tmp_path / "reference"
+    _finish([*common, f"hydra.run.dir={reference}"])
+    run_dir = tmp_path / "preempted"
+    args = [*common, f"hydra.run.dir={run_dir}"]
+    proc = _start(args)
+    _wait_for(proc, run_dir / "checkpoints" / "coarse" / "last.ckpt")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-4000:]
+    assert out.count("stage coarse stopped by SIGTERM at global step") == 2  # both ranks, same step
+    steps = {line.split("global step ")[1].split(";")[0] for line in out.splitlines()
+             if "stopped by SIGTERM at global step" in line}
+    assert len(steps) == 1, steps
+    _finish([*args, "resume=true"])
+    _assert_same_metrics(run_dir, reference)

@@ -285,13 +285,15 @@ class EncryptionJobs(Dataset):
     Item: ``{"image": (3, H, W) in [-1, 1], "index": gallery index, "key_id": int, "slot": job
     number}`` and, when ``encrypted`` is given (a stored gallery, or the jobs an interrupted
     encryption finished), ``"encrypted": (3, H, W) in [-1, 1]`` and ``"done"``: whether that
-    encryption is there (``done`` (M,) bool; default every job).
+    encryption is there (``done`` (M,) bool; default every job); when ``decoy`` (M,) bool is
+    given, ``"decoy"``: the job is a decoy (reported apart).
     """
 
     def __init__(self, gallery: np.ndarray, index: np.ndarray, key_id: np.ndarray,
-                 encrypted: torch.Tensor | None = None, done: torch.Tensor | None = None) -> None:
+                 encrypted: torch.Tensor | None = None, done: torch.Tensor | None = None,
+                 decoy: np.ndarray | None = None) -> None:
         self.gallery, self.index, self.key_id, self.encrypted = gallery, index, key_id, encrypted
-        self.done = done
+        self.done, self.decoy = done, decoy
 
     def __len__(self) -> int:
         return len(self.index)
@@ -302,6 +304,8 @@ class EncryptionJobs(Dataset):
         if self.encrypted is not None:
             item["encrypted"] = self.encrypted[slot]
             item["done"] = bool(self.done[slot]) if self.done is not None else True
+        if self.decoy is not None:
+            item["decoy"] = bool(self.decoy[slot])
         return item
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 #: item seeds are drawn below this bound (63 bits: they fit an int64 tensor)
 SEED_BOUND = 2**63 - 1
@@ -120,4 +120,24 @@ class ResumableSampler(DistributedSampler):
         return iter(zip(index, self.seeds(epoch)[positions].tolist()))
 
 
-__all__ = ["ResumableSampler", "SEED_BOUND", "consumed_batches", "loader_generator", "trainer_rank_and_world"]
+class ResumableLoader(DataLoader):
+    """A training DataLoader whose ``sampler`` is a :class:`ResumableSampler`.
+
+    It answers Lightning's stateful-loader protocol (``state_dict`` / ``load_state_dict``) so that
+    Lightning knows it continues mid-epoch: its position is not a state of its own but the
+    restored step, read when the loader is built (:func:`consumed_batches`), so the state it
+    keeps in a checkpoint is empty."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError(f"ResumableLoader needs a ResumableSampler, got {type(self.sampler).__name__}")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
+
+
+__all__ = ["ResumableLoader", "ResumableSampler", "SEED_BOUND", "consumed_batches", "loader_generator", "trainer_rank_and_world"]

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reconattack.data.images import DataNotFoundError, ImageReadError, resize
 from reconattack.data.sampling import (
+    ResumableLoader,
     ResumableSampler,
     consumed_batches,
     loader_generator,
@@ -329,10 +330,10 @@ class SiftDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(len(ds), batch, seed=self.map_seed, shuffle=True, rank=rank,
                                    world_size=world, start_batch=consumed_batches(self.trainer),
                                    item_seeds=True)
-        return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
-                          generator=loader_generator(self.map_seed),
-                          num_workers=self.num_workers, collate_fn=collate_sift,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return ResumableLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
+                               generator=loader_generator(self.map_seed),
+                               num_workers=self.num_workers, collate_fn=collate_sift,
+                               persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

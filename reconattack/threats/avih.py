@@ -10,8 +10,9 @@ Policy, all here:
 - **Encryption jobs** (:func:`encryption_jobs`): every held-out and every pool image is
   encrypted with the target key; with ``encrypt.decoys`` (off by default: nothing reads them, and
   they cost +50 % of the encryption) every pool image once more with another key (the part of the
-  gallery that does not share the target key). Independent of the key share, so one encryption
-  serves a whole key-share sweep.
+  gallery that does not share the target key), reported apart as ``encrypt/decoy_*``
+  (``encrypt/*`` are always the target-key images). Independent of the key share, so one
+  encryption serves a whole key-share sweep.
 - **Key share** p (:func:`leaked_count`): the attacker trains on ``round(p · pool)`` pool images
   encrypted with the target key, drawn with the run ``seed``, and is evaluated on every held-out
   image (same key).
@@ -52,6 +53,7 @@ from reconattack.data.avih import (
 )
 from reconattack.data.images import DataNotFoundError
 from reconattack.data.sampling import (
+    ResumableLoader,
     ResumableSampler,
     consumed_batches,
     loader_generator,
@@ -136,9 +138,9 @@ class AVIHDataModule(pl.LightningDataModule):
         batch = per_process_batch(self.batch_size, world)
         sampler = ResumableSampler(len(self.train_set), batch, shuffle=False, rank=rank, world_size=world,
                                    start_batch=consumed_batches(self.trainer))
-        return DataLoader(self.train_set, batch_size=batch, sampler=sampler, drop_last=True,
-                          generator=loader_generator(0),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(self.train_set, batch_size=batch, sampler=sampler, drop_last=True,
+                               generator=loader_generator(0),
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def test_dataloader(self) -> DataLoader:
         batch = per_process_batch(self.eval_batch_size, world_size_of(self), "data.eval_batch_size", exact=False)
@@ -365,9 +367,9 @@ class AVIHThreat(ThreatModel):
                             num_workers=int(self.data_cfg.get("num_workers", 0)))
         trainer.test(encryptor, dataloaders=loader, verbose=False)
         out = dict(cb.results.get("test", {}))
-        cos = trainer.callback_metrics.get("encrypt/service_cos")
-        if cos is not None:
-            out["encrypt/service_cos"] = float(cos)
+        for key in ("encrypt/service_cos", "encrypt/decoy_service_cos"):
+            if key in trainer.callback_metrics:
+                out[key] = float(trainer.callback_metrics[key])
         return out
 
     def _encrypted_gallery(self, ctx, store: ArtifactStore, service_spec: dict,
@@ -396,7 +398,7 @@ class AVIHThreat(ThreatModel):
                          "encrypted before", int(done.sum()), len(index))
             encryptor.chunk_dir, encryptor.curve = work, list(curve)
             jobs = EncryptionJobs(gallery_images, index, key_id, encrypted=encrypted,
-                                  done=done if encrypted is not None else None)
+                                  done=done if encrypted is not None else None, decoy=role == Role.DECOY)
             built["metrics"] = self._encryption_test(ctx, encryptor, jobs)
             out = encryptor.collected()
             if not torch.equal(out["index"], torch.from_numpy(index)):
@@ -413,7 +415,7 @@ class AVIHThreat(ThreatModel):
         metrics = built.get("metrics")
         if metrics is None:  # reused: evaluate the stored encryption with this run's metric settings
             jobs = EncryptionJobs(gallery_images, gallery["index"].numpy(), gallery["key_id"].numpy(),
-                                  encrypted=gallery["encrypted"])
+                                  encrypted=gallery["encrypted"], decoy=gallery["role"].numpy() == Role.DECOY)
             encryptor.keep = False
             metrics = self._encryption_test(ctx, encryptor, jobs)
         metrics["encrypt/images"] = int(len(gallery["index"]))

@@ -23,7 +23,8 @@ encrypts its batch (or takes the stored encryption when the batch has ``"encrypt
 returns the evaluation groups for :class:`reconattack.metrics.callback.ReconstructionMetrics`:
 ``encrypt/`` (encrypted vs original), ``encrypt/key_`` (key-model recovery vs original) and
 ``encrypt/wrong_key_`` (recovery with another key). The service-embedding cosine similarity is
-logged as ``encrypt/service_cos``. Encrypted results are kept in :attr:`store` (CPU, lossless
+logged as ``encrypt/service_cos``. Jobs marked ``"decoy"`` (a pool image under another key) are
+reported apart, as ``encrypt/decoy_*``. Encrypted results are kept in :attr:`store` (CPU, lossless
 float32) for the threat to save, and, with :attr:`chunk_dir`, each batch's fresh encryptions in a
 file of their own as soon as they are done: a build killed midway continues from them
 (:func:`load_chunks`) instead of starting over.
@@ -180,13 +181,18 @@ class AVIHEncryptor(pl.LightningModule):
         with torch.no_grad():
             recovered = self.recover(x_enc, key_id)
             cos = F.cosine_similarity(self.service(x_enc).float(), self.service(x).float(), dim=-1)
-            self.log("encrypt/service_cos", cos.mean(), batch_size=x.shape[0], sync_dist=True,
-                     on_step=False, on_epoch=True)
-            groups = {"encrypt/": {"pred": x_enc, "target": x},
-                      "encrypt/key_": {"pred": recovered, "target": x}}
-            if len(self.keys) > 1:
-                wrong = self.recover(x_enc, (key_id + 1) % len(self.keys))
-                groups["encrypt/wrong_key_"] = {"pred": wrong, "target": x}
+            wrong = self.recover(x_enc, (key_id + 1) % len(self.keys)) if len(self.keys) > 1 else None
+            decoy = batch["decoy"].bool() if "decoy" in batch else torch.zeros_like(slot, dtype=torch.bool)
+            groups: dict[str, dict] = {}
+            for role, rows in (("", ~decoy), ("decoy_", decoy)):  # decoys reported apart
+                if not rows.any():
+                    continue
+                self.log(f"encrypt/{role}service_cos", cos[rows].mean(), batch_size=int(rows.sum()),
+                         sync_dist=True, on_step=False, on_epoch=True)
+                groups[f"encrypt/{role}"] = {"pred": x_enc[rows], "target": x[rows]}
+                groups[f"encrypt/{role}key_"] = {"pred": recovered[rows], "target": x[rows]}
+                if wrong is not None:
+                    groups[f"encrypt/{role}wrong_key_"] = {"pred": wrong[rows], "target": x[rows]}
         if self.keep:
             for name in ("index", "key_id", "slot"):
                 self.store.setdefault(name, []).append(batch[name].detach().cpu())

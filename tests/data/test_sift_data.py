@@ -151,20 +151,25 @@ def test_shift_extracts_sift_of_the_shifted_image(tmp_path):
     assert len(seen) > 3
 
 
-def test_training_block_choices_restart_from_the_seed_at_every_fit(tmp_path):
-    """Each stage's fit draws the 2x2-block representatives from ``map_seed`` anew, so a stage's
-    training does not depend on how many batches an earlier stage drew."""
+def test_training_draws_are_functions_of_the_item_seeds(tmp_path):
+    """A training item's flip / shift and its batch's 2x2-block representatives come from the
+    item seeds the sampler hands out (functions of the run seed, the epoch and the position), so
+    the same batch gives the same maps in any fit, any worker and after a restart; other seeds
+    other draws."""
     from types import SimpleNamespace
 
     root = make_image_folder(tmp_path / "imgs", n=8, size=128)
-    dm = _dm(tmp_path, root, val=0, test=2, map_seed=3, image_size=128)
+    dm = _dm(tmp_path, root, val=0, test=2, map_seed=3, image_size=128, hflip=True, shift=3)
     dm.prepare_data()
     dm.setup()
-    dm.trainer = SimpleNamespace(training=True, global_rank=0)
-    batch = collate_sift([dm.datasets["train"][i] for i in range(6)])
-    dm.train_dataloader()
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1, global_step=0,
+                                 lightning_module=None)
+    keys = list(dm.train_dataloader().sampler)[:6]
+    assert all(isinstance(k, tuple) for k in keys)
+    ds = dm.datasets["train"]
+    batch = collate_sift([ds[k] for k in keys])
     first = dm.on_after_batch_transfer(batch, 0)["input"]
-    later = dm.on_after_batch_transfer(batch, 0)["input"]  # more draws in the same fit
-    assert not torch.equal(later, first)  # the choice is random (blocks with several keypoints)
-    dm.train_dataloader()  # the next stage's fit
-    torch.testing.assert_close(dm.on_after_batch_transfer(batch, 0)["input"], first)
+    again = dm.on_after_batch_transfer(collate_sift([ds[k] for k in keys]), 0)["input"]
+    torch.testing.assert_close(again, first)  # same items, same seeds: same images and maps
+    other = collate_sift([ds[(i, s + 1)] for i, s in keys])
+    assert not torch.equal(dm.on_after_batch_transfer(other, 0)["input"], first)

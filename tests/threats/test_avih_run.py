@@ -219,3 +219,17 @@ def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
         models.append(model.state_dict())
     for k in models[0]:
         torch.testing.assert_close(models[0][k], models[1][k], msg=k)
+
+
+def test_decoy_encryptions_are_reported_apart(tmp_path):
+    """With ``threat.encrypt.decoys=true`` the decoys (pool images under another key) get their
+    own ``encrypt/decoy_*`` numbers and ``encrypt/*`` stays the target-key images' (equal to a
+    run without decoys: the same jobs with the same seeds)."""
+    plain = run(compose_cfg([*demo_tiny(tmp_path / "plain"), "threat.key.count=2"]))
+    with_decoys = run(compose_cfg([*demo_tiny(tmp_path / "decoys"), "threat.key.count=2",
+                                   "threat.encrypt.decoys=true"]))
+    assert with_decoys["encrypt/images"] == 36 and plain["encrypt/images"] == 24
+    for key in ("service_cos", "psnr", "ssim", "key_psnr", "wrong_key_psnr"):
+        assert isinstance(with_decoys[f"encrypt/decoy_{key}"], float), key
+        assert with_decoys[f"encrypt/{key}"] == pytest.approx(plain[f"encrypt/{key}"], abs=1e-4), key
+    assert not any(k.startswith("encrypt/decoy_") for k in plain)
