@@ -28,6 +28,7 @@ from reconattack.errors import ConfigError, NonFiniteLossError, UserError
 from reconattack.resume import Preemption, RNGState, last_checkpoint, seed_all, stage_seed
 from reconattack.runtime import RunContext, require_file, save_grid
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
+from reconattack.tracking import ValidationSamples
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
 from reconattack.utils.config import build
 
@@ -173,7 +174,7 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     dm.setup("fit")
     last = last_checkpoint(ctx.run_dir, stage)
     callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS), RNGState(),
-                 Preemption(last, ctx.preempt_signals, stage)]
+                 Preemption(last, ctx.preempt_signals, stage), ValidationSamples(stage, attack.num_samples)]
     if attack.checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=str(last.parent), filename=last.stem,
                                          save_top_k=1, enable_version_counter=False,
@@ -332,10 +333,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = dict(threat.prepare(ctx))
         final = fit_attack(ctx, threat, attack) if attack is not None else None
         metrics.update(evaluate(ctx, threat, attack, final))
-        if ctx.logger:
-            ctx.logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     except BaseException:
-        ctx.close_logger("failed")
+        ctx.close_logger(status="failed")
         raise
-    ctx.close_logger("success")
+    ctx.close_logger(metrics)
     return metrics

@@ -59,31 +59,6 @@ def make_logger(cfg: DictConfig, run_dir: Path, version: str | None = None):
     return hydra.utils.instantiate(kwargs, save_dir=str(run_dir))
 
 
-def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None = None,
-                 offline: bool | None = None, version: str | None = None, **kwargs):
-    """WandbLogger that goes offline by itself when no API key is configured.
-
-    An API key counts as configured when ``WANDB_API_KEY`` is set or ``~/.netrc`` has an
-    entry for api.wandb.ai (what ``wandb login`` writes). ``offline`` forces either mode.
-    ``version``: the id of a W&B run to continue (a resumed run; ``resume="allow"``).
-    """
-    from pytorch_lightning.loggers import WandbLogger
-
-    if offline is None:
-        netrc = Path(os.path.expanduser("~/.netrc"))
-        has_key = bool(os.environ.get("WANDB_API_KEY")) or (
-            netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-        offline = not has_key or os.environ.get("WANDB_MODE") == "offline"
-        if offline:
-            log.info("W&B: no API key configured, logging offline to %s (sync later with `wandb sync`)",
-                     save_dir)
-    if version is not None:
-        kwargs.setdefault("resume", "allow")
-        log.info("W&B: continuing run %s", version)
-    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, version=version,
-                       **kwargs)
-
-
 #: Trainer settings that shorten a run (debugging); never applied to artifacts shared by runs
 SHORTENING = ("fast_dev_run", "limit_train_batches", "limit_val_batches", "limit_test_batches",
               "limit_predict_batches", "overfit_batches")
@@ -154,20 +129,23 @@ class RunContext:
         if self._logger is None:
             self._logger = make_logger(self.cfg, self.run_dir, self.state.logger_version())
             if self._logger:
-                self._logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+                from reconattack.tracking import job_identity
+
+                params = OmegaConf.to_container(self.cfg, resolve=True)
+                params["job"] = job_identity()  # experiment, sweep, the swept parameters
+                self._logger.log_hyperparams(params)
                 self.state.record_logger_version(self._logger.version)
         return self._logger
 
-    def close_logger(self, status: str) -> None:
-        """Finalize the run's logger (if one was created); a W&B run is finished, so that the
-        next run in this process (a sweep's next job) starts its own."""
+    def close_logger(self, metrics: dict | None = None, status: str = "success") -> None:
+        """End the run's logging (if a logger was created): the final metrics, the pictures in
+        ``samples/``, ``metrics`` as the W&B run summary (:func:`reconattack.tracking.finish`)."""
         if not self._logger:
             return
-        self._logger.finalize(status)
-        from pytorch_lightning.loggers import WandbLogger
+        from reconattack.tracking import finish
 
-        if isinstance(self._logger, WandbLogger) and getattr(self._logger, "_experiment", None) is not None:
-            self._logger.experiment.finish(exit_code=0 if status == "success" else 1)
+        images = {f"samples/{p.stem}": p for p in sorted((self.run_dir / "samples").glob("*.png"))}
+        finish(self._logger, metrics or {}, images, status)
         self._logger = False
 
     def trainer(self, name: str, max_steps: int = -1, callbacks: list | None = None,

@@ -1,0 +1,180 @@
+"""What a run shows on W&B and TensorBoard (SPEC §8): who the run is, its images, its summary.
+
+- :func:`job_identity` — the Hydra job: experiment, sweep folder, the job's overrides (the swept
+  parameters). The run's logger gets them in its config (``job``), and W&B as the run's group
+  (``<experiment>/<sweep>``: one W&B run per job, the jobs of a sweep together), name (the job's
+  overrides) and tags (experiment, threat, attack and every override but the seed: the ablation
+  switches of a sweep).
+- :func:`wandb_logger` — the ``logger=wandb`` factory (offline by itself without an API key).
+- :func:`log_image` — one image to W&B (``log_image``) or TensorBoard (``add_image``), the same
+  picture in both.
+- :class:`ValidationSamples` — a grid of target | reconstruction at every validation.
+- :func:`finish` — the final metrics, the final sample grids, ``metrics.json`` as the W&B run
+  summary; a W&B run is finished so the next job of a sweep in this process starts its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+#: overrides (keys, or prefixes ending in ".") that say where a job reads and writes or how it
+#: shows its progress, not what it computes
+NOT_PARAMETERS = ("hydra.", "paths.", "trainer.callbacks.", "resume", "experiment")
+
+
+def is_parameter(key: str) -> bool:
+    """Whether an override ``key`` changes what a job computes (see :data:`NOT_PARAMETERS`)."""
+    return not any(key.startswith(p) if p.endswith(".") else key == p for p in NOT_PARAMETERS)
+
+
+def job_identity() -> dict[str, Any]:
+    """``{"experiment", "sweep", "overrides": {key: value}}`` of the running Hydra job
+    (``experiment``: the ``+experiment=`` choice or ``default``; ``sweep``: the multirun's folder
+    name or None; ``overrides``: the job's command-line overrides that change what it computes,
+    :func:`is_parameter`).
+    Outside Hydra (tests composing a config): ``default``, None, {}."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {"experiment": "default", "sweep": None, "overrides": {}}
+    hc = HydraConfig.get()
+    experiment = hc.runtime.choices.get("experiment") or "default"
+    sweep = Path(str(hc.sweep.dir)).name if hc.mode == RunMode.MULTIRUN else None
+    overrides = {}
+    for item in hc.overrides.task:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if is_parameter(key):
+            overrides[key] = value
+    return {"experiment": str(experiment), "sweep": sweep, "overrides": overrides}
+
+
+def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None = None,
+                 offline: bool | None = None, version: str | None = None, group: str | None = None,
+                 tags: list[str] | tuple[str, ...] = (), **kwargs):
+    """WandbLogger that goes offline by itself when no API key is configured.
+
+    An API key counts as configured when ``WANDB_API_KEY`` is set or ``~/.netrc`` has an entry
+    for api.wandb.ai (what ``wandb login`` writes). ``offline`` forces either mode. ``version``:
+    the id of a W&B run to continue (a resumed run; ``resume="allow"``). ``group`` / ``name``
+    default to ``<experiment>/<sweep>`` and the job's overrides (:func:`job_identity`); ``tags``
+    are extended by the experiment and every override but the seed (W&B caps a tag at 64
+    characters; longer ones are left out).
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    if offline is None:
+        netrc = Path(os.path.expanduser("~/.netrc"))
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+            netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+        offline = not has_key or os.environ.get("WANDB_MODE") == "offline"
+        if offline:
+            log.info("W&B: no API key configured, logging offline to %s (sync later with `wandb sync`)",
+                     save_dir)
+    job = job_identity()
+    if group is None:
+        group = job["experiment"] + (f"/{job['sweep']}" if job["sweep"] else "")
+    if name is None and job["overrides"]:  # the seed first: it tells the runs of a group apart
+        items = sorted(job["overrides"].items(), key=lambda kv: kv[0] != "seed")
+        name = " ".join(f"{k}={v}" for k, v in items)[:128]
+    all_tags = [str(t) for t in tags if t] + [job["experiment"]] + [
+        f"{k}={v}" for k, v in job["overrides"].items() if k != "seed"]
+    all_tags = list(dict.fromkeys(t for t in all_tags if len(t) <= 64))
+    if version is not None:
+        kwargs.setdefault("resume", "allow")
+        log.info("W&B: continuing run %s", version)
+    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, version=version,
+                       group=group, tags=all_tags, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- images
+def _hwc_uint8(image: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 from a PNG path, a (3, H, W) float tensor in [0, 1] or an (H, W, 3) array."""
+    if isinstance(image, (str, Path)):
+        from PIL import Image
+
+        return np.asarray(Image.open(image).convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        return (image.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return np.asarray(image)
+
+
+def log_image(logger, key: str, image: torch.Tensor | np.ndarray | str | Path, step: int | None = None) -> bool:
+    """Log one picture — a PNG path, a (3, H, W) tensor in [0, 1] or an (H, W, 3) uint8 array —
+    to a W&B or TensorBoard logger; returns False for other loggers (CSV) or none."""
+    if not logger:
+        return False
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key=key, images=[_hwc_uint8(image)], step=step)
+        return True
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, _hwc_uint8(image), global_step=step or 0, dataformats="HWC")
+        return True
+    return False
+
+
+def grid(columns: list[torch.Tensor], max_rows: int = 8) -> torch.Tensor:
+    """A picture with one row per image and one column per tensor of ``columns`` (each
+    (B, 3, H, W) in [-1, 1]) -> (3, H', W') in [0, 1] (as :func:`reconattack.runtime.save_grid`)."""
+    import torchvision
+
+    n = min(max_rows, columns[0].shape[0])
+    tiles = torch.stack([c[:n].detach().float().cpu().clamp(-1, 1) for c in columns], dim=1).flatten(0, 1)
+    return torchvision.utils.make_grid((tiles + 1) / 2, nrow=len(columns), padding=2, pad_value=1.0)
+
+
+class ValidationSamples(pl.Callback):
+    """At every validation, the first validation batch's target | reconstruction grid
+    (``<stage>/val_samples``) to the run's W&B / TensorBoard logger, at the global step."""
+
+    def __init__(self, stage: str, rows: int = 8) -> None:
+        self.stage, self.rows = stage, int(rows)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        if not isinstance(outputs, Mapping) or "pred" not in outputs:
+            return
+        picture = grid([outputs["target"], outputs["pred"]], self.rows)
+        log_image(trainer.logger, f"{self.stage}/val_samples", picture, step=trainer.global_step)
+
+
+def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None = None,
+           status: str = "success") -> None:
+    """End the run's logging: the final numeric metrics, the final pictures (``images``: key ->
+    PNG), ``metrics`` (strings for missing ones included) as the W&B run's summary; the logger is
+    finalized and a W&B run finished."""
+    if not logger:
+        return
+    from pytorch_lightning.loggers import WandbLogger
+
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if status == "success":
+        if numbers:
+            logger.log_metrics(numbers)
+        for key, path in (images or {}).items():
+            if Path(path).is_file():
+                log_image(logger, key, path)
+    logger.finalize(status)
+    if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+        if status == "success":
+            logger.experiment.summary.update(dict(metrics))
+        logger.experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image",
+           "wandb_logger"]

@@ -1,0 +1,141 @@
+"""W&B and TensorBoard (reconattack/tracking.py), offline: the tests read the run files W&B
+writes without a network (``offline-run-*/files``) and TensorBoard's event files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reconattack.run import run
+from tests.helpers import coarse_only, compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _offline_runs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.rglob("offline-run-*"))
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (``run-<id>.wandb``): W&B's log format (a 7-byte
+    header ``:W&B`` + magic + version, then 32 KiB blocks of records, each with a 7-byte header:
+    CRC-32C, length (2 bytes, little-endian), type 1 full / 2 first / 3 middle / 4 last), each
+    record a ``wandb_internal_pb2.Record`` protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    pos, block, chunks, partial = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if left < 7 or kind == 0:  # block trailer / padding
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            partial = chunk
+        elif kind == 3:
+            partial += chunk
+        elif kind == 4:
+            chunks.append(partial + chunk)
+    records = []
+    for chunk in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+def wandb_run_contents(offline_run: Path) -> dict:
+    """``{"group", "tags", "name", "config": {key: value}, "summary": {key: value}}`` of an
+    offline W&B run (the last value of each summary key; nested keys joined with ``/``)."""
+    out = {"config": {}, "summary": {}}
+    for record in wandb_records(next(offline_run.glob("run-*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out.update(group=record.run.run_group, tags=list(record.run.tags), name=record.run.display_name)
+        elif kind in ("config", "summary"):
+            for item in getattr(record, kind).update:
+                key = item.key or "/".join(item.nested_key)
+                out[kind][key] = json.loads(item.value_json)
+    return out
+
+
+def test_wandb_run_has_the_config_summary_and_images(tmp_path):
+    # a validation split: sample grids at every validation (every epoch of 5 batches)
+    metrics = run(compose_cfg(coarse_only(tmp_path, "logger=wandb", "data.val=10", "attack.val_every_n_epochs=1",
+                                          "data.batch_size=16", "attack.steps.coarse=6")))
+    wandb_run, = _offline_runs(tmp_path / "run")
+    files = wandb_run / "files"
+    contents = wandb_run_contents(wandb_run)
+    summary = contents["summary"]
+    for key, value in metrics.items():  # metrics.json is the run summary, missing ones included
+        assert key in summary, key
+        if isinstance(value, float):
+            assert summary[key] == pytest.approx(value, abs=1e-6), key
+        else:
+            assert summary[key] == value, key
+    config = contents["config"]
+    assert config["attack"]["name"] == "cfgan"
+    assert config["job"] == {"experiment": "default", "sweep": None, "overrides": {}}
+    assert contents["group"] == "default" and {"sift", "cfgan"} <= set(contents["tags"])
+    images = sorted(p.relative_to(files / "media" / "images").as_posix()
+                    for p in (files / "media" / "images").rglob("*.png"))
+    assert any(name.startswith("coarse/val_samples") for name in images), images
+    assert any(name.startswith("samples/test_grid") for name in images), images
+
+
+def test_tensorboard_gets_the_same_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(compose_cfg(coarse_only(tmp_path, "logger=tensorboard", "data.val=10", "attack.val_every_n_epochs=1",
+                                "data.batch_size=16", "attack.steps.coarse=6")))
+    folders = {p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*")}
+    assert len(folders) == 1, folders  # one version folder (a stage's Trainer adds no other)
+    acc = EventAccumulator(str(folders.pop()), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()["images"]
+    assert "coarse/val_samples" in tags and "samples/test_grid" in tags, tags
+    assert len(acc.Images("coarse/val_samples")) >= 1
+
+
+def test_each_job_of_a_sweep_is_its_own_wandb_run_grouped_by_the_sweep(tmp_path):
+    args = [a for a in coarse_only(tmp_path) if not a.startswith("paths.output_dir=")]
+    env = {**os.environ, "RECONATTACK_OFFLINE": "1", "WANDB_MODE": "offline"}
+    res = subprocess.run([sys.executable, "-m", "reconattack.run", "-m", *args, "logger=wandb",
+                          "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = [_offline_runs(tmp_path / "sweep" / str(i)) for i in (0, 1)]
+    assert [len(r) for r in runs] == [1, 1]  # one W&B run per job
+    ids = {r[0].name.rsplit("-", 1)[1] for r in runs}
+    assert len(ids) == 2
+    for i, (wandb_run,) in enumerate(runs):
+        contents = wandb_run_contents(wandb_run)
+        job = contents["config"]["job"]
+        assert job["experiment"] == "default" and job["sweep"] == "sweep"
+        assert job["overrides"]["seed"] == str(i)  # the swept parameter is in the run config
+        assert contents["group"] == "default/sweep"  # the jobs of the sweep together
+        assert contents["name"].startswith(f"seed={i} ") and "paths." not in contents["name"] and not any(t.startswith("seed=") for t in contents["tags"])
+        assert "attack.stages=[coarse]" in contents["tags"]  # a setting of the job as a tag
+        assert isinstance(contents["summary"]["test/psnr"], float)
+
+
+def test_grid_matches_the_saved_sample_grid():
+    from reconattack.tracking import grid
+
+    a, b = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
+    picture = grid([a, b], max_rows=2)
+    assert picture.shape == (3, 2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+    assert 0 <= float(picture.min()) and float(picture.max()) <= 1
+    torch.testing.assert_close(picture[:, 2:10, 2:10], (a[0] + 1) / 2)
