@@ -3,9 +3,10 @@
 check the configuration (:func:`check_config`) → build the threat model → check that the attack
 can read its leak, that every input is there and that the networks take the configured sizes →
 prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
-Trainer each, with checkpoints (``resume=true`` continues a stopped run: :mod:`reconattack.resume`) → evaluate the final stage and the threat's controls in one
+Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
 streaming pass through the shared metrics callback → ``samples/`` and the flat metrics (the
-caller writes ``metrics.json``).
+caller writes ``metrics.json``). ``resume=true`` continues a stopped run where it was
+(:mod:`reconattack.resume`).
 
 Nothing here names an attack or a threat model: they come from ``cfg.threat`` and ``cfg.attack``
 (``_target_``), and their configs travel down into them; the runner reads only the generic
