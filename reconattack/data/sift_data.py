@@ -205,6 +205,8 @@ class SiftDataModule(pl.LightningDataModule):
             in the paper (default off); the CPU demo's 80 training faces use it.
         shift: random translations of training images by up to this many pixels (SIFT extracted
             after the shift). Not in the paper (default 0).
+        name: the dataset's short name (``celebahq``, ``lsun_bird``); read by reports (the
+            columns of CFGAN Table I), not here.
     """
 
     def __init__(self, source: Any, image_size: int = 256, compress: bool = True,
@@ -212,8 +214,9 @@ class SiftDataModule(pl.LightningDataModule):
                  max_images: int | None = None, split_file: str | None = None,
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
-                 hflip: bool = False, map_seed: int = 0, shift: int = 0):
+                 hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None):
         super().__init__()
+        self.name = name
         self.source_cfg = source
         self.image_size, self.compress = int(image_size), bool(compress)
         self.map_size = self.image_size // 2 if self.compress else self.image_size

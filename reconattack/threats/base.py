@@ -64,7 +64,8 @@ class ThreatModel:
             ``controls`` — ``{control: {"row": metrics prefix, "label": ..., "per_attack": bool}}``
             (``per_attack``: the control runs the trained attack, so it differs per attack);
             ``columns`` — ``{metric: "higher" | "lower"}``, the paper's columns in order and
-            which direction is better.
+            which direction is better; ``tables_by``, ``blocks_by``, ``sweep``, ``threshold``,
+            ``paper`` — read by :mod:`reconattack.report` only (see there).
     """
 
     #: what the attacker is given (see :attr:`reconattack.attacks.base.Attack.reads`)
