@@ -81,6 +81,8 @@ class Options:
         digits: decimals of our numbers.
         grid_rows: images per sample grid.
         paper: the paper-numbers file (None: the threat's ``report.paper``; ``"none"``: none).
+        wandb: also log the tables as W&B Tables when the jobs logged to W&B
+            (:func:`reconattack.tracking.log_report_tables`).
     """
 
     margin: float | None = None
@@ -88,6 +90,7 @@ class Options:
     digits: int = 4
     grid_rows: int = 4
     paper: str | None = None
+    wandb: bool = True
 
     def check(self) -> Options:
         if self.margin is not None and not (math.isfinite(self.margin) and self.margin >= 0):
@@ -666,6 +669,10 @@ def write_reports(root: Path, options: Options | None = None) -> list[Path]:
     written.append(atomic_write_text(root / "report.tex", _tex(report)))
     md = _markdown(report, plots, grids)
     written.insert(0, atomic_write_text(root / "report.md", md))
+    if report.options.wandb:  # the jobs' logger was W&B: the tables there too
+        from reconattack.tracking import log_report_tables
+
+        log_report_tables(root, report.jobs, [p for p in written if p.suffix == ".csv"])
     return written + plots + [p for p, _ in grids]
 
 
@@ -1047,9 +1054,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--paper", default=None,
                     help="YAML of the paper's numbers (relative: under conf/; default: the threat's "
                          "report.paper; 'none': leave them out)")
+    ap.add_argument("--no-wandb", action="store_true",
+                    help="do not log the tables to W&B (by default they are, when the jobs logged there)")
     args = ap.parse_args(argv)
     options = Options(margin=args.margin, ignore=DEFAULT_IGNORE + tuple(args.ignore), digits=args.digits,
-                      grid_rows=args.grid_rows, paper=args.paper)
+                      grid_rows=args.grid_rows, paper=args.paper, wandb=not args.no_wandb)
     try:
         written = write_reports(args.dir, options)
     except UserError as exc:

@@ -11,6 +11,8 @@
 - :class:`ValidationSamples` — a grid of target | reconstruction at every validation.
 - :func:`finish` — the final metrics, the final sample grids, ``metrics.json`` as the W&B run
   summary; a W&B run is finished so the next job of a sweep in this process starts its own.
+- :func:`log_report_tables` — the report's tables (``python -m reconattack.report``) as W&B
+  Tables, in a ``report`` run of the sweep's group.
 """
 
 from __future__ import annotations
@@ -176,5 +178,49 @@ def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None
         logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image",
+def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None:
+    """The report's CSV tables (``tables``) as W&B Tables, in a run of their own named
+    ``report`` in the sweep's group (``<experiment>/<sweep folder>``, beside the jobs' runs), when
+    the jobs logged to W&B (their ``logger._target_``); returns the W&B run folder or None.
+    Offline without an API key, as the jobs."""
+    import csv
+
+    configs = [j.config for j in jobs if isinstance(j.config.get("logger"), Mapping)]
+    wandb_cfgs = [c["logger"] for c in configs if "wandb" in str(c["logger"].get("_target_", ""))]
+    if not wandb_cfgs or not tables:
+        return None
+    import wandb
+
+    root = Path(root)
+    hydra_file = next(iter(sorted(root.rglob(".hydra/hydra.yaml"))), None)
+    experiment = "default"
+    if hydra_file is not None:
+        import yaml
+
+        choices = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
+                   .get("choices", {}))
+        experiment = choices.get("experiment") or "default"
+    multirun = any(j.dir != root for j in jobs)
+    group = f"{experiment}/{root.name}" if multirun else experiment
+    cfg = wandb_cfgs[0]
+    offline = cfg.get("offline")
+    if offline is None:
+        netrc = Path(os.path.expanduser("~/.netrc"))
+        offline = not (os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in
+                                                           netrc.read_text(errors="ignore")))
+    run = wandb.init(project=cfg.get("project", "reconattack"), group=group, name="report", job_type="report",
+                     dir=str(root), mode="offline" if offline else "online", reinit="create_new")
+    try:
+        for path in tables:
+            with open(path, newline="") as fh:
+                rows = list(csv.reader(fh))
+            if rows:
+                run.log({f"report/{Path(path).stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+        run.summary["report/jobs"] = len(jobs)
+    finally:
+        run.finish()
+    return Path(run.dir).parent if getattr(run, "dir", None) else None
+
+
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables",
            "wandb_logger"]

@@ -109,7 +109,23 @@ def test_tensorboard_gets_the_same_images(tmp_path):
     assert len(acc.Images("coarse/val_samples")) >= 1
 
 
-def test_each_job_of_a_sweep_is_its_own_wandb_run_grouped_by_the_sweep(tmp_path):
+def test_grid_matches_the_saved_sample_grid():
+    from reconattack.tracking import grid
+
+    a, b = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
+    picture = grid([a, b], max_rows=2)
+    assert picture.shape == (3, 2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+    assert 0 <= float(picture.min()) and float(picture.max()) <= 1
+    torch.testing.assert_close(picture[:, 2:10, 2:10], (a[0] + 1) / 2)
+
+
+def test_a_wandb_sweep_has_one_run_per_job_and_the_report_tables(tmp_path):
+    """Each job of a sweep is its own W&B run in the sweep's group, with the swept parameters in
+    its config; the report's CSV tables become W&B Tables in a ``report`` run of that group."""
+    import csv
+
+    from reconattack.report import write_reports
+
     args = [a for a in coarse_only(tmp_path) if not a.startswith("paths.output_dir=")]
     env = {**os.environ, "RECONATTACK_OFFLINE": "1", "WANDB_MODE": "offline"}
     res = subprocess.run([sys.executable, "-m", "reconattack.run", "-m", *args, "logger=wandb",
@@ -129,13 +145,19 @@ def test_each_job_of_a_sweep_is_its_own_wandb_run_grouped_by_the_sweep(tmp_path)
         assert contents["name"].startswith(f"seed={i} ") and "paths." not in contents["name"] and not any(t.startswith("seed=") for t in contents["tags"])
         assert "attack.stages=[coarse]" in contents["tags"]  # a setting of the job as a tag
         assert isinstance(contents["summary"]["test/psnr"], float)
+    written = write_reports(tmp_path / "sweep")
+    import wandb
 
-
-def test_grid_matches_the_saved_sample_grid():
-    from reconattack.tracking import grid
-
-    a, b = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
-    picture = grid([a, b], max_rows=2)
-    assert picture.shape == (3, 2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
-    assert 0 <= float(picture.min()) and float(picture.max()) <= 1
-    torch.testing.assert_close(picture[:, 2:10, 2:10], (a[0] + 1) / 2)
+    wandb.teardown()  # W&B's service writes the run file by itself; as when this process ended
+    report_run, = (tmp_path / "sweep" / "wandb").glob("offline-run-*")
+    contents = wandb_run_contents(report_run)
+    assert contents.get("name") == "report" and contents.get("group") == "default/sweep", (
+        [r.WhichOneof("record_type") for r in wandb_records(next(report_run.glob("run-*.wandb")))],
+        sorted(p.name for p in report_run.rglob("*")))
+    logged = [json.loads(t.read_text()) for t in (report_run / "files" / "media" / "table").rglob("*.table.json")]
+    csvs = [p for p in written if p.suffix == ".csv"]
+    assert len(logged) == len(csvs) >= 1
+    for path in csvs:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert any(t["columns"] == rows[0] and t["data"] == rows[1:] for t in logged), path.name
