@@ -1,9 +1,9 @@
 """Reconstruction metrics: functional forms, pretrained metric networks, suite and callback.
 
-- :mod:`~reconattack.metrics.functional` — per-image PSNR/MSE/SSIM, TPR@FAR, FID from
+- :mod:`~reconattack.metrics.functional` — per-image PSNR/MSE/SSIM, TPR@FAR, FID and KID from
   features, and :data:`METRIC_RANGES` (value range and direction of every metric).
-- :mod:`~reconattack.metrics.pretrained` — FID Inception, LPIPS AlexNet and CLIP loaders that
-  follow the weights policy (:mod:`reconattack.utils.weights`).
+- :mod:`~reconattack.metrics.pretrained` — FID / KID Inception, LPIPS AlexNet and CLIP loaders
+  that follow the weights policy (:mod:`reconattack.utils.weights`).
 - :class:`MetricSuite` — all configured metrics of one stage over a stream of batches.
 - :class:`ReconstructionMetrics` — the Lightning callback every attack uses.
 
@@ -21,14 +21,18 @@ _EXPORTS = {
     "METRIC_RANGES": "functional",
     "MetricRange": "functional",
     "fid_from_features": "functional",
+    "fid_from_moments": "functional",
+    "kid_from_features": "functional",
     "mse": "functional",
     "psnr": "functional",
     "ssim": "functional",
     "tpr_at_far": "functional",
     "ClipImageEncoder": "pretrained",
+    "FIDInception": "pretrained",
     "LPIPSDistance": "pretrained",
     "load_clip": "pretrained",
     "load_fid": "pretrained",
+    "load_fid_inception": "pretrained",
     "load_lpips": "pretrained",
     "ALL_METRICS": "suite",
     "MISSING_PREFIX": "suite",
@@ -41,14 +45,18 @@ __all__ = [
     "METRIC_RANGES",
     "MISSING_PREFIX",
     "ClipImageEncoder",
+    "FIDInception",
     "LPIPSDistance",
     "MetricRange",
     "MetricSuite",
     "ReconstructionMetrics",
     "fid_from_features",
+    "fid_from_moments",
     "is_missing",
+    "kid_from_features",
     "load_clip",
     "load_fid",
+    "load_fid_inception",
     "load_lpips",
     "mse",
     "psnr",
@@ -62,6 +70,8 @@ if TYPE_CHECKING:
         METRIC_RANGES,
         MetricRange,
         fid_from_features,
+        fid_from_moments,
+        kid_from_features,
         mse,
         psnr,
         ssim,
@@ -69,9 +79,11 @@ if TYPE_CHECKING:
     )
     from reconattack.metrics.pretrained import (
         ClipImageEncoder,
+        FIDInception,
         LPIPSDistance,
         load_clip,
         load_fid,
+        load_fid_inception,
         load_lpips,
     )
     from reconattack.metrics.suite import ALL_METRICS, MISSING_PREFIX, MetricSuite, is_missing

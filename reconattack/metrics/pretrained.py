@@ -72,6 +72,35 @@ _ALEX_SLICES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 4, 9: 4, 10: 
 
 
 # ----------------------------------------------------------------------------------------- FID
+def _fid_inception_file(path: str | os.PathLike | None, download: bool) -> Path:
+    """The torch-fidelity Inception weights file, checked with the safe loader."""
+    file = resolve(INCEPTION_WEIGHTS, path, download)
+    # validate with the safe loader first: torch-fidelity itself reads the file with
+    # weights_only=False, which must never see an arbitrary pickle
+    state = load_state_dict(INCEPTION_WEIGHTS, file, download=False)
+    if "Mixed_7c.branch_pool.conv.weight" not in state:
+        raise MissingWeightsError(
+            f"{INCEPTION_WEIGHTS.name}: {file} is not a torch-fidelity Inception state dict; "
+            f"download {INCEPTION_URL} and place it at {INCEPTION_WEIGHTS.cache_file} "
+            "(or name it in the config)."
+        )
+    return file
+
+
+def _torchmetrics_fid_class():
+    import inspect
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    params = inspect.signature(FrechetInceptionDistance.__init__).parameters
+    if "feature_extractor_weights_path" not in params:  # added by torchmetrics PR #2867
+        raise RuntimeError(
+            "FID with local Inception weights needs torchmetrics >= 1.7 "
+            "(argument `feature_extractor_weights_path`); upgrade torchmetrics."
+        )
+    return FrechetInceptionDistance, params
+
+
 def load_fid(
     path: str | os.PathLike | None = None,
     download: bool = True,
@@ -81,7 +110,9 @@ def load_fid(
     """torchmetrics ``FrechetInceptionDistance`` (Inception-v3 pool3, 2048-d) with local weights.
 
     The metric's ``update`` takes ``(B, 3, H, W)`` **uint8** images in [0, 255] (``normalize``
-    is False); they are resized to 299×299 inside.
+    is False); they are resized to 299×299 inside. (:class:`~reconattack.metrics.suite.
+    MetricSuite` uses the same network through :func:`load_fid_inception`, so that FID and KID
+    share one forward pass.)
 
     Args:
         path: local weights file (torch-fidelity format) named in the config; when None the
@@ -99,29 +130,10 @@ def load_fid(
         MissingWeightsError: weights unavailable or unreadable; the message says where to put
             which file.
     """
-    import inspect
-
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    params = inspect.signature(FrechetInceptionDistance.__init__).parameters
-    if "feature_extractor_weights_path" not in params:  # added by torchmetrics PR #2867
-        raise RuntimeError(
-            "FID with local Inception weights needs torchmetrics >= 1.7 "
-            "(argument `feature_extractor_weights_path`); upgrade torchmetrics."
-        )
-    file = resolve(INCEPTION_WEIGHTS, path, download)
-    # validate with the safe loader first: torch-fidelity itself reads the file with
-    # weights_only=False, which must never see an arbitrary pickle
-    state = load_state_dict(INCEPTION_WEIGHTS, file, download=False)
-    if "Mixed_7c.branch_pool.conv.weight" not in state:
-        raise MissingWeightsError(
-            f"{INCEPTION_WEIGHTS.name}: {file} is not a torch-fidelity Inception state dict; "
-            f"download {INCEPTION_URL} and place it at {INCEPTION_WEIGHTS.cache_file} "
-            "(or name it in the config)."
-        )
-    del state
+    fid_class, params = _torchmetrics_fid_class()
+    file = _fid_inception_file(path, download)
     try:
-        metric = FrechetInceptionDistance(
+        metric = fid_class(
             feature=2048,
             reset_real_features=reset_real_features,
             normalize=False,
@@ -134,6 +146,68 @@ def load_fid(
         ) from exc
     metric.inception.requires_grad_(False)
     return metric
+
+
+class FIDInception(nn.Module):
+    """The FID / KID Inception as a feature extractor on the package's images (frozen).
+
+    Wraps torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity "inception-v3-compat", the network
+    inside ``FrechetInceptionDistance`` and ``KernelInceptionDistance``): images are rounded to
+    uint8, resized to 299×299 inside, and mapped to the 2048-d pool3 features.
+
+    Args:
+        inception: the ``NoTrainInceptionV3`` module (features_list ``["2048"]``).
+    """
+
+    num_features = 2048
+
+    def __init__(self, inception: nn.Module) -> None:
+        super().__init__()
+        self.inception = inception.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FIDInception:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) RGB in [0, 1] → (B, 2048) float32 pool3 features."""
+        return self.inception((x * 255).round().to(torch.uint8)).float()
+
+
+def load_fid_inception(
+    path: str | os.PathLike | None = None, download: bool = True, antialias: bool = False
+) -> FIDInception:
+    """The Inception of torchmetrics' FID and KID with local weights, as :class:`FIDInception`.
+
+    Same weights file, lookup and checks as :func:`load_fid`; ``antialias`` as there.
+
+    Raises:
+        MissingWeightsError: weights unavailable or unreadable; the message says where to put
+            which file.
+    """
+    import inspect
+
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    _torchmetrics_fid_class()
+    file = _fid_inception_file(path, download)
+    extra = (
+        {"antialias": antialias}
+        if "antialias" in inspect.signature(NoTrainInceptionV3.__init__).parameters
+        else {}
+    )
+    try:
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=["2048"],
+            feature_extractor_weights_path=str(file),
+            **extra,
+        )
+    except Exception as exc:  # strict load_state_dict mismatch, corrupt file
+        raise MissingWeightsError(
+            f"{INCEPTION_WEIGHTS.name}: could not load {file} ({type(exc).__name__}: {exc})."
+        ) from exc
+    return FIDInception(net)
 
 
 # --------------------------------------------------------------------------------------- LPIPS

@@ -301,26 +301,35 @@ def test_clip_preprocessing_matches_open_clip_transform():
     assert (ours - ref).abs().mean() < 0.01
 
 
-def test_suite_uses_the_cached_inception_and_keeps_real_statistics(net_calls):
+def test_suite_uses_the_cached_inception_once_for_fid_and_kid(net_calls, monkeypatch):
     from reconattack.metrics.suite import MetricSuite
 
-    torch.save(_random_inception_state(), _hub_file(INCEPTION_FILE))
-    suite = MetricSuite(metrics=("fid",))
+    saved = _random_inception_state()
+    torch.save(saved, _hub_file(INCEPTION_FILE))
+    suite = MetricSuite(metrics=("fid", "kid"))
     g = torch.Generator().manual_seed(0)
     target = torch.rand(1, 3, 24, 24, generator=g) * 2 - 1
     pred = (target + 0.5 * torch.randn(1, 3, 24, 24, generator=g)).clamp(-1, 1)
     suite.update(pred, target)
-    assert suite.compute()["fid"].startswith("missing: ")  # FID needs >= 2 images per set
+    res = suite.compute()
+    assert res["fid"].startswith("missing: ") and res["kid"].startswith("missing: ")  # 1 image
     assert net_calls == []
-    fid = suite._fid_metric
-    real_sum, fake_sum = fid.real_features_sum.clone(), fid.fake_features_sum.clone()
+    net = suite._nets["fid"]
+    _assert_same_state(net.inception.state_dict(), saved)
+    seen = []
+    net.inception.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    real_sum = suite._fid["real"].total.clone()
     with torch.no_grad():  # the Inception must have seen rounded uint8 images
-        real = fid.inception(((target + 1) / 2 * 255).round().to(torch.uint8)).double()
+        real = net.inception(((target + 1) / 2 * 255).round().to(torch.uint8)).double()
     torch.testing.assert_close(real_sum, real.sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(suite._kid["real"].compute().double(), real, rtol=1e-5, atol=1e-5)
 
-    suite.reset()  # first epoch done: its real statistics are kept, reconstructions cleared
+    seen.clear()
+    suite.reset()  # first epoch done: its real side is kept, reconstructions cleared
     suite.update(pred, target)
-    assert int(fid.real_features_num_samples) == 1 and int(fid.fake_features_num_samples) == 1
-    torch.testing.assert_close(fid.real_features_sum, real_sum)
-    torch.testing.assert_close(fid.fake_features_sum, fake_sum)
-    # (the 2048-d FID itself is torchmetrics' computation; not run here: slow on CPU)
+    assert len(seen) == 1 and seen[0].dtype == torch.uint8  # one pass (fake) for FID and KID
+    assert int(suite._fid["real"].n) == 1 and int(suite._fid["fake"].n) == 1
+    torch.testing.assert_close(suite._fid["real"].total, real_sum)
+    assert suite._kid_stored() == 2
+    # (the 2048-d FID itself is not computed here: slow on CPU; the formula is tested on small
+    # features in test_protocols.py)
