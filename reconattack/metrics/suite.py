@@ -6,10 +6,11 @@ of final values (see :data:`reconattack.metrics.functional.METRIC_RANGES` for ra
 directions).
 
 Conventions:
-    - Images are clamped to [-1, 1] and mapped to [0, 1]. With ``quantize=True`` (the CFGAN
-      paper / official-code mode) they are further rounded to uint8-range values in
-      [0, 255], PSNR and SSIM use data_range 255 and SSIM defaults to the uniform 11×11
-      window with sample covariance. MSE is always reported on the [0, 1] scale.
+    - Images are clamped to [-1, 1] and mapped to [0, 1]. With ``quantize`` (``"round"``, or
+      ``"truncate"``: the CFGAN official code's ``(x * 127.5 + 127.5).int()`` on the
+      reconstructions; ground truth is rounded, see :data:`QUANTIZE`) they are further made
+      uint8-range values in [0, 255], PSNR and SSIM use data_range 255 and SSIM defaults to the
+      uniform 11×11 window with sample covariance. MSE is always reported on the [0, 1] scale.
     - MSE, PSNR, SSIM, LPIPS and CLIP are means of per-image values.
     - FID and KID compare the set of reconstructions with the set of ground-truth images, on
       the features of one Inception forward pass per image (FID and KID share it). By default
@@ -58,6 +59,13 @@ NETWORKS = ("fid", "lpips", "clip")
 #: KID settings (conf/metrics/default.yaml ``kid``)
 KID_DEFAULTS = {"below": 2048, "subset_size": 1000, "subsets": 100, "seed": 0}
 MISSING_PREFIX = "missing: "
+#: ``quantize`` modes: how images become uint8-range values before PSNR / SSIM (and MSE).
+#: ``"round"``: both to the nearest integer. ``"truncate"``: reconstructions truncated as the
+#: CFGAN official code does (``CFGAN_main.py`` ``postprocess``: ``img * 127.5 + 127.5`` then
+#: ``.int()``), after the package-wide clamp to [-1, 1] (the official SSIM / PSNR keep values
+#: outside [0, 255]; they differ only for outputs outside [-1, 1]); ground truth rounded (it
+#: comes from uint8 files there, on which truncating and rounding agree).
+QUANTIZE = ("round", "truncate")
 
 
 class _Collect(Metric):
@@ -137,8 +145,10 @@ class MetricSuite:
         ssim_window: ``"gaussian"`` (Wang et al.; σ 1.5, population covariance) or
             ``"uniform"`` (11×11, sample covariance; CFGAN official code). ``None`` picks
             ``"uniform"`` when ``quantize`` is set, else ``"gaussian"``.
-        quantize: evaluate on uint8-range values (rounded), data_range 255 — the CFGAN
-            paper's setting (scikit-image on saved uint8 images).
+        quantize: evaluate on uint8-range values, data_range 255: ``"truncate"`` — the CFGAN
+            official code's evaluation (scikit-image on ``.int()``-truncated images),
+            ``"round"`` (or ``True``), or ``False`` / ``None`` (no quantisation); see
+            :data:`QUANTIZE`.
         weights: local weight files per network (``{"fid": path, "lpips": path, "clip": path}``;
             ``"fid"`` is the Inception of FID and KID; ``None`` = library cache / download).
         download: allow downloads of missing weights (never when ``RECONATTACK_OFFLINE=1``).
@@ -165,7 +175,7 @@ class MetricSuite:
         self,
         metrics: Iterable[str] = ALL_METRICS,
         ssim_window: str | None = None,
-        quantize: bool = False,
+        quantize: bool | str | None = False,
         weights: Mapping[str, str | None] | None = None,
         download: bool = True,
         feature_nets: Mapping[str, nn.Module] | None = None,
@@ -180,7 +190,13 @@ class MetricSuite:
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
         if unknown:
             raise ConfigError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
-        self.quantize = bool(quantize)
+        if quantize is True:
+            quantize = "round"
+        if quantize not in (False, None, *QUANTIZE):
+            raise ConfigError(
+                f"quantize must be false, true, 'round' or 'truncate', got {quantize!r}"
+            )
+        self.quantize: str | None = quantize or None
         self.ssim_window = ssim_window or ("uniform" if self.quantize else "gaussian")
         if self.ssim_window not in ("gaussian", "uniform"):
             raise ConfigError(f"ssim_window must be 'gaussian' or 'uniform', got {ssim_window!r}")
@@ -312,7 +328,11 @@ class MetricSuite:
         x = (pred.clamp(-1, 1) + 1) / 2
         y = (target.clamp(-1, 1) + 1) / 2
         if self.quantize:
-            xq, yq = (x * 255).round(), (y * 255).round()
+            if self.quantize == "truncate":  # values in [0, 255]: floor is truncation
+                xq = torch.floor(pred.clamp(-1, 1) * 127.5 + 127.5)
+            else:
+                xq = (x * 255).round()
+            yq = (y * 255).round()
             x, y = xq / 255, yq / 255
             px, py, data_range = xq, yq, 255.0
         else:

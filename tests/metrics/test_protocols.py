@@ -188,3 +188,63 @@ def test_kid_and_fid_settings_are_checked():
         MetricSuite(kid={"below": 2048, "subset": 10})
     with pytest.raises(ConfigError, match="weights.fid"):
         MetricSuite(weights={"kid": "/some/file.pth"})
+
+
+# ------------------------------------------------------------- SSIM of the CFGAN official code
+def _official_uint8(pred, t8):
+    """What CFGAN_main.py's ``postprocess`` gives: ``img * 127.5 + 127.5`` truncated by
+    ``.int()`` (here also clipped to [0, 255], as every image that is saved), HWC."""
+    p = pred.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    p8 = np.clip((p * np.float32(127.5) + np.float32(127.5)).astype(np.int32), 0, 255)
+    return p8.astype(np.uint8), t8.permute(0, 2, 3, 1).numpy()
+
+
+def test_truncating_mode_matches_skimage_uniform_ssim_on_truncated_uint8():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ((pred, target, t8),) = _uint8_batches([3], hw=24, seed=4)
+    p8, t8 = _official_uint8(pred, t8)
+    ssim_ref = np.mean(
+        [
+            structural_similarity(
+                t8[i], p8[i], gaussian_weights=False, win_size=11, data_range=255, channel_axis=-1
+            )
+            for i in range(3)
+        ]
+    )
+    psnr_ref = np.mean([peak_signal_noise_ratio(t8[i], p8[i], data_range=255) for i in range(3)])
+    suite = MetricSuite(metrics=("mse", "psnr", "ssim"), quantize="truncate")
+    assert suite.ssim_window == "uniform"
+    suite.update(pred, target)
+    res = suite.compute()
+    print(
+        f"ssim ours {res['ssim']:.8f} skimage {ssim_ref:.8f}; "
+        f"psnr ours {res['psnr']:.6f} skimage {psnr_ref:.6f}"
+    )
+    assert res["ssim"] == pytest.approx(ssim_ref, abs=1e-6)
+    assert res["psnr"] == pytest.approx(psnr_ref, rel=1e-6)
+    mse_ref = np.mean((p8 / 255.0 - t8 / 255.0) ** 2)
+    assert res["mse"] == pytest.approx(mse_ref, rel=1e-5)
+    # rounding instead of truncating gives another number: the test tells the two apart
+    rounded = MetricSuite(metrics=("ssim", "psnr"), quantize="round")
+    rounded.update(pred, target)
+    other = rounded.compute()
+    print(f"rounded: ssim {other['ssim']:.8f} psnr {other['psnr']:.6f}")
+    assert abs(other["psnr"] - psnr_ref) > 1e-3
+
+
+def test_quantize_settings():
+    from reconattack.errors import ConfigError
+
+    assert MetricSuite(quantize=True).quantize == "round"
+    assert MetricSuite(quantize=False).quantize is None
+    assert MetricSuite(quantize="truncate").ssim_window == "uniform"
+    with pytest.raises(ConfigError, match="quantize"):
+        MetricSuite(quantize="floor")
+
+
+def test_paper_metrics_config_is_the_official_ssim():
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["metrics=paper"]).metrics
+    assert cfg.quantize == "truncate" and cfg.ssim_window == "uniform"
