@@ -2,8 +2,9 @@
 
 - :mod:`~reconattack.metrics.functional` — per-image PSNR/MSE/SSIM, TPR@FAR, FID and KID from
   features, and :data:`METRIC_RANGES` (value range and direction of every metric).
-- :mod:`~reconattack.metrics.pretrained` — FID / KID Inception, LPIPS AlexNet and CLIP loaders
-  that follow the weights policy (:mod:`reconattack.utils.weights`).
+- :mod:`~reconattack.metrics.pretrained` — FID / KID Inception, the CFGAN official code's FID
+  Inception (torchvision), LPIPS AlexNet and CLIP loaders that follow the weights policy
+  (:mod:`reconattack.utils.weights`).
 - :class:`MetricSuite` — all configured metrics of one stage over a stream of batches.
 - :class:`ReconstructionMetrics` — the Lightning callback every attack uses.
 
@@ -27,14 +28,17 @@ _EXPORTS = {
     "psnr": "functional",
     "ssim": "functional",
     "tpr_at_far": "functional",
+    "CFGANInception": "pretrained",
     "ClipImageEncoder": "pretrained",
     "FIDInception": "pretrained",
     "LPIPSDistance": "pretrained",
+    "load_cfgan_inception": "pretrained",
     "load_clip": "pretrained",
     "load_fid": "pretrained",
     "load_fid_inception": "pretrained",
     "load_lpips": "pretrained",
     "ALL_METRICS": "suite",
+    "DEFAULT_METRICS": "suite",
     "MISSING_PREFIX": "suite",
     "MetricSuite": "suite",
     "is_missing": "suite",
@@ -42,8 +46,10 @@ _EXPORTS = {
 
 __all__ = [
     "ALL_METRICS",
+    "DEFAULT_METRICS",
     "METRIC_RANGES",
     "MISSING_PREFIX",
+    "CFGANInception",
     "ClipImageEncoder",
     "FIDInception",
     "LPIPSDistance",
@@ -54,6 +60,7 @@ __all__ = [
     "fid_from_moments",
     "is_missing",
     "kid_from_features",
+    "load_cfgan_inception",
     "load_clip",
     "load_fid",
     "load_fid_inception",
@@ -78,15 +85,23 @@ if TYPE_CHECKING:
         tpr_at_far,
     )
     from reconattack.metrics.pretrained import (
+        CFGANInception,
         ClipImageEncoder,
         FIDInception,
         LPIPSDistance,
+        load_cfgan_inception,
         load_clip,
         load_fid,
         load_fid_inception,
         load_lpips,
     )
-    from reconattack.metrics.suite import ALL_METRICS, MISSING_PREFIX, MetricSuite, is_missing
+    from reconattack.metrics.suite import (
+        ALL_METRICS,
+        DEFAULT_METRICS,
+        MISSING_PREFIX,
+        MetricSuite,
+        is_missing,
+    )
 
 
 def __getattr__(name: str) -> Any:

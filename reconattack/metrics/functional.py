@@ -85,6 +85,16 @@ METRIC_RANGES: dict[str, MetricRange] = {
     "kid_n": MetricRange(
         0.0, math.inf, True, "number of reconstructions the KID was computed on (a count)"
     ),
+    "fid_cfgan": MetricRange(
+        0.0,
+        math.inf,
+        False,
+        "the CFGAN official code's FID (first 99 images, torchvision ImageNet Inception-v3 on "
+        "BGR input; metrics=cfgan_paper): comparable with the CFGAN paper's tables only",
+    ),
+    "fid_cfgan_n": MetricRange(
+        0.0, math.inf, True, "number of reconstructions fid_cfgan was computed on (a count)"
+    ),
     "lpips": MetricRange(
         0.0,
         1.0,

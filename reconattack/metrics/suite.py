@@ -23,6 +23,14 @@ Conventions:
       up to that many images, so memory stays bounded, and a larger set reports KID as missing
       (FID is the measure there). The count and the spread are reported only beside a
       computed value.
+    - ``fid_cfgan`` (with ``fid_cfgan_n``) is the CFGAN official code's FID, a protocol of its
+      own, not comparable with ``fid``: the first ``fid_cfgan["images"]`` (99) images in
+      evaluation order, the reconstructions truncated to uint8 and passed through the JPEG file
+      the official code writes (OpenCV, quality ``fid_cfgan["jpeg_quality"]``, 95), the ground
+      truth rounded, features of torchvision's ImageNet Inception-v3 as the official code feeds
+      it (:class:`~reconattack.metrics.pretrained.CFGANInception`). Under DDP the evaluation
+      order is taken to be that of a ``DistributedSampler`` (process ``r`` of ``W`` holds images
+      ``r, r + W, ...``), which Lightning uses for evaluation.
     - A metric whose pretrained weights are missing is reported as the string
       ``"missing: <reason>"``, never as a number computed with random weights.
 
@@ -39,6 +47,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,14 +59,25 @@ from reconattack.metrics import functional as MF
 from reconattack.utils.weights import MissingWeightsError
 
 PIXEL_METRICS = ("mse", "psnr", "ssim")
-FEATURE_METRICS = ("fid", "kid", "lpips", "clip")
+FEATURE_METRICS = ("fid", "kid", "fid_cfgan", "lpips", "clip")
 ALL_METRICS = PIXEL_METRICS + FEATURE_METRICS
+#: what a suite computes unless told otherwise (conf/metrics/default.yaml): all but the CFGAN
+#: official code's FID, which is a protocol of its own (metrics=cfgan_paper)
+DEFAULT_METRICS = tuple(m for m in ALL_METRICS if m != "fid_cfgan")
 #: pretrained network behind each feature metric: the keys of ``weights`` and ``feature_nets``
 #: (FID and KID share the Inception)
-NETWORK_OF = {"fid": "fid", "kid": "fid", "lpips": "lpips", "clip": "clip"}
-NETWORKS = ("fid", "lpips", "clip")
+NETWORK_OF = {
+    "fid": "fid",
+    "kid": "fid",
+    "fid_cfgan": "fid_cfgan",
+    "lpips": "lpips",
+    "clip": "clip",
+}
+NETWORKS = ("fid", "fid_cfgan", "lpips", "clip")
 #: KID settings (conf/metrics/default.yaml ``kid``)
 KID_DEFAULTS = {"below": 2048, "subset_size": 1000, "subsets": 100, "seed": 0}
+#: settings of the CFGAN official code's FID (conf/metrics/default.yaml ``fid_cfgan``)
+FID_CFGAN_DEFAULTS = {"images": 99, "jpeg_quality": 95}
 MISSING_PREFIX = "missing: "
 #: ``quantize`` modes: how images become uint8-range values before PSNR / SSIM (and MSE).
 #: ``"round"``: both to the nearest integer. ``"truncate"``: reconstructions truncated as the
@@ -138,10 +158,12 @@ class MetricSuite:
     """All configured metrics of one stage.
 
     Args:
-        metrics: names out of ``("mse", "psnr", "ssim", "fid", "kid", "lpips", "clip")``.
-            ``"fid"`` reports ``fid`` and ``fid_n``; ``"kid"`` reports ``kid``, ``kid_std`` and
-            ``kid_n``. ``"tpr@far"`` is added to the results automatically when
-            :meth:`update_verification` received data.
+        metrics: names out of :data:`ALL_METRICS` (``"mse"``, ``"psnr"``, ``"ssim"``,
+            ``"fid"``, ``"kid"``, ``"fid_cfgan"``, ``"lpips"``, ``"clip"``; default
+            :data:`DEFAULT_METRICS`, all but ``"fid_cfgan"``). ``"fid"`` reports ``fid`` and
+            ``fid_n``; ``"kid"`` reports ``kid``, ``kid_std`` and ``kid_n``; ``"fid_cfgan"``
+            reports ``fid_cfgan`` and ``fid_cfgan_n``. ``"tpr@far"`` is added to the results
+            automatically when :meth:`update_verification` received data.
         ssim_window: ``"gaussian"`` (Wang et al.; σ 1.5, population covariance) or
             ``"uniform"`` (11×11, sample covariance; CFGAN official code). ``None`` picks
             ``"uniform"`` when ``quantize`` is set, else ``"gaussian"``.
@@ -149,13 +171,15 @@ class MetricSuite:
             official code's evaluation (scikit-image on ``.int()``-truncated images),
             ``"round"`` (or ``True``), or ``False`` / ``None`` (no quantisation); see
             :data:`QUANTIZE`.
-        weights: local weight files per network (``{"fid": path, "lpips": path, "clip": path}``;
-            ``"fid"`` is the Inception of FID and KID; ``None`` = library cache / download).
+        weights: local weight files per network (``{"fid": path, "fid_cfgan": path, "lpips":
+            path, "clip": path}``; ``"fid"`` is the Inception of FID and KID, ``"fid_cfgan"``
+            torchvision's; ``None`` = library cache / download).
         download: allow downloads of missing weights (never when ``RECONATTACK_OFFLINE=1``).
         feature_nets: explicit networks used instead of pretrained ones (tests, custom
             metrics): ``"fid"``: module (B, 3, H, W) in [0, 1] → (B, D) features (FID by
             :func:`~reconattack.metrics.functional.fid_from_moments`, KID by
-            :func:`~reconattack.metrics.functional.kid_from_features`); ``"lpips"``: module
+            :func:`~reconattack.metrics.functional.kid_from_features`); ``"fid_cfgan"``: the
+            same for the CFGAN protocol's FID (it gets the protocol's images); ``"lpips"``: module
             (x, y), both (B, 3, H, W) in [-1, 1] → (B,) distances; ``"clip"``: module
             (B, 3, H, W) in [0, 1] → (B, D) embeddings (cosine taken here).
         far: false-accept rate of TPR@FAR (paper: 0.01).
@@ -169,11 +193,15 @@ class MetricSuite:
             many images); ``subset_size`` — at most this many features per subset (the subset
             size is ``min(subset_size, N, M)``: a set smaller than it is taken whole, as
             clean-fid does); ``subsets`` — number of subsets; ``seed`` — of the subset draws.
+        fid_cfgan: settings of the CFGAN official code's FID (defaults
+            :data:`FID_CFGAN_DEFAULTS`): ``images`` — the first this many images are used (99);
+            ``jpeg_quality`` — OpenCV JPEG quality of the written reconstructions (95, OpenCV's
+            default), ``None`` for no JPEG step.
     """
 
     def __init__(
         self,
-        metrics: Iterable[str] = ALL_METRICS,
+        metrics: Iterable[str] = DEFAULT_METRICS,
         ssim_window: str | None = None,
         quantize: bool | str | None = False,
         weights: Mapping[str, str | None] | None = None,
@@ -185,6 +213,7 @@ class MetricSuite:
         clip_model: str = "ViT-B-32",
         clip_pretrained: str = "laion2b_s34b_b79k",
         kid: Mapping[str, int] | None = None,
+        fid_cfgan: Mapping[str, int | None] | None = None,
     ) -> None:
         self.metrics = tuple(str(m) for m in metrics)
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
@@ -223,8 +252,15 @@ class MetricSuite:
             raise ConfigError(
                 f"kid needs subset_size >= 2, subsets >= 1 and below >= 3, got {self.kid}"
             )
+        self.fid_cfgan = _settings("fid_cfgan", fid_cfgan, FID_CFGAN_DEFAULTS, ("jpeg_quality",))
+        quality = self.fid_cfgan["jpeg_quality"]
+        if self.fid_cfgan["images"] < 2 or not (quality is None or 0 <= quality <= 100):
+            raise ConfigError(
+                f"fid_cfgan needs images >= 2 and jpeg_quality in [0, 100] or null, "
+                f"got {self.fid_cfgan}"
+            )
 
-        per_image = [m for m in self.metrics if m not in ("fid", "kid")]
+        per_image = [m for m in self.metrics if m not in ("fid", "kid", "fid_cfgan")]
         self._values: dict[str, _Collect] = {m: _Collect() for m in per_image}
         self._ver_scores = _Collect()
         self._ver_labels = _Collect()
@@ -236,6 +272,10 @@ class MetricSuite:
         self._kid: dict[str, _Collect] = {"real": _Collect(), "fake": _Collect()}
         self._kid_count: dict[str, _Count] = {"real": _Count(), "fake": _Count()}
         self._kid_local = {"real": 0, "fake": 0}
+        # CFGAN-protocol FID: features of the first images and their places in evaluation order
+        self._cf = {"real": _Collect(), "fake": _Collect()}
+        self._cf_pos = {"real": _Collect(), "fake": _Collect()}
+        self._cf_seen = {"real": 0, "fake": 0}  # images seen by this process
         self._real_frozen = False
         self._loaded = False
         self._device: torch.device | None = None
@@ -271,6 +311,8 @@ class MetricSuite:
                     self._nets[name] = pretrained.load_fid_inception(
                         path, self.download, antialias=self.fid_antialias
                     )
+                elif name == "fid_cfgan":
+                    self._nets[name] = pretrained.load_cfgan_inception(path, self.download)
                 elif name == "lpips":
                     self._nets[name] = pretrained.load_lpips(path, self.download)
                 else:
@@ -327,9 +369,11 @@ class MetricSuite:
         target = target.detach().to(pred.device, torch.float32)
         x = (pred.clamp(-1, 1) + 1) / 2
         y = (target.clamp(-1, 1) + 1) / 2
+        if "fid_cfgan" in self._nets:
+            self._update_cfgan(pred, y)
         if self.quantize:
-            if self.quantize == "truncate":  # values in [0, 255]: floor is truncation
-                xq = torch.floor(pred.clamp(-1, 1) * 127.5 + 127.5)
+            if self.quantize == "truncate":
+                xq = _truncate_u8(pred)
             else:
                 xq = (x * 255).round()
             yq = (y * 255).round()
@@ -368,6 +412,30 @@ class MetricSuite:
                     if room > 0:  # beyond that KID is not computed: keep nothing more
                         self._kid[side].update(feats[:room])
                         self._kid_local[side] += min(room, feats.shape[0])
+
+    def _update_cfgan(self, pred: Tensor, y: Tensor) -> None:
+        """CFGAN-protocol FID features of the images among the first ``fid_cfgan["images"]``.
+
+        Args:
+            pred: (B, 3, H, W) reconstructions in [-1, 1] (clamped here).
+            y: (B, 3, H, W) ground truth in [0, 1].
+        """
+        rank, world = _rank_and_world()
+        limit = self.fid_cfgan["images"]
+        sides = {"fake": pred} if self._real_frozen else {"fake": pred, "real": y}
+        for side, imgs in sides.items():
+            start, b = self._cf_seen[side], imgs.shape[0]
+            self._cf_seen[side] += b
+            keep = imgs[: max(0, limit - start)]  # enough: the global first are among them
+            if not keep.shape[0]:
+                continue
+            if side == "fake":  # as written by CFGAN_main.py and read back by utils/FID.py
+                keep = _saved_jpeg(_truncate_u8(keep), self.fid_cfgan["jpeg_quality"]) / 255
+            else:  # the ground-truth files are uint8 images
+                keep = (keep * 255).round() / 255
+            self._cf[side].update(self._nets["fid_cfgan"](keep).flatten(1).float())
+            local = torch.arange(start, start + keep.shape[0], device=keep.device)
+            self._cf_pos[side].update(local * world + rank)  # DistributedSampler order
 
     @torch.no_grad()
     def update_verification(self, scores: Tensor, is_same: Tensor) -> None:
@@ -425,6 +493,26 @@ class MetricSuite:
         )
         return {"kid": mean, "kid_std": std, "kid_n": n_f}
 
+    def _fid_cfgan_results(self) -> dict[str, float | int | str]:
+        """``{"fid_cfgan", "fid_cfgan_n"}`` on the first images, or ``{"fid_cfgan": "missing:
+        ..."}``."""
+        limit = self.fid_cfgan["images"]
+        picked = {}
+        for side in ("real", "fake"):
+            feats, pos = _compute(self._cf[side]), _compute(self._cf_pos[side])
+            order = torch.argsort(pos.reshape(-1))[:limit]
+            picked[side] = feats.reshape(pos.numel(), -1)[order] if pos.numel() else feats
+        n_r, n_f = picked["real"].shape[0], picked["fake"].shape[0]
+        if n_r < 2 or n_f < 2:
+            return {
+                "fid_cfgan": f"{MISSING_PREFIX}FID needs at least 2 reconstructions and 2 "
+                f"ground-truth images, got {n_f} and {n_r}"
+            }
+        return {
+            "fid_cfgan": MF.fid_from_features(picked["real"], picked["fake"]),
+            "fid_cfgan_n": n_f,
+        }
+
     def _kid_stored(self) -> int:
         """Feature rows this process keeps for KID (both sides)."""
         return sum(self._kid_local.values())
@@ -434,7 +522,8 @@ class MetricSuite:
 
         Returns:
             ``{name: value}`` in the order of ``metrics``, each FID followed by ``fid_n`` and
-            each KID by ``kid_std`` and ``kid_n`` (counts are ints), plus ``"tpr@far"`` when
+            each KID by ``kid_std`` and ``kid_n``, ``fid_cfgan`` by ``fid_cfgan_n`` (counts are
+            ints), plus ``"tpr@far"`` when
             verification data was given; strings ``"missing: <reason>"`` for metrics whose
             weights are missing or that could not be computed. Empty for metrics without
             data. Called on every process under DDP (gathers; same result everywhere).
@@ -449,6 +538,8 @@ class MetricSuite:
                     out.update(self._fid_results())
                 elif name == "kid":
                     out.update(self._kid_results())
+                elif name == "fid_cfgan":
+                    out.update(self._fid_cfgan_results())
                 else:
                     vals = _compute(self._values[name])
                     if vals.numel():
@@ -478,23 +569,68 @@ class MetricSuite:
             self._kid[side].reset()
             self._kid_count[side].reset()
             self._kid_local[side] = 0
+            self._cf[side].reset()
+            self._cf_pos[side].reset()
+            self._cf_seen[side] = 0
         if self.reset_real_features:
             self._real_frozen = False
         self._missing.pop("ssim", None)  # image-size problems are re-checked on new data
 
 
-def _settings(name: str, given: Mapping | None, defaults: dict[str, int]) -> dict[str, int]:
-    """``defaults`` updated with ``given`` (a config node); unknown keys are a ConfigError."""
+def _settings(
+    name: str, given: Mapping | None, defaults: dict, nullable: tuple[str, ...] = ()
+) -> dict:
+    """``defaults`` updated with ``given`` (a config node) of integers (``None`` allowed for
+    ``nullable`` keys); unknown keys are a ConfigError."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown {name} settings {unknown}; keys: {sorted(defaults)}")
     out = dict(defaults)
     for key, value in given.items():
-        if isinstance(value, bool) or not isinstance(value, int):
+        if value is None and key in nullable:
+            pass
+        elif isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name}.{key} must be an integer, got {value!r}")
         out[key] = value
     return out
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of ``torch.distributed``, (0, 1) without it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _truncate_u8(pred: Tensor) -> Tensor:
+    """CFGAN official ``postprocess``: ``(img * 127.5 + 127.5).int()`` after the clamp to
+    [-1, 1] (so truncation is the floor). (B, 3, H, W) in [-1, 1] → same shape, float integer
+    values in [0, 255]."""
+    return torch.floor(pred.float().clamp(-1, 1) * 127.5 + 127.5)
+
+
+def _saved_jpeg(u8: Tensor, quality: int | None) -> Tensor:
+    """Images written as JPEG by OpenCV (``cv2.imwrite(".jpg")``, 4:2:0, ``quality``) and read
+    back (``cv2.imread``). (B, 3, H, W) RGB, integer values in [0, 255] → same, on the same
+    device; ``quality=None`` returns the input."""
+    if quality is None:
+        return u8
+    import cv2
+
+    arr = u8.detach().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for img in arr:
+        ok, buf = cv2.imencode(
+            ".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        )
+        if not ok:  # pragma: no cover - OpenCV refuses only malformed arrays
+            raise RuntimeError("OpenCV could not encode an image as JPEG")
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    back = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return back.to(u8.device, torch.float32)
 
 
 def is_missing(value: float | str) -> bool:

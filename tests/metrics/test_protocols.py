@@ -248,3 +248,187 @@ def test_paper_metrics_config_is_the_official_ssim():
 
     cfg = compose_cfg(["metrics=paper"]).metrics
     assert cfg.quantize == "truncate" and cfg.ssim_window == "uniform"
+
+
+# ------------------------------------------------------------- FID of the CFGAN official code
+def _official_saved_fakes(pred, jpeg=True):
+    """The reconstructions as utils/FID.py reads them back: CFGAN_main.py writes
+    ``(img * 127.5 + 127.5).int()`` with ``cv2.imwrite('Io_%06d.jpg')`` (saturated to uint8,
+    OpenCV's default JPEG quality) and FID.py reads them with ``cv2.imread``; RGB, (B, 3, H, W)
+    in [0, 1]."""
+    import cv2
+
+    p8, _ = _official_uint8(pred, torch.zeros(1, 3, 1, 1, dtype=torch.uint8))
+    out = []
+    for img in p8:
+        bgr = np.ascontiguousarray(img[..., ::-1])
+        if jpeg:
+            ok, buf = cv2.imencode(".jpg", bgr)  # cv2.imwrite's defaults
+            assert ok
+            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        out.append(bgr[..., ::-1].astype(np.float32) / 255)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+def _cfgan_suite(net, **kw):
+    return MetricSuite(metrics=("psnr", "fid_cfgan"), feature_nets={"fid_cfgan": net}, **kw)
+
+
+def test_cfgan_fid_takes_the_first_99_images_as_the_official_code_saves_them():
+    net = RandomFeatures(seed=5)
+    batches = _uint8_batches([40, 40, 40, 30], seed=6)
+    # images after the 99th are very different: they would show in the FID if counted
+    batches[2][0][19:] = 1.0
+    batches[3][0][:] = -1.0
+    suite = _cfgan_suite(net)
+    for pred, target, _ in batches:
+        suite.update(pred, target)
+    res = suite.compute()
+    assert list(res) == ["psnr", "fid_cfgan", "fid_cfgan_n"]
+    assert res["fid_cfgan_n"] == 99
+    pred = torch.cat([b[0] for b in batches])[:99]
+    t8 = torch.cat([b[2] for b in batches])[:99]
+    real = _feats(net, t8.float() / 255)
+    ref = fid_np(real, _feats(net, _official_saved_fakes(pred)))
+    all150 = fid_np(
+        _feats(net, torch.cat([b[2] for b in batches]).float() / 255),
+        _feats(net, _official_saved_fakes(torch.cat([b[0] for b in batches]))),
+    )
+    no_jpeg = fid_np(real, _feats(net, _official_saved_fakes(pred, jpeg=False)))
+    print(
+        f"fid_cfgan ours {res['fid_cfgan']:.10f} scipy {ref:.10f} "
+        f"(all 150 images: {all150:.6f}; without the JPEG step: {no_jpeg:.6f})"
+    )
+    assert res["fid_cfgan"] == pytest.approx(ref, rel=1e-6)
+    assert abs(all150 - ref) > 0.1 * ref and abs(no_jpeg - ref) > 1e-4 * ref
+
+    plain = _cfgan_suite(net, fid_cfgan={"images": 99, "jpeg_quality": None})
+    for pred, target, _ in batches:
+        plain.update(pred, target)
+    assert plain.compute()["fid_cfgan"] == pytest.approx(no_jpeg, rel=1e-6)
+
+
+def test_cfgan_fid_on_a_smaller_set_uses_all_of_it():
+    net = RandomFeatures(seed=5)
+    batches = _uint8_batches([7, 5], seed=7)
+    suite = _cfgan_suite(net, fid_cfgan={"images": 99, "jpeg_quality": 95})
+    for pred, target, _ in batches:
+        suite.update(pred, target)
+    res = suite.compute()
+    pred = torch.cat([b[0] for b in batches])
+    t8 = torch.cat([b[2] for b in batches])
+    ref = fid_np(_feats(net, t8.float() / 255), _feats(net, _official_saved_fakes(pred)))
+    assert res["fid_cfgan_n"] == 12
+    assert res["fid_cfgan"] == pytest.approx(ref, rel=1e-6)
+    # the real side is that of the first epoch (reset_real_features=False)
+    suite.reset()
+    for pred, target, _ in batches:
+        suite.update(pred, target.flip(0))
+    assert suite.compute()["fid_cfgan"] == pytest.approx(ref, rel=1e-6)
+
+
+def test_cfgan_fid_settings_are_checked():
+    from reconattack.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fid_cfgan"):
+        MetricSuite(fid_cfgan={"images": 1, "jpeg_quality": 95})
+    with pytest.raises(ConfigError, match="fid_cfgan"):
+        MetricSuite(fid_cfgan={"images": 99, "jpeg_quality": 101})
+    with pytest.raises(ConfigError, match="fid_cfgan"):
+        MetricSuite(fid_cfgan={"first": 99})
+
+
+def test_cfgan_fid_without_weights_is_missing_offline():
+    suite = MetricSuite(metrics=("ssim", "fid_cfgan"))  # empty torch hub cache, offline
+    with pytest.warns(UserWarning, match="fid_cfgan"):
+        suite.update(*_uint8_batches([2])[0][:2])
+    res = suite.compute()
+    assert isinstance(res["ssim"], float)
+    assert res["fid_cfgan"].startswith("missing: ")
+    assert "inception_v3_google-0cc3c7bd.pth" in res["fid_cfgan"]
+    assert "fid_cfgan_n" not in res
+
+
+def test_cfgan_paper_config_composes():
+    import hydra
+
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["metrics=cfgan_paper"]).metrics
+    assert list(cfg.metrics) == ["mse", "psnr", "ssim", "fid", "kid", "fid_cfgan", "lpips", "clip"]
+    assert cfg.quantize == "truncate" and cfg.ssim_window == "uniform"  # metrics=paper's SSIM
+    assert cfg.fid_cfgan.images == 99 and cfg.fid_cfgan.jpeg_quality == 95
+    assert cfg.weights.fid_cfgan is None
+    cb = hydra.utils.instantiate(cfg, stages=("test",))
+    suite = cb.suites["test"]
+    assert suite.quantize == "truncate" and suite.fid_cfgan == {"images": 99, "jpeg_quality": 95}
+
+
+def test_default_experiment_with_cfgan_paper_metrics_reports_the_keys(tmp_path):
+    import json
+
+    from reconattack.run import run
+    from tests.helpers import compose_cfg, experiment_overrides
+
+    cfg = compose_cfg(
+        [
+            *experiment_overrides(None, tmp_path, extra=["metrics=cfgan_paper"]),
+            "+trainer.fast_dev_run=1",
+        ]
+    )
+    with pytest.warns(UserWarning, match="missing"):
+        metrics = run(cfg)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved.keys() == metrics.keys()
+    for key in ("test/mse", "test/psnr", "test/ssim"):
+        assert isinstance(saved[key], float), key
+    for key in ("test/fid", "test/kid", "test/fid_cfgan", "test/lpips", "test/clip"):
+        assert saved[key].startswith("missing: "), key  # offline: no weights
+    assert "weights-inception-2015-12-05-6726825d.pth" in saved["test/kid"]
+    assert "inception_v3_google-0cc3c7bd.pth" in saved["test/fid_cfgan"]
+    assert not {"test/fid_n", "test/kid_n", "test/fid_cfgan_n"} & saved.keys()
+
+
+# ------------------------------------------------------------------------ across processes
+_DDP_SETTINGS = {"fid_cfgan": {"images": 7, "jpeg_quality": 95}}
+
+
+def _ddp_suite():
+    return MetricSuite(
+        metrics=("fid", "kid", "fid_cfgan"),
+        feature_nets={"fid": RandomFeatures(), "fid_cfgan": RandomFeatures(seed=5)},
+        **_DDP_SETTINGS,
+    )
+
+
+def _ddp_first_images_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ((pred, target, _),) = _uint8_batches([10], seed=8)
+        mine = torch.arange(rank, 10, world)  # a DistributedSampler's share, in its order
+        suite = _ddp_suite()
+        for chunk in mine.split(2):
+            suite.update(pred[chunk], target[chunk])
+        torch.save(suite.compute(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import the stack again (~25 s on 2 cores)
+def test_counts_kid_and_the_first_images_across_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_first_images_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ((pred, target, _),) = _uint8_batches([10], seed=8)
+    one = _ddp_suite()
+    for chunk in torch.arange(10).split(3):
+        one.update(pred[chunk], target[chunk])
+    ref = one.compute()
+    assert ref["fid_n"] == ref["kid_n"] == 10 and ref["fid_cfgan_n"] == 7
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got.keys() == ref.keys()
+        for key, value in ref.items():
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (rank, key)
