@@ -40,8 +40,7 @@ class ReconstructionMetrics(pl.Callback):
         stages: stages to evaluate, out of ``("val", "test")``.
         **suite_kwargs: :class:`MetricSuite` arguments (``metrics``, ``ssim_window``,
             ``quantize``, ``weights``, ``download``, ``feature_nets``, ``far``, ``kid``,
-            ``fid_cfgan``, ...), shared by
-            all stages.
+            ``fid_cfgan``, ...), shared by all stages.
 
     Attributes:
         suites: ``{stage: MetricSuite}``.
