@@ -1,9 +1,10 @@
 """Reconstruction metrics: functional forms, pretrained metric networks, suite and callback.
 
-- :mod:`~reconattack.metrics.functional` — per-image PSNR/MSE/SSIM, TPR@FAR, FID from
+- :mod:`~reconattack.metrics.functional` — per-image PSNR/MSE/SSIM, TPR@FAR, FID and KID from
   features, and :data:`METRIC_RANGES` (value range and direction of every metric).
-- :mod:`~reconattack.metrics.pretrained` — FID Inception, LPIPS AlexNet and CLIP loaders that
-  follow the weights policy (:mod:`reconattack.utils.weights`).
+- :mod:`~reconattack.metrics.pretrained` — FID / KID Inception, the CFGAN official code's FID
+  Inception (torchvision), LPIPS AlexNet and CLIP loaders that follow the weights policy
+  (:mod:`reconattack.utils.weights`).
 - :class:`MetricSuite` — all configured metrics of one stage over a stream of batches.
 - :class:`ReconstructionMetrics` — the Lightning callback every attack uses.
 
@@ -21,16 +22,23 @@ _EXPORTS = {
     "METRIC_RANGES": "functional",
     "MetricRange": "functional",
     "fid_from_features": "functional",
+    "fid_from_moments": "functional",
+    "kid_from_features": "functional",
     "mse": "functional",
     "psnr": "functional",
     "ssim": "functional",
     "tpr_at_far": "functional",
+    "CFGANInception": "pretrained",
     "ClipImageEncoder": "pretrained",
+    "FIDInception": "pretrained",
     "LPIPSDistance": "pretrained",
+    "load_cfgan_inception": "pretrained",
     "load_clip": "pretrained",
     "load_fid": "pretrained",
+    "load_fid_inception": "pretrained",
     "load_lpips": "pretrained",
     "ALL_METRICS": "suite",
+    "DEFAULT_METRICS": "suite",
     "MISSING_PREFIX": "suite",
     "MetricSuite": "suite",
     "is_missing": "suite",
@@ -38,17 +46,24 @@ _EXPORTS = {
 
 __all__ = [
     "ALL_METRICS",
+    "DEFAULT_METRICS",
     "METRIC_RANGES",
     "MISSING_PREFIX",
+    "CFGANInception",
     "ClipImageEncoder",
+    "FIDInception",
     "LPIPSDistance",
     "MetricRange",
     "MetricSuite",
     "ReconstructionMetrics",
     "fid_from_features",
+    "fid_from_moments",
     "is_missing",
+    "kid_from_features",
+    "load_cfgan_inception",
     "load_clip",
     "load_fid",
+    "load_fid_inception",
     "load_lpips",
     "mse",
     "psnr",
@@ -62,19 +77,31 @@ if TYPE_CHECKING:
         METRIC_RANGES,
         MetricRange,
         fid_from_features,
+        fid_from_moments,
+        kid_from_features,
         mse,
         psnr,
         ssim,
         tpr_at_far,
     )
     from reconattack.metrics.pretrained import (
+        CFGANInception,
         ClipImageEncoder,
+        FIDInception,
         LPIPSDistance,
+        load_cfgan_inception,
         load_clip,
         load_fid,
+        load_fid_inception,
         load_lpips,
     )
-    from reconattack.metrics.suite import ALL_METRICS, MISSING_PREFIX, MetricSuite, is_missing
+    from reconattack.metrics.suite import (
+        ALL_METRICS,
+        DEFAULT_METRICS,
+        MISSING_PREFIX,
+        MetricSuite,
+        is_missing,
+    )
 
 
 def __getattr__(name: str) -> Any:

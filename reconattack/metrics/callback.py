@@ -39,8 +39,8 @@ class ReconstructionMetrics(pl.Callback):
     Args:
         stages: stages to evaluate, out of ``("val", "test")``.
         **suite_kwargs: :class:`MetricSuite` arguments (``metrics``, ``ssim_window``,
-            ``quantize``, ``weights``, ``download``, ``feature_nets``, ``far``, ...), shared by
-            all stages.
+            ``quantize``, ``weights``, ``download``, ``feature_nets``, ``far``, ``kid``,
+            ``fid_cfgan``, ...), shared by all stages.
 
     Attributes:
         suites: ``{stage: MetricSuite}``.

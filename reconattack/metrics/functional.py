@@ -11,6 +11,7 @@ Value ranges and directions of all metrics the framework reports are listed in
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -59,6 +60,40 @@ METRIC_RANGES: dict[str, MetricRange] = {
         False,
         "Frechet Inception Distance (Inception-v3 pool3, 2048-d) between the reconstruction "
         "and ground-truth sets",
+    ),
+    "fid_n": MetricRange(
+        0.0,
+        math.inf,
+        True,
+        "number of reconstructions the FID was computed on (a count, not a quality measure; "
+        "FID is biased upward for small sets, see kid)",
+    ),
+    "kid": MetricRange(
+        -math.inf,
+        math.inf,
+        False,
+        "Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic "
+        "polynomial kernel on the FID Inception features, mean over random subsets; 0 = same "
+        "distribution, small negative values possible (unbiased estimate)",
+    ),
+    "kid_std": MetricRange(
+        0.0,
+        math.inf,
+        False,
+        "population standard deviation of KID over its subsets (0 when one subset is the whole set)",
+    ),
+    "kid_n": MetricRange(
+        0.0, math.inf, True, "number of reconstructions the KID was computed on (a count)"
+    ),
+    "fid_cfgan": MetricRange(
+        0.0,
+        math.inf,
+        False,
+        "the CFGAN official code's FID (first 99 images, torchvision ImageNet Inception-v3 on "
+        "BGR input; metrics=cfgan_paper): comparable with the CFGAN paper's tables only",
+    ),
+    "fid_cfgan_n": MetricRange(
+        0.0, math.inf, True, "number of reconstructions fid_cfgan was computed on (a count)"
     ),
     "lpips": MetricRange(
         0.0,
@@ -264,13 +299,38 @@ def _sqrtm_psd(mat: Tensor) -> Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
+def fid_from_moments(mu_r: Tensor, cov_r: Tensor, mu_f: Tensor, cov_f: Tensor) -> float:
+    """Fréchet distance between two Gaussians ``N(μ_r, Σ_r)`` and ``N(μ_f, Σ_f)``.
+
+    ``‖μ_r − μ_f‖² + tr(Σ_r) + tr(Σ_f) − 2·tr((Σ_r Σ_f)^½)``, computed in float64.
+    ``tr((Σ_r Σ_f)^½)`` is obtained without SciPy as the sum of the square roots of the
+    eigenvalues of the symmetric PSD matrix ``Σ_r^½ Σ_f Σ_r^½`` (which has the same spectrum as
+    ``Σ_r Σ_f``).
+
+    Args:
+        mu_r, mu_f: (D,) means.
+        cov_r, cov_f: (D, D) symmetric PSD covariances.
+
+    Returns:
+        The distance, in [0, inf); lower is better.
+    """
+    dev = mu_r.device if mu_r.device.type != "mps" else torch.device("cpu")
+    mu_r, mu_f, cov_r, cov_f = (
+        t.detach().to(dev, torch.float64) for t in (mu_r, mu_f, cov_r, cov_f)
+    )
+    sq = _sqrtm_psd((cov_r + cov_r.T) / 2)
+    middle = sq @ cov_f @ sq
+    middle = (middle + middle.T) / 2
+    tr_covmean = torch.linalg.eigvalsh(middle).clamp_min(0).sqrt().sum()
+    val = (mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * tr_covmean
+    return max(float(val), 0.0)
+
+
 def fid_from_features(real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between Gaussian fits of two feature sets.
 
-    ``‖μ_r − μ_f‖² + tr(Σ_r) + tr(Σ_f) − 2·tr((Σ_r Σ_f)^½)`` with unbiased covariances
-    (N − 1), computed in float64. ``tr((Σ_r Σ_f)^½)`` is obtained without SciPy as the sum
-    of the square roots of the eigenvalues of the symmetric PSD matrix
-    ``Σ_r^½ Σ_f Σ_r^½`` (which has the same spectrum as ``Σ_r Σ_f``).
+    Means and unbiased covariances (N − 1) of both sets, then :func:`fid_from_moments`
+    (float64).
 
     Args:
         real: (N, D) features of the real images, N ≥ 2.
@@ -290,12 +350,69 @@ def fid_from_features(real: Tensor, fake: Tensor) -> float:
     dev = real.device if real.device.type != "mps" else torch.device("cpu")
     r = real.detach().to(dev, torch.float64)
     f = fake.detach().to(dev, torch.float64)
-    mu_r, mu_f = r.mean(0), f.mean(0)
     cov_r = torch.cov(r.T).reshape(r.shape[1], r.shape[1])
     cov_f = torch.cov(f.T).reshape(f.shape[1], f.shape[1])
-    sq = _sqrtm_psd(cov_r)
-    middle = sq @ cov_f @ sq
-    middle = (middle + middle.T) / 2
-    tr_covmean = torch.linalg.eigvalsh(middle).clamp_min(0).sqrt().sum()
-    val = (mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * tr_covmean
-    return max(float(val), 0.0)
+    return fid_from_moments(r.mean(0), cov_r, f.mean(0), cov_f)
+
+
+def kid_from_features(
+    real: Tensor,
+    fake: Tensor,
+    subset_size: int = 1000,
+    subsets: int = 100,
+    seed: int = 0,
+) -> tuple[float, float, int]:
+    """Kernel Inception Distance (Binkowski et al. 2018) with torchmetrics'
+    ``KernelInceptionDistance``, made deterministic and safe for small sets.
+
+    KID is the unbiased MMD² between the two feature sets with the cubic polynomial kernel
+    ``k(a, b) = (a·b / D + 1)³``, averaged over ``subsets`` random subsets of
+    ``min(subset_size, N, M)`` features of each set (torchmetrics draws, per subset,
+    ``torch.randperm(N)`` for the real and then ``torch.randperm(M)`` for the fake set; they come
+    from a generator seeded with ``seed``, so every process and every run gets the same subsets).
+    When that size takes both whole sets (N = M ≤ ``subset_size``) one subset is computed: the
+    estimate on the whole set, with standard deviation 0. Computed in float64.
+
+    Args:
+        real: (N, D) features of the real images, N ≥ 2.
+        fake: (M, D) features of the reconstructions, M ≥ 2.
+        subset_size: largest subset size (clean-fid and torchmetrics default: 1000).
+        subsets: number of subsets (default 100).
+        seed: seed of the subset draws.
+
+    Returns:
+        (KID mean, population standard deviation over the subsets, subset size used).
+    """
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(
+            f"expected (N, D) and (M, D) features, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
+    n, m = real.shape[0], fake.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"KID needs at least 2 real and 2 fake samples, got {n} and {m}")
+    size = min(int(subset_size), n, m)
+    whole = n == m == size
+    with warnings.catch_warnings():  # "will save all extracted features" (we hand them over)
+        warnings.simplefilter("ignore")
+        kid = KernelInceptionDistance(
+            feature=_Passthrough(),
+            subsets=1 if whole else int(subsets),
+            subset_size=size,
+            sync_on_compute=False,  # the caller hands over all processes' features already
+        )
+    dev = real.device if real.device.type != "mps" else torch.device("cpu")
+    kid.update(real.detach().to(dev, torch.float64), real=True)
+    kid.update(fake.detach().to(dev, torch.float64), real=False)
+    with torch.random.fork_rng(devices=[]):  # randperm draws on the CPU generator
+        torch.manual_seed(int(seed))
+        mean, std = kid.compute()
+    return float(mean), float(std), size
+
+
+class _Passthrough(torch.nn.Module):
+    """Feature "extractor" of a torchmetrics image metric fed with features computed elsewhere."""
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features

@@ -16,6 +16,11 @@ Where the weights come from (checked against the installed libraries):
   :func:`load_fid` always resolves the file first (config path → torch hub cache → download
   through :func:`reconattack.utils.weights.resolve`) and hands torchmetrics the local path, so
   torch-fidelity never downloads by itself.
+- **CFGAN-protocol FID Inception-v3** (``metrics=cfgan_paper``, metric ``fid_cfgan``):
+  torchvision's ImageNet Inception-v3 (``Inception_V3_Weights.IMAGENET1K_V1``,
+  :data:`TV_INCEPTION_URL`), which torchvision downloads into the same torch hub cache
+  (``$TORCH_HOME/hub/checkpoints/inception_v3_google-0cc3c7bd.pth``); :func:`load_cfgan_inception`
+  reads it from there or from a file named in the config, or downloads it the same way.
 - **LPIPS** (``lpips`` package, AlexNet, v0.1): the linear calibration layers ship inside the
   package (``lpips/weights/v0.1/alex.pth``); the AlexNet trunk is torchvision's
   ``alexnet-owt-7be5be79.pth`` (:data:`ALEXNET_URL`, torch hub cache). :func:`load_lpips`
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -54,10 +60,16 @@ INCEPTION_URL = (
     "weights-inception-2015-12-05-6726825d.pth"
 )
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+#: torchvision ``Inception_V3_Weights.IMAGENET1K_V1`` (the CFGAN official code's FID network)
+TV_INCEPTION_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
 
 INCEPTION_WEIGHTS = WeightsSpec(
     name="FID Inception-v3 (torch-fidelity 'inception-v3-compat', TF 2015-12-05 weights)",
     url=INCEPTION_URL,
+)
+TV_INCEPTION_WEIGHTS = WeightsSpec(
+    name="CFGAN-protocol FID Inception-v3 (torchvision Inception_V3_Weights.IMAGENET1K_V1)",
+    url=TV_INCEPTION_URL,
 )
 ALEXNET_WEIGHTS = WeightsSpec(
     name="LPIPS AlexNet trunk (torchvision AlexNet IMAGENET1K_V1)",
@@ -72,6 +84,35 @@ _ALEX_SLICES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 4, 9: 4, 10: 
 
 
 # ----------------------------------------------------------------------------------------- FID
+def _fid_inception_file(path: str | os.PathLike | None, download: bool) -> Path:
+    """The torch-fidelity Inception weights file, checked with the safe loader."""
+    file = resolve(INCEPTION_WEIGHTS, path, download)
+    # validate with the safe loader first: torch-fidelity itself reads the file with
+    # weights_only=False, which must never see an arbitrary pickle
+    state = load_state_dict(INCEPTION_WEIGHTS, file, download=False)
+    if "Mixed_7c.branch_pool.conv.weight" not in state:
+        raise MissingWeightsError(
+            f"{INCEPTION_WEIGHTS.name}: {file} is not a torch-fidelity Inception state dict; "
+            f"download {INCEPTION_URL} and place it at {INCEPTION_WEIGHTS.cache_file} "
+            "(or name it in the config)."
+        )
+    return file
+
+
+def _torchmetrics_fid_class():
+    import inspect
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    params = inspect.signature(FrechetInceptionDistance.__init__).parameters
+    if "feature_extractor_weights_path" not in params:  # added by torchmetrics PR #2867
+        raise RuntimeError(
+            "FID with local Inception weights needs torchmetrics >= 1.7 "
+            "(argument `feature_extractor_weights_path`); upgrade torchmetrics."
+        )
+    return FrechetInceptionDistance, params
+
+
 def load_fid(
     path: str | os.PathLike | None = None,
     download: bool = True,
@@ -81,7 +122,9 @@ def load_fid(
     """torchmetrics ``FrechetInceptionDistance`` (Inception-v3 pool3, 2048-d) with local weights.
 
     The metric's ``update`` takes ``(B, 3, H, W)`` **uint8** images in [0, 255] (``normalize``
-    is False); they are resized to 299×299 inside.
+    is False); they are resized to 299×299 inside. (:class:`~reconattack.metrics.suite.
+    MetricSuite` uses the same network through :func:`load_fid_inception`, so that FID and KID
+    share one forward pass.)
 
     Args:
         path: local weights file (torch-fidelity format) named in the config; when None the
@@ -99,29 +142,10 @@ def load_fid(
         MissingWeightsError: weights unavailable or unreadable; the message says where to put
             which file.
     """
-    import inspect
-
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    params = inspect.signature(FrechetInceptionDistance.__init__).parameters
-    if "feature_extractor_weights_path" not in params:  # added by torchmetrics PR #2867
-        raise RuntimeError(
-            "FID with local Inception weights needs torchmetrics >= 1.7 "
-            "(argument `feature_extractor_weights_path`); upgrade torchmetrics."
-        )
-    file = resolve(INCEPTION_WEIGHTS, path, download)
-    # validate with the safe loader first: torch-fidelity itself reads the file with
-    # weights_only=False, which must never see an arbitrary pickle
-    state = load_state_dict(INCEPTION_WEIGHTS, file, download=False)
-    if "Mixed_7c.branch_pool.conv.weight" not in state:
-        raise MissingWeightsError(
-            f"{INCEPTION_WEIGHTS.name}: {file} is not a torch-fidelity Inception state dict; "
-            f"download {INCEPTION_URL} and place it at {INCEPTION_WEIGHTS.cache_file} "
-            "(or name it in the config)."
-        )
-    del state
+    fid_class, params = _torchmetrics_fid_class()
+    file = _fid_inception_file(path, download)
     try:
-        metric = FrechetInceptionDistance(
+        metric = fid_class(
             feature=2048,
             reset_real_features=reset_real_features,
             normalize=False,
@@ -134,6 +158,164 @@ def load_fid(
         ) from exc
     metric.inception.requires_grad_(False)
     return metric
+
+
+class FIDInception(nn.Module):
+    """The FID / KID Inception as a feature extractor on the package's images (frozen).
+
+    Wraps torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity "inception-v3-compat", the network
+    inside ``FrechetInceptionDistance`` and ``KernelInceptionDistance``): images are rounded to
+    uint8, resized to 299×299 inside, and mapped to the 2048-d pool3 features.
+
+    Args:
+        inception: the ``NoTrainInceptionV3`` module (features_list ``["2048"]``).
+    """
+
+    num_features = 2048
+
+    def __init__(self, inception: nn.Module) -> None:
+        super().__init__()
+        self.inception = inception.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FIDInception:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) RGB in [0, 1] → (B, 2048) float32 pool3 features."""
+        return self.inception((x * 255).round().to(torch.uint8)).float()
+
+
+def load_fid_inception(
+    path: str | os.PathLike | None = None, download: bool = True, antialias: bool = False
+) -> FIDInception:
+    """The Inception of torchmetrics' FID and KID with local weights, as :class:`FIDInception`.
+
+    Same weights file, lookup and checks as :func:`load_fid`; ``antialias`` as there.
+
+    Raises:
+        MissingWeightsError: weights unavailable or unreadable; the message says where to put
+            which file.
+    """
+    import inspect
+
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    _torchmetrics_fid_class()
+    file = _fid_inception_file(path, download)
+    extra = (
+        {"antialias": antialias}
+        if "antialias" in inspect.signature(NoTrainInceptionV3.__init__).parameters
+        else {}
+    )
+    try:
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=["2048"],
+            feature_extractor_weights_path=str(file),
+            **extra,
+        )
+    except Exception as exc:  # strict load_state_dict mismatch, corrupt file
+        raise MissingWeightsError(
+            f"{INCEPTION_WEIGHTS.name}: could not load {file} ({type(exc).__name__}: {exc})."
+        ) from exc
+    return FIDInception(net)
+
+
+# ------------------------------------------------------------------- FID of the CFGAN official code
+#: the blocks utils/inception.py of the CFGAN official code runs (pytorch-fid's early layout,
+#: output block 3 = 2048-d final average pool), by their torchvision names
+_CFGAN_BLOCKS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
+    "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2",
+    "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+    "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool",
+)  # fmt: skip
+
+
+class CFGANInception(nn.Module):
+    """torchvision's ImageNet Inception-v3 as the CFGAN official code's FID uses it (frozen).
+
+    The official ``utils/FID.py`` reads images with ``cv2.imread`` (BGR), divides by 255 and runs
+    ``utils/inception.py`` (an early pytorch-fid ``InceptionV3`` built on
+    ``torchvision.models.inception_v3`` with ImageNet weights). This module does the same on the
+    package's images:
+
+    1. RGB → BGR (the order ``cv2.imread`` gives);
+    2. bilinear resize to 299×299 (``F.upsample(mode="bilinear")``: ``align_corners=False``, no
+       antialiasing);
+    3. channel ``c`` ← ``x_c · (std_c / 0.5) + (mean_c − 0.5) / 0.5`` with the ImageNet
+       (R, G, B) mean / std taken in that order — torchvision's ``transform_input`` formula,
+       applied, as there, to [0, 1] values of a BGR image (so blue gets red's constants);
+    4. ``Conv2d_1a_3x3`` … ``Mixed_7c``, global average pool → 2048 features (no dropout, no
+       classifier), in eval mode.
+
+    This is not the Inception of a standard FID (torch-fidelity / pytorch-fid TF weights): its
+    FIDs are comparable only with the CFGAN paper's own.
+
+    Args:
+        net: a torchvision ``Inception3`` with the ImageNet weights loaded.
+    """
+
+    num_features = 2048
+    _MEAN = (0.485, 0.456, 0.406)
+    _STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(OrderedDict((n, getattr(net, n)) for n in _CFGAN_BLOCKS))
+        self.blocks.eval().requires_grad_(False)
+        scale = torch.tensor([s / 0.5 for s in self._STD]).view(1, 3, 1, 1)
+        shift = torch.tensor([(m - 0.5) / 0.5 for m in self._MEAN]).view(1, 3, 1, 1)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
+
+    def train(self, mode: bool = True) -> CFGANInception:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) RGB in [0, 1] → (B, 2048) float32 pool features."""
+        bgr = x.float().flip(1)
+        bgr = F.interpolate(bgr, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.blocks(bgr * self.scale + self.shift).flatten(1)
+
+
+def load_cfgan_inception(
+    path: str | os.PathLike | None = None, download: bool = True
+) -> CFGANInception:
+    """torchvision's ImageNet Inception-v3 (``IMAGENET1K_V1``) as :class:`CFGANInception`.
+
+    The weights file is the one torchvision itself downloads (``inception_v3_google-0cc3c7bd.pth``
+    in the torch hub cache ``$TORCH_HOME/hub/checkpoints``): ``path`` from the config, else that
+    cache, else a download from :data:`TV_INCEPTION_URL` when allowed. It is read with
+    ``weights_only=True`` and loaded with strict key and shape matching.
+
+    Args:
+        path: local torchvision Inception-v3 state dict named in the config.
+        download: allow a download when the file is not cached (never when
+            ``RECONATTACK_OFFLINE=1``).
+
+    Raises:
+        MissingWeightsError: weights unavailable or not a torchvision Inception-v3 state dict;
+            the message says where to put which file.
+    """
+    from torchvision.models import inception_v3
+
+    state = load_state_dict(TV_INCEPTION_WEIGHTS, path, download)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        src = path or TV_INCEPTION_WEIGHTS.cache_file
+        first = str(exc).splitlines()[0]
+        raise MissingWeightsError(
+            f"{TV_INCEPTION_WEIGHTS.name}: {src} is not a torchvision Inception-v3 ImageNet state "
+            f"dict ({first}); download {TV_INCEPTION_URL} and place it at "
+            f"{TV_INCEPTION_WEIGHTS.cache_file} (or name it in the config: "
+            "metrics.weights.fid_cfgan=...)."
+        ) from exc
+    return CFGANInception(net)
 
 
 # --------------------------------------------------------------------------------------- LPIPS

@@ -6,21 +6,37 @@ of final values (see :data:`reconattack.metrics.functional.METRIC_RANGES` for ra
 directions).
 
 Conventions:
-    - Images are clamped to [-1, 1] and mapped to [0, 1]. With ``quantize=True`` (the CFGAN
-      paper / official-code mode) they are further rounded to uint8-range values in
-      [0, 255], PSNR and SSIM use data_range 255 and SSIM defaults to the uniform 11×11
-      window with sample covariance. MSE is always reported on the [0, 1] scale.
+    - Images are clamped to [-1, 1] and mapped to [0, 1]. With ``quantize`` (``"round"``, or
+      ``"truncate"``: the CFGAN official code's ``(x * 127.5 + 127.5).int()`` on the
+      reconstructions; ground truth is rounded, see :data:`QUANTIZE`) they are further made
+      uint8-range values in [0, 255], PSNR and SSIM use data_range 255 and SSIM defaults to the
+      uniform 11×11 window with sample covariance. MSE is always reported on the [0, 1] scale.
     - MSE, PSNR, SSIM, LPIPS and CLIP are means of per-image values.
-    - FID compares the set of reconstructions with the set of ground-truth images. By default
-      (``reset_real_features=False``) the real statistics are those of the first evaluated
-      epoch and are kept across ``reset()``; later epochs only add reconstructions. Set
+    - FID and KID compare the set of reconstructions with the set of ground-truth images, on
+      the features of one Inception forward pass per image (FID and KID share it). By default
+      (``reset_real_features=False``) the real side is that of the first evaluated epoch and is
+      kept across ``reset()``; later epochs only add reconstructions. Set
       ``reset_real_features=True`` when the evaluation images change between epochs.
+    - Every FID comes with its sample count: ``fid_n``, the number of reconstructions it was
+      computed on. KID (``kid``, ``kid_std``, ``kid_n``) is computed for sets of fewer than
+      ``kid["below"]`` (2,048) images, where FID is biased upward; its features are kept only
+      up to that many images, so memory stays bounded, and a larger set reports KID as missing
+      (FID is the measure there). The count and the spread are reported only beside a
+      computed value.
+    - ``fid_cfgan`` (with ``fid_cfgan_n``) is the CFGAN official code's FID, a protocol of its
+      own, not comparable with ``fid``: the first ``fid_cfgan["images"]`` (99) images in
+      evaluation order, the reconstructions truncated to uint8 and passed through the JPEG file
+      the official code writes (OpenCV, quality ``fid_cfgan["jpeg_quality"]``, 95), the ground
+      truth rounded, features of torchvision's ImageNet Inception-v3 as the official code feeds
+      it (:class:`~reconattack.metrics.pretrained.CFGANInception`). Under DDP the evaluation
+      order is taken to be that of a ``DistributedSampler`` (process ``r`` of ``W`` holds images
+      ``r, r + W, ...``), which Lightning uses for evaluation.
     - A metric whose pretrained weights are missing is reported as the string
       ``"missing: <reason>"``, never as a number computed with random weights.
 
-Distributed (DDP): per-image values, injected-network features and verification scores are
-kept in torchmetrics ``Metric`` list states with ``dist_reduce_fx="cat"``; the Inception FID is
-torchmetrics' ``FrechetInceptionDistance`` (sum states). ``compute()`` therefore gathers over
+Distributed (DDP): per-image values, KID features and verification scores are kept in
+torchmetrics ``Metric`` list states with ``dist_reduce_fx="cat"``; FID keeps feature counts, sums
+and sums of outer products (float64 sum states, constant memory). ``compute()`` therefore gathers over
 all processes when ``torch.distributed`` is initialised and must be called on every process;
 it returns the same global values everywhere. (A ``DistributedSampler`` pads the last batch
 with repeated samples, as usual in Lightning; those repeats are counted.)
@@ -31,6 +47,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,9 +59,33 @@ from reconattack.metrics import functional as MF
 from reconattack.utils.weights import MissingWeightsError
 
 PIXEL_METRICS = ("mse", "psnr", "ssim")
-FEATURE_METRICS = ("fid", "lpips", "clip")
+FEATURE_METRICS = ("fid", "kid", "fid_cfgan", "lpips", "clip")
 ALL_METRICS = PIXEL_METRICS + FEATURE_METRICS
+#: what a suite computes unless told otherwise (conf/metrics/default.yaml): all but the CFGAN
+#: official code's FID, which is a protocol of its own (metrics=cfgan_paper)
+DEFAULT_METRICS = tuple(m for m in ALL_METRICS if m != "fid_cfgan")
+#: pretrained network behind each feature metric: the keys of ``weights`` and ``feature_nets``
+#: (FID and KID share the Inception)
+NETWORK_OF = {
+    "fid": "fid",
+    "kid": "fid",
+    "fid_cfgan": "fid_cfgan",
+    "lpips": "lpips",
+    "clip": "clip",
+}
+NETWORKS = ("fid", "fid_cfgan", "lpips", "clip")
+#: KID settings (conf/metrics/default.yaml ``kid``)
+KID_DEFAULTS = {"below": 2048, "subset_size": 1000, "subsets": 100, "seed": 0}
+#: settings of the CFGAN official code's FID (conf/metrics/default.yaml ``fid_cfgan``)
+FID_CFGAN_DEFAULTS = {"images": 99, "jpeg_quality": 95}
 MISSING_PREFIX = "missing: "
+#: ``quantize`` modes: how images become uint8-range values before PSNR / SSIM (and MSE).
+#: ``"round"``: both to the nearest integer. ``"truncate"``: reconstructions truncated as the
+#: CFGAN official code does (``CFGAN_main.py`` ``postprocess``: ``img * 127.5 + 127.5`` then
+#: ``.int()``), after the package-wide clamp to [-1, 1] (the official SSIM / PSNR keep values
+#: outside [0, 255]; they differ only for outputs outside [-1, 1]); ground truth rounded (it
+#: comes from uint8 files there, on which truncating and rounding agree).
+QUANTIZE = ("round", "truncate")
 
 
 class _Collect(Metric):
@@ -65,6 +106,48 @@ class _Collect(Metric):
         return dim_zero_cat(self.values)  # a list locally, one tensor after a DDP gather
 
 
+class _Moments(Metric):
+    """Count, sum and sum of outer products of (N, D) features in float64, summed over
+    processes: the sufficient statistics of FID in constant memory."""
+
+    full_state_update = False
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(compute_with_cache=False)
+        self.add_state("n", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, f: Tensor) -> None:
+        f = f.detach().to(self.total.device, torch.float64)
+        self.n += f.shape[0]
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+
+    def compute(self) -> tuple[int, Tensor, Tensor]:
+        """(N, (D,) mean, (D, D) unbiased covariance); mean and covariance need N ≥ 2."""
+        n = int(self.n)
+        mean = self.total / max(n, 1)
+        cov = (self.outer - n * torch.outer(mean, mean)) / max(n - 1, 1)
+        return n, mean, cov
+
+
+class _Count(Metric):
+    """A number of samples, summed over processes."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__(compute_with_cache=False)
+        self.add_state("n", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, n: int) -> None:
+        self.n += int(n)
+
+    def compute(self) -> int:
+        return int(self.n)
+
+
 def _compute(metric: Metric) -> Tensor:
     with warnings.catch_warnings():  # "compute called before update" on an empty store
         warnings.simplefilter("ignore")
@@ -75,35 +158,52 @@ class MetricSuite:
     """All configured metrics of one stage.
 
     Args:
-        metrics: names out of ``("mse", "psnr", "ssim", "fid", "lpips", "clip")``.
-            ``"tpr@far"`` is added to the results automatically when
-            :meth:`update_verification` received data.
+        metrics: names out of :data:`ALL_METRICS` (``"mse"``, ``"psnr"``, ``"ssim"``,
+            ``"fid"``, ``"kid"``, ``"fid_cfgan"``, ``"lpips"``, ``"clip"``; default
+            :data:`DEFAULT_METRICS`, all but ``"fid_cfgan"``). ``"fid"`` reports ``fid`` and
+            ``fid_n``; ``"kid"`` reports ``kid``, ``kid_std`` and ``kid_n``; ``"fid_cfgan"``
+            reports ``fid_cfgan`` and ``fid_cfgan_n``. ``"tpr@far"`` is added to the results
+            automatically when :meth:`update_verification` received data.
         ssim_window: ``"gaussian"`` (Wang et al.; σ 1.5, population covariance) or
             ``"uniform"`` (11×11, sample covariance; CFGAN official code). ``None`` picks
             ``"uniform"`` when ``quantize`` is set, else ``"gaussian"``.
-        quantize: evaluate on uint8-range values (rounded), data_range 255 — the CFGAN
-            paper's setting (scikit-image on saved uint8 images).
-        weights: local weight files per feature metric (``{"fid": path, "lpips": path,
-            "clip": path}``; ``None`` = library cache / download).
+        quantize: evaluate on uint8-range values, data_range 255: ``"truncate"`` — the CFGAN
+            official code's evaluation (scikit-image on ``.int()``-truncated images),
+            ``"round"`` (or ``True``), or ``False`` / ``None`` (no quantisation); see
+            :data:`QUANTIZE`.
+        weights: local weight files per network (``{"fid": path, "fid_cfgan": path, "lpips":
+            path, "clip": path}``; ``"fid"`` is the Inception of FID and KID, ``"fid_cfgan"``
+            torchvision's; ``None`` = library cache / download).
         download: allow downloads of missing weights (never when ``RECONATTACK_OFFLINE=1``).
         feature_nets: explicit networks used instead of pretrained ones (tests, custom
-            metrics): ``"fid"``: module (B, 3, H, W) in [0, 1] → (B, D) features (FID computed
-            by :func:`~reconattack.metrics.functional.fid_from_features`); ``"lpips"``: module
+            metrics): ``"fid"``: module (B, 3, H, W) in [0, 1] → (B, D) features (FID by
+            :func:`~reconattack.metrics.functional.fid_from_moments`, KID by
+            :func:`~reconattack.metrics.functional.kid_from_features`); ``"fid_cfgan"``: the
+            same for the CFGAN protocol's FID (it gets the protocol's images); ``"lpips"``: module
             (x, y), both (B, 3, H, W) in [-1, 1] → (B,) distances; ``"clip"``: module
             (B, 3, H, W) in [0, 1] → (B, D) embeddings (cosine taken here).
         far: false-accept rate of TPR@FAR (paper: 0.01).
-        reset_real_features: False keeps FID's real statistics across :meth:`reset` (they are
-            taken from the first evaluated epoch); True recomputes them every epoch.
+        reset_real_features: False keeps FID's and KID's real side across :meth:`reset` (it is
+            taken from the first evaluated epoch); True recomputes it every epoch.
         fid_antialias: Inception resize with torch's antialiased bilinear instead of
             torch-fidelity's TF-1-compatible one (reference FID).
         clip_model, clip_pretrained: open_clip model name and pretrained tag.
+        kid: KID settings (defaults :data:`KID_DEFAULTS`): ``below`` — KID is computed for
+            sets of fewer images (FID's bias matters there; features are stored up to this
+            many images); ``subset_size`` — at most this many features per subset (the subset
+            size is ``min(subset_size, N, M)``: a set smaller than it is taken whole, as
+            clean-fid does); ``subsets`` — number of subsets; ``seed`` — of the subset draws.
+        fid_cfgan: settings of the CFGAN official code's FID (defaults
+            :data:`FID_CFGAN_DEFAULTS`): ``images`` — the first this many images are used (99);
+            ``jpeg_quality`` — OpenCV JPEG quality of the written reconstructions (95, OpenCV's
+            default), ``None`` for no JPEG step.
     """
 
     def __init__(
         self,
-        metrics: Iterable[str] = ALL_METRICS,
+        metrics: Iterable[str] = DEFAULT_METRICS,
         ssim_window: str | None = None,
-        quantize: bool = False,
+        quantize: bool | str | None = False,
         weights: Mapping[str, str | None] | None = None,
         download: bool = True,
         feature_nets: Mapping[str, nn.Module] | None = None,
@@ -112,24 +212,34 @@ class MetricSuite:
         fid_antialias: bool = False,
         clip_model: str = "ViT-B-32",
         clip_pretrained: str = "laion2b_s34b_b79k",
+        kid: Mapping[str, int] | None = None,
+        fid_cfgan: Mapping[str, int | None] | None = None,
     ) -> None:
         self.metrics = tuple(str(m) for m in metrics)
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
         if unknown:
             raise ConfigError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
-        self.quantize = bool(quantize)
+        if quantize is True:
+            quantize = "round"
+        if quantize not in (False, None, *QUANTIZE):
+            raise ConfigError(
+                f"quantize must be false, true, 'round' or 'truncate', got {quantize!r}"
+            )
+        self.quantize: str | None = quantize or None
         self.ssim_window = ssim_window or ("uniform" if self.quantize else "gaussian")
         if self.ssim_window not in ("gaussian", "uniform"):
             raise ConfigError(f"ssim_window must be 'gaussian' or 'uniform', got {ssim_window!r}")
         self.weights = {k: (str(v) if v else None) for k, v in dict(weights or {}).items()}
-        bad = sorted(set(self.weights) - set(FEATURE_METRICS))
+        if "kid" in self.weights:
+            raise ConfigError("KID uses the FID Inception: give its weights file as weights.fid")
+        bad = sorted(set(self.weights) - set(NETWORKS))
         if bad:
-            raise ConfigError(f"weights given for unknown metrics {bad}; keys: {FEATURE_METRICS}")
+            raise ConfigError(f"weights given for unknown networks {bad}; keys: {NETWORKS}")
         self.download = bool(download)
         self.feature_nets = dict(feature_nets or {})
-        bad = sorted(set(self.feature_nets) - set(FEATURE_METRICS))
+        bad = sorted(set(self.feature_nets) - set(NETWORKS))
         if bad:
-            raise ValueError(f"feature_nets for unknown metrics {bad}; keys: {FEATURE_METRICS}")
+            raise ValueError(f"feature_nets for unknown networks {bad}; keys: {NETWORKS}")
         if not 0.0 <= far <= 1.0:
             raise ConfigError(f"far must be in [0, 1], got {far}")
         self.far = float(far)
@@ -137,16 +247,35 @@ class MetricSuite:
         self.fid_antialias = bool(fid_antialias)
         self.clip_model = clip_model
         self.clip_pretrained = clip_pretrained
+        self.kid = _settings("kid", kid, KID_DEFAULTS)
+        if self.kid["subset_size"] < 2 or self.kid["subsets"] < 1 or self.kid["below"] < 3:
+            raise ConfigError(
+                f"kid needs subset_size >= 2, subsets >= 1 and below >= 3, got {self.kid}"
+            )
+        self.fid_cfgan = _settings("fid_cfgan", fid_cfgan, FID_CFGAN_DEFAULTS, ("jpeg_quality",))
+        quality = self.fid_cfgan["jpeg_quality"]
+        if self.fid_cfgan["images"] < 2 or not (quality is None or 0 <= quality <= 100):
+            raise ConfigError(
+                f"fid_cfgan needs images >= 2 and jpeg_quality in [0, 100] or null, "
+                f"got {self.fid_cfgan}"
+            )
 
-        per_image = [m for m in self.metrics if m != "fid"]
+        per_image = [m for m in self.metrics if m not in ("fid", "kid", "fid_cfgan")]
         self._values: dict[str, _Collect] = {m: _Collect() for m in per_image}
         self._ver_scores = _Collect()
         self._ver_labels = _Collect()
         self._nets: dict[str, nn.Module] = {}
-        self._missing: dict[str, str] = {}
-        self._fid_metric: Metric | None = None  # torchmetrics FID (pretrained Inception)
-        self._fid_real: _Collect | None = None  # features of an injected FID network
-        self._fid_fake: _Collect | None = None
+        self._missing: dict[str, str] = {}  # network name (or "ssim") → reason
+        # FID: feature moments of each side, created at the first batch (feature size known)
+        self._fid: dict[str, _Moments | None] = {"real": None, "fake": None}
+        # KID: the features themselves, up to kid["below"] per process, and global counts
+        self._kid: dict[str, _Collect] = {"real": _Collect(), "fake": _Collect()}
+        self._kid_count: dict[str, _Count] = {"real": _Count(), "fake": _Count()}
+        self._kid_local = {"real": 0, "fake": 0}
+        # CFGAN-protocol FID: features of the first images and their places in evaluation order
+        self._cf = {"real": _Collect(), "fake": _Collect()}
+        self._cf_pos = {"real": _Collect(), "fake": _Collect()}
+        self._cf_seen = {"real": 0, "fake": 0}  # images seen by this process
         self._real_frozen = False
         self._loaded = False
         self._device: torch.device | None = None
@@ -154,31 +283,36 @@ class MetricSuite:
     # ------------------------------------------------------------------------------ loading
     @property
     def missing(self) -> dict[str, str]:
-        """Metrics whose networks could not be loaded → reason."""
-        return dict(self._missing)
+        """Metrics whose networks could not be loaded (or that cannot be computed) → reason."""
+        return {
+            m: self._missing[NETWORK_OF.get(m, m)]
+            for m in self.metrics
+            if NETWORK_OF.get(m, m) in self._missing
+        }
+
+    def _networks(self) -> list[str]:
+        """The networks the configured metrics need, in :data:`NETWORKS` order."""
+        wanted = {NETWORK_OF[m] for m in self.metrics if m in NETWORK_OF}
+        return [n for n in NETWORKS if n in wanted]
 
     def _load(self) -> None:
         """Load the feature networks once (lazily, at the first update)."""
         from reconattack.metrics import pretrained
 
-        for name in FEATURE_METRICS:
-            if name not in self.metrics or name in self._nets or name in self._missing:
-                continue  # not asked for, or shared by share_networks()
+        for name in self._networks():
+            if name in self._nets or name in self._missing:
+                continue  # shared by share_networks()
             if name in self.feature_nets:
-                net = self.feature_nets[name].eval()
-                if name == "fid":
-                    self._fid_real, self._fid_fake = _Collect(), _Collect()
-                self._nets[name] = net
+                self._nets[name] = self.feature_nets[name].eval()
                 continue
             path = self.weights.get(name)
             try:
                 if name == "fid":
-                    self._fid_metric = pretrained.load_fid(
-                        path,
-                        self.download,
-                        reset_real_features=self.reset_real_features,
-                        antialias=self.fid_antialias,
+                    self._nets[name] = pretrained.load_fid_inception(
+                        path, self.download, antialias=self.fid_antialias
                     )
+                elif name == "fid_cfgan":
+                    self._nets[name] = pretrained.load_cfgan_inception(path, self.download)
                 elif name == "lpips":
                     self._nets[name] = pretrained.load_lpips(path, self.download)
                 else:
@@ -187,17 +321,20 @@ class MetricSuite:
                     )
             except MissingWeightsError as exc:
                 self._missing[name] = str(exc)
-                warnings.warn(f"metric {name} will be reported as missing: {exc}", stacklevel=3)
+                users = [m for m in self.metrics if NETWORK_OF.get(m) == name]
+                warnings.warn(
+                    f"metric {', '.join(users)} will be reported as missing: {exc}", stacklevel=3
+                )
         self._loaded = True
 
     def share_networks(self, other: MetricSuite) -> None:
-        """Reuse ``other``'s loaded LPIPS / CLIP networks (and their missing reasons) instead of
-        loading another copy; for several suites evaluated side by side. FID keeps its own
-        statistics and is not shared."""
+        """Reuse ``other``'s loaded networks (and their missing reasons) instead of loading
+        another copy; for several suites evaluated side by side. Only the networks are shared:
+        every suite keeps its own statistics."""
         if not other._loaded:
             other._load()
-        for name in ("lpips", "clip"):
-            if name not in self.metrics:
+        for name in self._networks():
+            if name in self.feature_nets:
                 continue
             if name in other._nets:
                 self._nets[name] = other._nets[name]
@@ -209,8 +346,6 @@ class MetricSuite:
             return
         for net in self._nets.values():
             net.to(device)
-        if self._fid_metric is not None:
-            self._fid_metric.to(device)
         self._device = device
 
     # ------------------------------------------------------------------------------ updates
@@ -234,8 +369,14 @@ class MetricSuite:
         target = target.detach().to(pred.device, torch.float32)
         x = (pred.clamp(-1, 1) + 1) / 2
         y = (target.clamp(-1, 1) + 1) / 2
+        if "fid_cfgan" in self._nets:
+            self._update_cfgan(pred, y)
         if self.quantize:
-            xq, yq = (x * 255).round(), (y * 255).round()
+            if self.quantize == "truncate":
+                xq = _truncate_u8(pred)
+            else:
+                xq = (x * 255).round()
+            yq = (y * 255).round()
             x, y = xq / 255, yq / 255
             px, py, data_range = xq, yq, 255.0
         else:
@@ -257,14 +398,44 @@ class MetricSuite:
             ex = self._nets["clip"](x).float()
             ey = self._nets["clip"](y).float()
             self._values["clip"].update(F.cosine_similarity(ex, ey, dim=-1))
-        if "fid" in self._nets:
-            self._fid_fake.update(self._nets["fid"](x).flatten(1).float())
-            if not self._real_frozen:
-                self._fid_real.update(self._nets["fid"](y).flatten(1).float())
-        elif self._fid_metric is not None:
-            self._fid_metric.update((x * 255).round().to(torch.uint8), real=False)
-            if not self._real_frozen:
-                self._fid_metric.update((y * 255).round().to(torch.uint8), real=True)
+        if "fid" in self._nets:  # one Inception pass per image for FID and KID
+            sides = {"fake": x} if self._real_frozen else {"fake": x, "real": y}
+            for side, imgs in sides.items():
+                feats = self._nets["fid"](imgs).flatten(1).float()
+                if "fid" in self.metrics:
+                    if self._fid[side] is None:
+                        self._fid[side] = _Moments(feats.shape[1]).to(feats.device)
+                    self._fid[side].update(feats)
+                if "kid" in self.metrics:
+                    self._kid_count[side].update(feats.shape[0])
+                    room = self.kid["below"] - self._kid_local[side]
+                    if room > 0:  # beyond that KID is not computed: keep nothing more
+                        self._kid[side].update(feats[:room])
+                        self._kid_local[side] += min(room, feats.shape[0])
+
+    def _update_cfgan(self, pred: Tensor, y: Tensor) -> None:
+        """CFGAN-protocol FID features of the images among the first ``fid_cfgan["images"]``.
+
+        Args:
+            pred: (B, 3, H, W) reconstructions in [-1, 1] (clamped here).
+            y: (B, 3, H, W) ground truth in [0, 1].
+        """
+        rank, world = _rank_and_world()
+        limit = self.fid_cfgan["images"]
+        sides = {"fake": pred} if self._real_frozen else {"fake": pred, "real": y}
+        for side, imgs in sides.items():
+            start, b = self._cf_seen[side], imgs.shape[0]
+            self._cf_seen[side] += b
+            keep = imgs[: max(0, limit - start)]  # enough: the global first are among them
+            if not keep.shape[0]:
+                continue
+            if side == "fake":  # as written by CFGAN_main.py and read back by utils/FID.py
+                keep = _saved_jpeg(_truncate_u8(keep), self.fid_cfgan["jpeg_quality"]) / 255
+            else:  # the ground-truth files are uint8 images
+                keep = (keep * 255).round() / 255
+            self._cf[side].update(self._nets["fid_cfgan"](keep).flatten(1).float())
+            local = torch.arange(start, start + keep.shape[0], device=keep.device)
+            self._cf_pos[side].update(local * world + rank)  # DistributedSampler order
 
     @torch.no_grad()
     def update_verification(self, scores: Tensor, is_same: Tensor) -> None:
@@ -283,42 +454,97 @@ class MetricSuite:
         self._ver_labels.update(labels.to(device))
 
     # ------------------------------------------------------------------------------ results
-    def _fid_value(self) -> float | str:
-        if self._fid_metric is not None:
-            try:
-                return float(_compute(self._fid_metric))
-            except RuntimeError as exc:  # fewer than 2 samples
-                return f"{MISSING_PREFIX}{exc}"
-        real = _compute(self._fid_real)
-        fake = _compute(self._fid_fake)
-        try:
-            return MF.fid_from_features(
-                real.reshape(real.shape[0], -1), fake.reshape(fake.shape[0], -1)
-            )
-        except ValueError as exc:
-            return f"{MISSING_PREFIX}{exc}"
+    def _fid_results(self) -> dict[str, float | int | str]:
+        """``{"fid", "fid_n"}``, or ``{"fid": "missing: ..."}`` with fewer than 2 images."""
+        stats = {
+            side: (_compute(m) if m is not None else (0, None, None))
+            for side, m in self._fid.items()
+        }
+        (n_r, mu_r, cov_r), (n_f, mu_f, cov_f) = stats["real"], stats["fake"]
+        if n_r < 2 or n_f < 2:
+            return {
+                "fid": f"{MISSING_PREFIX}FID needs at least 2 reconstructions and 2 "
+                f"ground-truth images, got {n_f} and {n_r}"
+            }
+        return {"fid": MF.fid_from_moments(mu_r, cov_r, mu_f, cov_f), "fid_n": n_f}
+
+    def _kid_results(self) -> dict[str, float | int | str]:
+        """``{"kid", "kid_std", "kid_n"}``, or ``{"kid": "missing: ..."}``."""
+        n_r, n_f = (int(_compute(self._kid_count[side])) for side in ("real", "fake"))
+        below = self.kid["below"]
+        if n_r >= below or n_f >= below:
+            return {
+                "kid": f"{MISSING_PREFIX}KID is computed for sets of fewer than {below} "
+                f"images (metrics.kid.below), where FID is biased; this one has {n_f} "
+                f"reconstructions and {n_r} ground-truth images: FID is the measure"
+            }
+        if n_r < 2 or n_f < 2:
+            return {
+                "kid": f"{MISSING_PREFIX}KID needs at least 2 reconstructions and 2 "
+                f"ground-truth images, got {n_f} and {n_r}"
+            }
+        real, fake = (_compute(self._kid[side]) for side in ("real", "fake"))
+        mean, std, _ = MF.kid_from_features(
+            real.reshape(n_r, -1),
+            fake.reshape(n_f, -1),
+            self.kid["subset_size"],
+            self.kid["subsets"],
+            self.kid["seed"],
+        )
+        return {"kid": mean, "kid_std": std, "kid_n": n_f}
+
+    def _fid_cfgan_results(self) -> dict[str, float | int | str]:
+        """``{"fid_cfgan", "fid_cfgan_n"}`` on the first images, or ``{"fid_cfgan": "missing:
+        ..."}``."""
+        limit = self.fid_cfgan["images"]
+        picked = {}
+        for side in ("real", "fake"):
+            feats, pos = _compute(self._cf[side]), _compute(self._cf_pos[side])
+            order = torch.argsort(pos.reshape(-1))[:limit]
+            picked[side] = feats.reshape(pos.numel(), -1)[order] if pos.numel() else feats
+        n_r, n_f = picked["real"].shape[0], picked["fake"].shape[0]
+        if n_r < 2 or n_f < 2:
+            return {
+                "fid_cfgan": f"{MISSING_PREFIX}FID needs at least 2 reconstructions and 2 "
+                f"ground-truth images, got {n_f} and {n_r}"
+            }
+        return {
+            "fid_cfgan": MF.fid_from_features(picked["real"], picked["fake"]),
+            "fid_cfgan_n": n_f,
+        }
+
+    def _kid_stored(self) -> int:
+        """Feature rows this process keeps for KID (both sides)."""
+        return sum(self._kid_local.values())
 
     def compute(self) -> dict[str, float | str]:
         """Final values over everything seen since the last :meth:`reset`.
 
         Returns:
-            ``{name: value}`` in the order of ``metrics`` (plus ``"tpr@far"`` when
-            verification data was given); strings ``"missing: <reason>"`` for metrics whose
+            ``{name: value}`` in the order of ``metrics``, each FID followed by ``fid_n`` and
+            each KID by ``kid_std`` and ``kid_n``, ``fid_cfgan`` by ``fid_cfgan_n`` (counts are
+            ints), plus ``"tpr@far"`` when
+            verification data was given; strings ``"missing: <reason>"`` for metrics whose
             weights are missing or that could not be computed. Empty for metrics without
             data. Called on every process under DDP (gathers; same result everywhere).
         """
         out: dict[str, float | str] = {}
         if self._loaded:
             for name in self.metrics:
-                if name in self._missing:
-                    out[name] = MISSING_PREFIX + self._missing[name]
+                net = NETWORK_OF.get(name, name)
+                if net in self._missing:
+                    out[name] = MISSING_PREFIX + self._missing[net]
                 elif name == "fid":
-                    out[name] = self._fid_value()
+                    out.update(self._fid_results())
+                elif name == "kid":
+                    out.update(self._kid_results())
+                elif name == "fid_cfgan":
+                    out.update(self._fid_cfgan_results())
                 else:
                     vals = _compute(self._values[name])
                     if vals.numel():
                         out[name] = float(vals.double().mean())
-            # FID real statistics are complete after the first evaluated epoch
+            # FID / KID real statistics are complete after the first evaluated epoch
             self._real_frozen = not self.reset_real_features
         scores = _compute(self._ver_scores)
         if scores.numel():
@@ -330,20 +556,81 @@ class MetricSuite:
         return out
 
     def reset(self) -> None:
-        """Clear accumulated values; keep loaded networks and (by default) FID real statistics."""
+        """Clear accumulated values; keep loaded networks and (by default) the FID / KID real
+        side."""
         for m in self._values.values():
             m.reset()
         self._ver_scores.reset()
         self._ver_labels.reset()
-        if self._fid_fake is not None:
-            self._fid_fake.reset()
-            if self.reset_real_features:
-                self._fid_real.reset()
-        if self._fid_metric is not None:
-            self._fid_metric.reset()  # keeps real sums unless reset_real_features
+        sides = ("fake", "real") if self.reset_real_features else ("fake",)
+        for side in sides:
+            if self._fid[side] is not None:
+                self._fid[side].reset()
+            self._kid[side].reset()
+            self._kid_count[side].reset()
+            self._kid_local[side] = 0
+            self._cf[side].reset()
+            self._cf_pos[side].reset()
+            self._cf_seen[side] = 0
         if self.reset_real_features:
             self._real_frozen = False
         self._missing.pop("ssim", None)  # image-size problems are re-checked on new data
+
+
+def _settings(
+    name: str, given: Mapping | None, defaults: dict, nullable: tuple[str, ...] = ()
+) -> dict:
+    """``defaults`` updated with ``given`` (a config node) of integers (``None`` allowed for
+    ``nullable`` keys); unknown keys are a ConfigError."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown {name} settings {unknown}; keys: {sorted(defaults)}")
+    out = dict(defaults)
+    for key, value in given.items():
+        if value is None and key in nullable:
+            pass
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}.{key} must be an integer, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of ``torch.distributed``, (0, 1) without it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _truncate_u8(pred: Tensor) -> Tensor:
+    """CFGAN official ``postprocess``: ``(img * 127.5 + 127.5).int()`` after the clamp to
+    [-1, 1] (so truncation is the floor). (B, 3, H, W) in [-1, 1] → same shape, float integer
+    values in [0, 255]."""
+    return torch.floor(pred.float().clamp(-1, 1) * 127.5 + 127.5)
+
+
+def _saved_jpeg(u8: Tensor, quality: int | None) -> Tensor:
+    """Images written as JPEG by OpenCV (``cv2.imwrite(".jpg")``, 4:2:0, ``quality``) and read
+    back (``cv2.imread``). (B, 3, H, W) RGB, integer values in [0, 255] → same, on the same
+    device; ``quality=None`` returns the input."""
+    if quality is None:
+        return u8
+    import cv2
+
+    arr = u8.detach().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for img in arr:
+        ok, buf = cv2.imencode(
+            ".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        )
+        if not ok:  # pragma: no cover - OpenCV refuses only malformed arrays
+            raise RuntimeError("OpenCV could not encode an image as JPEG")
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    back = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return back.to(u8.device, torch.float32)
 
 
 def is_missing(value: float | str) -> bool:

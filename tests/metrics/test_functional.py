@@ -203,7 +203,8 @@ def test_fid_from_features_identical_and_errors():
 
 
 def test_metric_ranges_documented():
-    for name in ("mse", "psnr", "ssim", "fid", "lpips", "clip", "tpr@far"):
+    for name in ("mse", "psnr", "ssim", "fid", "fid_n", "kid", "kid_std", "kid_n", "fid_cfgan",
+                 "fid_cfgan_n", "lpips", "clip", "tpr@far"):
         r = METRIC_RANGES[name]
         assert r.low < r.high and r.note
     assert METRIC_RANGES["psnr"].higher_is_better and not METRIC_RANGES["fid"].higher_is_better

@@ -301,26 +301,138 @@ def test_clip_preprocessing_matches_open_clip_transform():
     assert (ours - ref).abs().mean() < 0.01
 
 
-def test_suite_uses_the_cached_inception_and_keeps_real_statistics(net_calls):
+def test_suite_uses_the_cached_inception_once_for_fid_and_kid(net_calls, monkeypatch):
     from reconattack.metrics.suite import MetricSuite
 
-    torch.save(_random_inception_state(), _hub_file(INCEPTION_FILE))
-    suite = MetricSuite(metrics=("fid",))
+    saved = _random_inception_state()
+    torch.save(saved, _hub_file(INCEPTION_FILE))
+    suite = MetricSuite(metrics=("fid", "kid"))
     g = torch.Generator().manual_seed(0)
     target = torch.rand(1, 3, 24, 24, generator=g) * 2 - 1
     pred = (target + 0.5 * torch.randn(1, 3, 24, 24, generator=g)).clamp(-1, 1)
     suite.update(pred, target)
-    assert suite.compute()["fid"].startswith("missing: ")  # FID needs >= 2 images per set
+    res = suite.compute()
+    assert res["fid"].startswith("missing: ") and res["kid"].startswith("missing: ")  # 1 image
     assert net_calls == []
-    fid = suite._fid_metric
-    real_sum, fake_sum = fid.real_features_sum.clone(), fid.fake_features_sum.clone()
+    net = suite._nets["fid"]
+    _assert_same_state(net.inception.state_dict(), saved)
+    seen = []
+    net.inception.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    real_sum = suite._fid["real"].total.clone()
     with torch.no_grad():  # the Inception must have seen rounded uint8 images
-        real = fid.inception(((target + 1) / 2 * 255).round().to(torch.uint8)).double()
+        real = net.inception(((target + 1) / 2 * 255).round().to(torch.uint8)).double()
     torch.testing.assert_close(real_sum, real.sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(suite._kid["real"].compute().double(), real, rtol=1e-5, atol=1e-5)
 
-    suite.reset()  # first epoch done: its real statistics are kept, reconstructions cleared
+    seen.clear()
+    suite.reset()  # first epoch done: its real side is kept, reconstructions cleared
     suite.update(pred, target)
-    assert int(fid.real_features_num_samples) == 1 and int(fid.fake_features_num_samples) == 1
-    torch.testing.assert_close(fid.real_features_sum, real_sum)
-    torch.testing.assert_close(fid.fake_features_sum, fake_sum)
-    # (the 2048-d FID itself is torchmetrics' computation; not run here: slow on CPU)
+    assert len(seen) == 1 and seen[0].dtype == torch.uint8  # one pass (fake) for FID and KID
+    assert int(suite._fid["real"].n) == 1 and int(suite._fid["fake"].n) == 1
+    torch.testing.assert_close(suite._fid["real"].total, real_sum)
+    assert suite._kid_stored() == 2
+    # (the 2048-d FID itself is not computed here: slow on CPU; the formula is tested on small
+    # features in test_protocols.py)
+
+
+# ---------------------------------------------------- CFGAN-protocol FID (torchvision Inception)
+TV_INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
+
+
+def test_cfgan_inception_is_torchvisions_imagenet_file():
+    import torchvision
+
+    assert P.TV_INCEPTION_URL == torchvision.models.Inception_V3_Weights.IMAGENET1K_V1.url
+    assert P.TV_INCEPTION_WEIGHTS.cache_file == _hub_file(TV_INCEPTION_FILE)
+
+
+def test_cfgan_inception_missing_names_the_cache_file(net_calls):
+    with pytest.raises(MissingWeightsError) as err:
+        P.load_cfgan_inception()
+    assert str(_hub_file(TV_INCEPTION_FILE)) in str(err.value)
+    assert P.TV_INCEPTION_URL in str(err.value)
+    assert net_calls == []
+
+
+def test_cfgan_inception_download_failure_is_missing(net_calls, monkeypatch):
+    monkeypatch.delenv("RECONATTACK_OFFLINE")
+    with pytest.raises(MissingWeightsError, match="download"):
+        P.load_cfgan_inception(download=True)
+    assert net_calls == ["download_url_to_file"]
+    assert not _hub_file(TV_INCEPTION_FILE).exists()
+
+
+def _random_torchvision_inception():
+    """A torchvision Inception-v3 state dict with random weights scaled so that the 2048-d
+    features are of order 1 (He-normal convolutions, random BatchNorm statistics)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_cfgan_inception_features_are_the_official_codes(net_calls):
+    """Against torchvision's own forward pass (fc removed) on the input utils/FID.py and
+    utils/inception.py build: BGR as cv2.imread gives, bilinear 299×299 (F.upsample), their
+    channel-wise normalisation of [0, 1] values."""
+    import torchvision
+
+    saved = _random_torchvision_inception()
+    torch.save(saved, _hub_file(TV_INCEPTION_FILE))
+    net = P.load_cfgan_inception()
+    assert net_calls == []
+    assert not any(p.requires_grad for p in net.parameters())
+
+    g = torch.Generator().manual_seed(1)
+    rgb8 = torch.randint(0, 256, (2, 40, 48, 3), generator=g, dtype=torch.uint8).numpy()
+    bgr = torch.from_numpy(rgb8[..., ::-1].copy()).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(bgr, size=(299, 299), mode="bilinear", align_corners=False)
+    x = x.clone()
+    x[:, 0] = x[:, 0] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+    x[:, 1] = x[:, 1] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+    x[:, 2] = x[:, 2] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+    ref_net = torchvision.models.inception_v3(
+        weights=None, aux_logits=True, init_weights=False, transform_input=False
+    )
+    ref_net.load_state_dict(saved)
+    ref_net.fc = torch.nn.Identity()
+    with torch.no_grad():
+        ref = ref_net.eval()(x)
+        ours = net(torch.from_numpy(rgb8).permute(0, 3, 1, 2).float() / 255)
+    assert ours.shape == (2, 2048)
+    scale = ref.abs().mean().item()
+    print(
+        f"cfgan inception: mean |feature| {scale:.4f}, max |ours - ref| "
+        f"{(ours - ref).abs().max().item():.3e}"
+    )
+    assert 0.01 < scale < 100 and (ref[0] - ref[1]).abs().mean() > 0.01 * scale
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * scale)
+    # a different normalisation or channel order would show
+    with torch.no_grad():
+        rgb_in = torch.nn.functional.interpolate(bgr.flip(1), size=(299, 299), mode="bilinear")
+        rgb_net = ref_net(rgb_in * 2 - 1)
+    assert (rgb_net - ref).abs().max() > 1e-2 * scale
+
+
+def test_cfgan_inception_local_file_and_foreign_files(net_calls, tmp_path):
+    saved = _random_torchvision_inception()
+    torch.save(saved, tmp_path / "tv_inception.pth")
+    net = P.load_cfgan_inception(path=tmp_path / "tv_inception.pth")
+    assert torch.equal(
+        net.blocks.Mixed_7c.branch_pool.conv.weight, saved["Mixed_7c.branch_pool.conv.weight"]
+    )
+    # torch-fidelity's FID Inception is another network: refused by name, not half-loaded
+    torch.save(_random_inception_state(), tmp_path / "fidelity.pth")
+    with pytest.raises(MissingWeightsError, match="not a torchvision Inception-v3"):
+        P.load_cfgan_inception(path=tmp_path / "fidelity.pth")
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        P.load_cfgan_inception(path=tmp_path / "absent.pth")
+    assert net_calls == []

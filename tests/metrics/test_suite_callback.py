@@ -68,6 +68,9 @@ def _reference(preds, targets):
         "psnr": MF.psnr(x, y, 1.0).double().mean().item(),
         "ssim": MF.ssim(x, y, 1.0).double().mean().item(),
         "fid": MF.fid_from_features(nets["fid"](y), nets["fid"](x)),
+        "fid_n": x.shape[0],
+        "kid": MF.kid_from_features(nets["fid"](y), nets["fid"](x))[0],
+        "kid_n": x.shape[0],
         "lpips": nets["lpips"](x * 2 - 1, y * 2 - 1).double().mean().item(),
         "clip": F.cosine_similarity(nets["clip"](x), nets["clip"](y)).double().mean().item(),
     }
@@ -85,7 +88,19 @@ def test_suite_matches_functional():
     for pred, target in batches:
         suite.update(pred, target)
     res = suite.compute()
-    assert list(res) == ["mse", "psnr", "ssim", "fid", "lpips", "clip"]
+    assert list(res) == [
+        "mse",
+        "psnr",
+        "ssim",
+        "fid",
+        "fid_n",
+        "kid",
+        "kid_std",
+        "kid_n",
+        "lpips",
+        "clip",
+    ]
+    assert res["fid_n"] == res["kid_n"] == 12
     _assert_results(res, _reference([b[0] for b in batches], [b[1] for b in batches]))
     assert "tpr@far" not in res
 
@@ -116,7 +131,7 @@ def test_suite_quantized_paper_mode_matches_skimage_uint8():
 
 def test_suite_reports_missing_weights_once(monkeypatch, tmp_path):
     calls = []
-    for name in ("load_fid", "load_lpips", "load_clip"):
+    for name in ("load_fid_inception", "load_lpips", "load_clip"):
         orig = getattr(pretrained, name)
 
         def spy(*args, _orig=orig, _name=name, **kwargs):
@@ -125,7 +140,7 @@ def test_suite_reports_missing_weights_once(monkeypatch, tmp_path):
 
         monkeypatch.setattr(pretrained, name, spy)
     absent = {m: str(tmp_path / f"absent_{m}.pth") for m in ("fid", "lpips", "clip")}
-    suite = MetricSuite(metrics=("psnr", "fid", "lpips", "clip"), weights=absent)
+    suite = MetricSuite(metrics=("psnr", "fid", "kid", "lpips", "clip"), weights=absent)
     with pytest.warns(UserWarning, match="missing"):
         suite.update(*_images(2))
     suite.update(*_images(2, seed=1))
@@ -134,10 +149,13 @@ def test_suite_reports_missing_weights_once(monkeypatch, tmp_path):
     for m in ("fid", "lpips", "clip"):
         assert isinstance(res[m], str) and res[m].startswith("missing: ")
         assert absent[m] in res[m]
-    assert sorted(calls) == ["load_clip", "load_fid", "load_lpips"]  # loaded lazily, once
+    assert res["kid"] == res["fid"]  # the same Inception, the same reason
+    assert "fid_n" not in res and "kid_n" not in res
+    # loaded lazily, once (one Inception for FID and KID)
+    assert sorted(calls) == ["load_clip", "load_fid_inception", "load_lpips"]
     suite.reset()
     suite.update(*_images(2))
-    assert sorted(calls) == ["load_clip", "load_fid", "load_lpips"]
+    assert sorted(calls) == ["load_clip", "load_fid_inception", "load_lpips"]
     assert suite.compute()["lpips"].startswith("missing: ")
 
 
