@@ -10,6 +10,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -117,6 +118,21 @@ def check_multirun(overrides: list[str]) -> list:
 # ------------------------------------------------------------------------------ coverage
 def test_every_paper_table_has_a_recipe():
     assert {p.stem for p in RECIPE_FILES} >= PAPER_TABLES
+
+
+def test_every_recipe_is_listed_in_the_readmes():
+    local = (EXPERIMENTS_DIR / "README.md").read_text()
+    top = (ROOT / "README.md").read_text()
+    assert "## Reproducing the paper tables" in top
+    section = top.split("## Reproducing the paper tables", 1)[1].split("\n## ", 1)[0]
+    for path in RECIPE_FILES:
+        assert f"experiments/{path.name}" in section, path.name
+        assert path.name in local, path.name
+
+
+def test_make_lint_covers_the_recipes():
+    lint = re.search(r"^lint:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "experiments" in lint.split()
 
 
 # ------------------------------------------------------------------------------- dry run
