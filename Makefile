@@ -24,7 +24,7 @@ test-full: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
-	$(PY) -m ruff check reconattack tests benchmarks
+	$(PY) -m ruff check reconattack tests benchmarks experiments
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sift.py --threads 1
