@@ -241,3 +241,14 @@ def test_a_run_prints_its_stages_and_none_of_the_known_noise(tmp_path):
         assert noise not in out, (noise, out)
     assert out.count("GPU available") == 1, out  # the device, once
 
+
+def test_the_summary_gives_each_missing_reason_once():
+    from reconattack.run import summary
+
+    why = "missing: CLIP ViT-B-32: the Hugging Face Hub is not reachable"
+    text = summary({"test/psnr": 13.98061, "test/clip": why, "ours/clip": why, "ours/fid": "missing: no FID weights",
+                    "attack/leaked_images": 8})
+    assert text.splitlines() == ["  attack/leaked_images: 8", "  ours/clip: missing (1)", "  ours/fid: missing (2)",
+                                 "  test/clip: missing (1)", "  test/psnr: 13.9806",
+                                 "  (1) missing: CLIP ViT-B-32: the Hugging Face Hub is not reachable",
+                                 "  (2) missing: no FID weights"]
