@@ -344,6 +344,9 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r"You defined a `validation_step` but have no `val_dataloader`", PossibleUserWarning,
      "every attack stage can validate; a threat model without validation data gives it none, and "
      "the runner turns validation off for it (reconattack.runner.fit_stage)"),
+    (r"Total length of `list` across ranks is zero", UserWarning,
+     "a data module without a validation split gives an empty list (data.val=0); only "
+     "trainer.fast_dev_run, a debugging run, turns validation on for it anyway"),
 )
 
 #: Lightning info lines never shown: (regex matched at the start, why)

@@ -173,6 +173,7 @@ def test_without_a_terminal_a_line_every_few_percent(tmp_path, caplog):
      "pre-optimization state was saved.", "UserWarning"),
     ("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",
      "PossibleUserWarning"),
+    ("Total length of `list` across ranks is zero. Please make sure this was your intention.", "UserWarning"),
 ])
 def test_known_harmless_warnings_are_not_shown_and_others_are(message, category):
     from lightning_fabric.utilities.warnings import PossibleUserWarning
