@@ -124,10 +124,12 @@ class StageProgressBar(StageProgress, RichProgressBar):
         return self.train_description
 
     def _initialize_train_progress_bar_id(self) -> None:
+        # a resumed stage's bar starts where the stage was (its speed counts from there)
         done, total = stage_iterations(self.trainer)
-        self.train_progress_bar_id = self._add_task(total, self.train_description)
-        if done:  # a resumed stage: its bar starts where it was, its speed from here
-            self.progress.reset(self.train_progress_bar_id, completed=done)
+        description = self.train_description
+        if self.theme.description:
+            description = f"[{self.theme.description}]{description}"
+        self.train_progress_bar_id = self.progress.add_task(description, total=total, completed=done)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # one task for the whole stage: Lightning's epochs neither reset nor restart it

@@ -161,6 +161,23 @@ def test_without_a_terminal_a_line_every_few_percent(tmp_path, caplog):
     assert len(lines) == 1 and lines[0].startswith("evaluation 3/3"), lines  # 0: at the end only
 
 
+def test_a_resumed_stage_counts_on_from_where_it_stopped(tmp_path, caplog, rich_console_restored):
+    first = _trainer(tmp_path, "toy", 8, StageProgressLines())  # 4 of 5 iterations: one epoch
+    first.fit(TwoOptimizerToy())
+    first.save_checkpoint(tmp_path / "four.ckpt")
+    out = io.StringIO()
+    bar = StageProgressBar(console_kwargs={"file": out, "force_terminal": True, "width": 120})
+    _trainer(tmp_path, "toy", 10, bar).fit(TwoOptimizerToy(), ckpt_path=tmp_path / "four.ckpt")
+    frames = ANSI.sub("", out.getvalue())
+    assert re.search(r"toy\s.*\s4/5\s", frames) and re.search(r"toy\s.*\s5/5\s", frames), frames
+    assert not re.search(r"\s[0-3]/5\s", frames), frames
+    with caplog.at_level(logging.INFO, logger="reconattack.progress"):
+        _trainer(tmp_path, "toy", 10, StageProgressLines(every_percent=50)).fit(
+            TwoOptimizerToy(), ckpt_path=tmp_path / "four.ckpt")
+    lines = [r.getMessage() for r in caplog.records if r.name == "reconattack.progress"]
+    assert [line.split(" · ")[0] for line in lines] == ["toy 5/5 (100%)"], lines
+
+
 # ------------------------------------------------------------------------------ filtering
 @pytest.mark.parametrize("message, category", [
     ("Found 327 module(s) in eval mode at the start of training. This may lead to unexpected "
