@@ -47,11 +47,29 @@ def run(cfg: DictConfig) -> dict:
     metrics = run_experiment(cfg, run_dir)
     if is_global_zero():
         path = write_metrics(metrics, run_dir)
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sorted(metrics.items())}
-        print("\n".join(f"  {k}: {v}" for k, v in shown.items()))
+        print(summary(metrics))
         print(f"Results in {run_dir.resolve()}: metrics.json, samples/, checkpoints/, .hydra/ "
               f"({path.name} written)")
     return metrics
+
+
+def summary(metrics: dict) -> str:
+    """The final metrics as printed, one ``  name: value`` line each (floats to 4 decimals); a
+    metric that could not be computed says ``missing (N)``, and each reason (N) is printed once
+    after them instead of on every row (``metrics.json`` keeps it on every row)."""
+    from reconattack.metrics.suite import MISSING_PREFIX
+
+    reasons: dict[str, int] = {}
+    lines = []
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, str) and value.startswith(MISSING_PREFIX):
+            n = reasons.setdefault(value[len(MISSING_PREFIX):], len(reasons) + 1)
+            value = f"missing ({n})"
+        elif isinstance(value, float):
+            value = round(value, 4)
+        lines.append(f"  {key}: {value}")
+    lines += [f"  ({n}) missing: {reason}" for reason, n in reasons.items()]
+    return "\n".join(lines)
 
 
 # errors a user causes and can fix (bad config values; missing or malformed data, checkpoints,

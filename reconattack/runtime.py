@@ -68,11 +68,25 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
                  callbacks: list | None = None, whole: bool = False, **overrides) -> pl.Trainer:
     """A Trainer for one stage of an attack, from ``cfg.trainer`` (accelerator, devices, strategy,
     precision, ...), with its checkpoints under ``run_dir/checkpoints/<stage>``. ``whole``: drop
-    the settings that shorten a run (:data:`SHORTENING`), for work whose result is shared."""
+    the settings that shorten a run (:data:`SHORTENING`), for work whose result is shared.
+
+    The progress display is told ``stage`` (:mod:`reconattack.console`: it shows the stage's name
+    and iterations); without one (``trainer.callbacks.progress=null``) there is no progress bar
+    unless ``trainer.enable_progress_bar`` says so. The known-harmless messages of Lightning are
+    kept off the console (:func:`reconattack.console.quiet`)."""
+    from pytorch_lightning.callbacks import ProgressBar
+
+    from reconattack.console import StageProgress, quiet
+
+    quiet()
     cbs = [hydra.utils.instantiate(c) for c in cfg.trainer.get("callbacks", {}).values() if c]
     cbs += callbacks or []
+    for cb in cbs:
+        if isinstance(cb, StageProgress):
+            cb.stage = stage
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.pop("callbacks", None)
+    tcfg.setdefault("enable_progress_bar", any(isinstance(cb, ProgressBar) for cb in cbs))
     if whole:
         for key in SHORTENING:
             tcfg.pop(key, None)

@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+def pytest_configure(config):
+    """The warnings a run never shows (reconattack.console.HARMLESS_WARNINGS, each with why it is
+    harmless) are not shown in the tests either: also where a test builds its own Trainer."""
+    from reconattack.console import pytest_filters
+
+    for line in pytest_filters():
+        config.addinivalue_line("filterwarnings", line)
+
+
 @pytest.fixture(autouse=True)
 def _offline_and_isolated(monkeypatch, tmp_path_factory):
     """No network, and a private empty torch hub cache, for every test."""

@@ -63,7 +63,7 @@ class FaceClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(-1) == batch["label"]).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=False,
-                      batch_size=x.shape[0])
+                      prog_bar=True, batch_size=x.shape[0])
         return loss
 
     def configure_optimizers(self):
