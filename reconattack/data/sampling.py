@@ -40,7 +40,7 @@ def consumed_batches(trainer) -> int:
     except (AttributeError, RuntimeError):
         module = None
     per = int(getattr(module, "optimizer_steps_per_iteration", 1) or 1)
-    return int(trainer.global_step) // per
+    return int(getattr(trainer, "global_step", 0) or 0) // per
 
 
 def loader_generator(seed: int) -> torch.Generator:

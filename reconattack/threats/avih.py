@@ -396,7 +396,7 @@ class AVIHThreat(ThreatModel):
             if done.any():
                 log.info("encrypted gallery: continuing an interrupted build, %d of %d jobs were "
                          "encrypted before", int(done.sum()), len(index))
-            encryptor.chunk_dir, encryptor.curve = work, list(curve)
+            encryptor.chunk_dir, encryptor.curve, encryptor.keep = work, list(curve), True
             jobs = EncryptionJobs(gallery_images, index, key_id, encrypted=encrypted,
                                   done=done if encrypted is not None else None, decoy=role == Role.DECOY)
             built["metrics"] = self._encryption_test(ctx, encryptor, jobs)

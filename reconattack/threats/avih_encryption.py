@@ -96,7 +96,9 @@ class AVIHEncryptor(pl.LightningModule):
         self.optimizer_factory = optimizer or _adam
         self.init, self.seed, self.log_every = init, int(seed), int(log_every)
         self.store: dict[str, list[torch.Tensor]] = {}
-        self.keep = True  # keep every row of the pass in `store` (the threat saves the gallery)
+        # rows kept in `store` (the threat saves the gallery): True every row of the pass (a build,
+        # also the jobs an interrupted build finished), False none, None those encrypted here
+        self.keep: bool | None = None
         self.chunk_dir: Path | None = None  # where freshly encrypted jobs are kept as they finish
         self.curve: list[dict] = []  # mean loss terms every `log_every` iterations, per batch
         self._batch_number = 0
@@ -193,7 +195,7 @@ class AVIHEncryptor(pl.LightningModule):
                 groups[f"encrypt/{role}key_"] = {"pred": recovered[rows], "target": x[rows]}
                 if wrong is not None:
                     groups[f"encrypt/{role}wrong_key_"] = {"pred": wrong[rows], "target": x[rows]}
-        if self.keep:
+        if self.keep or (self.keep is None and bool(todo.any())):
             for name in ("index", "key_id", "slot"):
                 self.store.setdefault(name, []).append(batch[name].detach().cpu())
             self.store.setdefault("encrypted", []).append(x_enc.cpu())
