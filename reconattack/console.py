@@ -34,6 +34,8 @@ import pytorch_lightning as pl
 from lightning_fabric.utilities.warnings import PossibleUserWarning
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
+from reconattack.data.sampling import consumed_batches, steps_per_iteration
+
 log = logging.getLogger(__name__)
 
 #: the logger of the progress lines (:class:`StageProgressLines`)
@@ -48,8 +50,7 @@ def stage_iterations(trainer) -> tuple[int, int | float]:
     ``total`` the smaller of ``max_steps`` in iterations (rounded up) and ``max_epochs`` ×
     the batches of an epoch, where those are set (``fast_dev_run`` and ``limit_train_batches``
     are in them); ``math.inf`` when neither is."""
-    module = getattr(trainer, "lightning_module", None)
-    per = max(1, int(getattr(module, "optimizer_steps_per_iteration", 1) or 1))
+    per = steps_per_iteration(trainer)
     total: int | float = math.inf
     max_steps = getattr(trainer, "max_steps", -1)
     if max_steps is not None and max_steps >= 0:
@@ -58,7 +59,7 @@ def stage_iterations(trainer) -> tuple[int, int | float]:
     batches = getattr(trainer, "num_training_batches", math.inf)
     if epochs is not None and epochs >= 0 and math.isfinite(batches):
         total = min(total, int(epochs * batches))
-    done = int(trainer.global_step) // per
+    done = consumed_batches(trainer)
     return (min(done, total) if math.isfinite(total) else done), total
 
 

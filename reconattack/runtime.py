@@ -199,11 +199,10 @@ def save_grid(columns: list[torch.Tensor], path: Path, max_rows: int = 8) -> Non
     """
     import torchvision
 
-    n = min(max_rows, columns[0].shape[0])
-    tiles = torch.stack([c[:n].detach().float().cpu().clamp(-1, 1) for c in columns], dim=1)
-    tiles = tiles.flatten(0, 1)  # row-major: image i, column j
+    from reconattack.tracking import grid
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image((tiles + 1) / 2, str(path), nrow=len(columns), padding=2, pad_value=1.0)
+    torchvision.utils.save_image(grid(columns, max_rows), str(path))
 
 
 def _jsonable(v):

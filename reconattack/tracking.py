@@ -62,6 +62,15 @@ def job_identity() -> dict[str, Any]:
     return {"experiment": str(experiment), "sweep": sweep, "overrides": overrides}
 
 
+def wandb_offline() -> bool:
+    """Whether W&B must log offline: no API key configured (neither ``WANDB_API_KEY`` nor an
+    api.wandb.ai entry in ``~/.netrc``, what ``wandb login`` writes) or ``WANDB_MODE=offline``."""
+    netrc = Path(os.path.expanduser("~/.netrc"))
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    return not has_key or os.environ.get("WANDB_MODE") == "offline"
+
+
 def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None = None,
                  offline: bool | None = None, version: str | None = None, group: str | None = None,
                  tags: list[str] | tuple[str, ...] = (), **kwargs):
@@ -77,10 +86,7 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
     from pytorch_lightning.loggers import WandbLogger
 
     if offline is None:
-        netrc = Path(os.path.expanduser("~/.netrc"))
-        has_key = bool(os.environ.get("WANDB_API_KEY")) or (
-            netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-        offline = not has_key or os.environ.get("WANDB_MODE") == "offline"
+        offline = wandb_offline()
         if offline:
             log.info("W&B: no API key configured, logging offline to %s (sync later with `wandb sync`)",
                      save_dir)
@@ -130,7 +136,8 @@ def log_image(logger, key: str, image: torch.Tensor | np.ndarray | str | Path, s
 
 def grid(columns: list[torch.Tensor], max_rows: int = 8) -> torch.Tensor:
     """A picture with one row per image and one column per tensor of ``columns`` (each
-    (B, 3, H, W) in [-1, 1]) -> (3, H', W') in [0, 1] (as :func:`reconattack.runtime.save_grid`)."""
+    (B, 3, H, W) in [-1, 1]) -> (3, H', W') in [0, 1]; :func:`reconattack.runtime.save_grid`
+    writes it as a PNG."""
     import torchvision
 
     n = min(max_rows, columns[0].shape[0])
@@ -205,9 +212,7 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
     cfg = wandb_cfgs[0]
     offline = cfg.get("offline")
     if offline is None:
-        netrc = Path(os.path.expanduser("~/.netrc"))
-        offline = not (os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in
-                                                           netrc.read_text(errors="ignore")))
+        offline = wandb_offline()
     run = wandb.init(project=cfg.get("project", "reconattack"), group=group, name="report", job_type="report",
                      dir=str(root), mode="offline" if offline else "online", reinit="create_new")
     try:
@@ -222,5 +227,5 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
     return Path(run.dir).parent if getattr(run, "dir", None) else None
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables",
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables", "wandb_offline",
            "wandb_logger"]

@@ -25,22 +25,26 @@ from torch.utils.data import DataLoader, DistributedSampler
 SEED_BOUND = 2**63 - 1
 
 
+def steps_per_iteration(trainer) -> int:
+    """Optimizer steps of one training iteration of the Trainer's module: its
+    ``optimizer_steps_per_iteration`` (a GAN stage steps two optimizers per batch; default 1)."""
+    try:
+        module = trainer.lightning_module
+    except (AttributeError, RuntimeError):
+        module = None
+    return max(1, int(getattr(module, "optimizer_steps_per_iteration", 1) or 1))
+
+
 def consumed_batches(trainer) -> int:
     """Training batches this process has finished in the Trainer's current fit: 0 for a fresh
     fit; after ``trainer.fit(ckpt_path=...)`` restored a checkpoint (called from
     ``train_dataloader``, which Lightning calls after the restore), the checkpoint's position.
 
-    It is ``global_step`` (optimizer steps) over the module's ``optimizer_steps_per_iteration``
-    (a GAN stage steps two optimizers per batch; default 1).
+    It is ``global_step`` (optimizer steps) over :func:`steps_per_iteration`.
     """
     if trainer is None:
         return 0
-    try:
-        module = trainer.lightning_module
-    except (AttributeError, RuntimeError):
-        module = None
-    per = int(getattr(module, "optimizer_steps_per_iteration", 1) or 1)
-    return int(getattr(trainer, "global_step", 0) or 0) // per
+    return int(getattr(trainer, "global_step", 0) or 0) // steps_per_iteration(trainer)
 
 
 def loader_generator(seed: int) -> torch.Generator:
@@ -140,4 +144,5 @@ class ResumableLoader(DataLoader):
         return None
 
 
-__all__ = ["ResumableLoader", "ResumableSampler", "SEED_BOUND", "consumed_batches", "loader_generator", "trainer_rank_and_world"]
+__all__ = ["ResumableLoader", "ResumableSampler", "SEED_BOUND", "consumed_batches", "loader_generator", "steps_per_iteration",
+           "trainer_rank_and_world"]
