@@ -118,10 +118,17 @@ def _hwc_uint8(image: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
     return np.asarray(image)
 
 
+def takes_images(logger) -> bool:
+    """Whether :func:`log_image` can log to ``logger`` (W&B or TensorBoard)."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    return isinstance(logger, (TensorBoardLogger, WandbLogger))
+
+
 def log_image(logger, key: str, image: torch.Tensor | np.ndarray | str | Path, step: int | None = None) -> bool:
     """Log one picture — a PNG path, a (3, H, W) tensor in [0, 1] or an (H, W, 3) uint8 array —
     to a W&B or TensorBoard logger; returns False for other loggers (CSV) or none."""
-    if not logger:
+    if not takes_images(logger):
         return False
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
@@ -156,8 +163,8 @@ class ValidationSamples(pl.Callback):
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        if not isinstance(outputs, Mapping) or "pred" not in outputs:
-            return
+        if not isinstance(outputs, Mapping) or "pred" not in outputs or not takes_images(trainer.logger):
+            return  # no picture is drawn for a logger that cannot show it
         picture = grid([outputs["target"], outputs["pred"]], self.rows)
         log_image(trainer.logger, f"{self.stage}/val_samples", picture, step=trainer.global_step)
 
@@ -227,5 +234,5 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
     return Path(run.dir).parent if getattr(run, "dir", None) else None
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables", "wandb_offline",
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables", "takes_images", "wandb_offline",
            "wandb_logger"]
