@@ -376,6 +376,7 @@ class Table:
     rows: list[Row]
     groups: list[Group]
     paper_note: str = ""
+    unreported: list[str] = field(default_factory=list)  # layout columns no row has: left out
 
 
 @dataclass
@@ -546,8 +547,17 @@ def _table(layout: Layout, value: tuple, members: list[Group], paper: dict | Non
         if n1 + n2:
             note = (f"† {paper['source']}: the paper's published numbers for the setting of the row "
                     f"above them (matched on the run's config; {Path(paper['file']).name}), not ours.")
-    table = Table(title, value, blocks, list(layout.columns), rows + control_rows, members, note)
-    return table
+    # a column no row of any block has (ours or the paper's: e.g. fid_cfgan without
+    # metrics=cfgan_paper) is left out; a metric reported missing is a value and stays
+    every = rows + control_rows
+    kept = [(c, d) for c, d in layout.columns
+            if any(_reported(r.cells.get(b, {}).get(c, EMPTY)) for r in every for b in blocks)]
+    unreported = [c for c, _ in layout.columns if all(c != k for k, _ in kept)]
+    return Table(title, value, blocks, kept, every, members, note, unreported)
+
+
+def _reported(s: Stat) -> bool:
+    return s.mean is not None or bool(s.text)
 
 
 def _with_paper(rows: list[Row], paper: dict, cols: list[str]) -> tuple[list[Row], int]:
@@ -715,6 +725,9 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
         md += ["", f"### {heading}", ""] + _md_table(head, lines)
         if table.paper_note:
             md += ["", table.paper_note]
+        if table.unreported:
+            md += ["", "Left out, no run of this table reported them: "
+                   + ", ".join(f"`{c}`" for c in table.unreported) + "."]
     if report.layout is not None and report.layout.threshold is not None and report.tables:
         md += _md_answers(report)
     if plots:
@@ -793,7 +806,7 @@ def _write_csv(report: Report) -> list[Path]:
                     for b in t.blocks:
                         for c, _ in t.columns:
                             s = r.cells.get(b, {}).get(c)
-                            if s is None or (s.mean is None and not s.text):
+                            if s is None or not _reported(s):
                                 continue
                             w.writerow([t.title, b, r.of or r.label, r.source or "ours", c,
                                         "" if s.mean is None else s.mean, "" if s.std is None else s.std,

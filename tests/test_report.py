@@ -301,9 +301,12 @@ def test_a_label_with_tex_characters_is_escaped(tmp_path):
     cfg = _config("Ours_v2 & 100%")
     for seed in (0, 1):
         _fake_run(tmp_path, str(seed), [f"seed={seed}"], {"test/psnr": 10.0 + seed, "test/ssim": 0.5}, cfg)
+    _fake_run(tmp_path, "2", ["attack=ivr", "seed=0"], {"test/psnr": 9.0, "test/ssim": 0.4, "test/lpips": 0.3},
+              _config("IVR"))
     write_reports(tmp_path)
     tex = (tmp_path / "report.tex").read_text()
-    assert r"Ours\_v2 \& 100\% & $0.5000 \pm 0.0000$ & $10.5000 \pm 0.7071$ & -- \\" in tex
+    assert r"Ours\_v2 \& 100\% & $0.5000 \pm 0.0000$ & $10.5000 \pm 0.7071$ & -- \\" in tex  # no lpips: --
+    assert r"IVR & $0.4000$ & $9.0000$ & $0.3000$ \\" in tex
 
 
 def test_plots_one_line_per_dataset_and_a_sample_grid(tmp_path):
@@ -355,28 +358,39 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
 
 
 def test_block_layout_method_by_dataset(tmp_path):
-    """CFGAN Table I: one row per method, a block of columns per dataset."""
+    """CFGAN Table I: one row per method, a block of columns per dataset; a column one block
+    reports stays in every block, a column no run reports (fid_cfgan without
+    metrics=cfgan_paper) is left out and named."""
     i = 0
     for dataset in ("celebahq", "lsun_bird"):
         for label in ("CFGAN", "IVR"):
             for seed in (0, 1):
                 cfg = _config(label)
                 cfg["threat"]["report"]["blocks_by"] = ["data.name"]
+                cfg["threat"]["report"]["columns"]["fid_cfgan"] = "lower"
                 cfg["data"] = {"name": dataset}
-                _fake_run(tmp_path, str(i), [f"+experiment={label.lower()}_{dataset}", f"seed={seed}"],
-                          {"test/psnr": 10.0 + i, "test/ssim": 0.5, "baseline/mean_image/ssim": 0.4,
-                           "baseline/shuffled/ssim": 0.1 * i}, cfg)
+                metrics = {"test/psnr": 10.0 + i, "test/ssim": 0.5, "baseline/mean_image/ssim": 0.4,
+                           "baseline/shuffled/ssim": 0.1 * i}
+                if dataset == "lsun_bird":
+                    metrics["test/lpips"] = 0.25
+                _fake_run(tmp_path, str(i), [f"+experiment={label.lower()}_{dataset}", f"seed={seed}"], metrics, cfg)
                 i += 1
     write_reports(tmp_path)
     md = (tmp_path / "report.md").read_text()
     layout = md[md.index("## Paper layout"):]
-    assert "| row | celebahq: ssim ↑ | celebahq: psnr ↑ | celebahq: lpips ↓ | lsun_bird: ssim ↑ |" in layout
+    assert ("| row | celebahq: ssim ↑ | celebahq: psnr ↑ | celebahq: lpips ↓ | lsun_bird: ssim ↑ | "
+            "lsun_bird: psnr ↑ | lsun_bird: lpips ↓ |") in layout
     assert _row(layout, "CFGAN") == ["0.5000 ± 0.0000", "10.5000 ± 0.7071", "", "0.5000 ± 0.0000",
-                                     "14.5000 ± 0.7071", ""]
+                                     "14.5000 ± 0.7071", "0.2500 ± 0.0000"]
     assert layout.count("| mean image |") == 1
+    assert "fid_cfgan ↓" not in layout
+    assert "Left out, no run of this table reported them: `fid_cfgan`." in layout
     tex = (tmp_path / "report.tex").read_text()
     assert r"\multicolumn{3}{c}{celebahq} & \multicolumn{3}{c}{lsun\_bird}" in tex
-    assert r"\cmidrule(lr){2-4}\cmidrule(lr){5-7}" in tex
+    assert r"\cmidrule(lr){2-4}\cmidrule(lr){5-7}" in tex and "fid" not in tex
+    with open(tmp_path / "report_layout.csv", newline="") as f:
+        columns = {r["column"] for r in csv.DictReader(f)}
+    assert columns == {"ssim", "psnr", "lpips"}
 
 
 @pytest.mark.parametrize("name", ["avih_attack_lfw", "cfgan_celebahq"])
