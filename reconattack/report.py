@@ -19,7 +19,9 @@ Written into ``DIR``:
   dashed (without a layout: every metric against the one numeric override that varies, if any);
 - ``report_grid[_<table>].png`` + ``.txt`` (the column names): the first ``--grid-rows`` images of
   the runs' ``samples/test_grid.png`` side by side: ground truth, the controls (those that differ
-  from it and do not depend on the attack), then the attack at each setting (the first run of each), when a table has two or more.
+  from it and do not depend on the attack), then the attack at each setting (the first run of each), when a table has two or more,
+  at the tiles' own pixels; ``report_grid[_<table>]_figure.png``: the same with column titles, for
+  a paper (the one report.md shows).
 
 The layout comes from the runs' own configs (``.hydra/config.yaml``), never from code that names
 an attack or a threat: the threat's ``report`` section gives ``attack_row`` (metrics prefix of the
@@ -46,6 +48,7 @@ import math
 import re
 import statistics
 import sys
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,7 +686,7 @@ def write_reports(root: Path, options: Options | None = None) -> list[Path]:
         from reconattack.tracking import log_report_tables
 
         log_report_tables(root, report.jobs, [p for p in written if p.suffix == ".csv"])
-    return written + plots + [p for p, _ in grids]
+    return written + plots + [f for p, _ in grids for f in (p, _figure_path(p))]
 
 
 def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
@@ -735,9 +738,10 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
     if grids or report.notes:
         md += ["", "## Sample images", ""]
         for path, titles in grids:
-            md += [f"![{path.stem}]({path.name})", "", f"Columns of {path.name}: "
+            figure = _figure_path(path)
+            md += [f"![{figure.stem}]({figure.name})", "", "Columns: "
                    + ", ".join(f"`{t}`" for t in titles) + f" (the first {report.options.grid_rows} held-out images at most, from the first "
-                   f"finished run of each setting).", ""]
+                   f"finished run of each setting). The tiles at their own pixels, untitled: `{path.name}`.", ""]
         md += [f"- {n}" for n in report.notes]
     bad = [j for j in jobs if j.status != "finished"]
     if bad:
@@ -1028,8 +1032,35 @@ def _grids(report: Report) -> list[tuple[Path, list[str]]]:
             Image.fromarray(canvas).save(buf, format="PNG")
             atomic_write_bytes(path, buf.getvalue())
             atomic_write_text(path.with_suffix(".txt"), " | ".join(titles) + "\n")
+            atomic_write_bytes(_figure_path(path), _grid_figure(columns, titles, n))
             out.append((path, titles))
     return out
+
+
+def _figure_path(grid: Path) -> Path:
+    return grid.with_name(f"{grid.stem}_figure.png")
+
+
+def _grid_figure(columns: list[np.ndarray], titles: list[str], n: int) -> bytes:
+    """The sample grid as a figure: a column per title (titled), ``n`` rows, tiles of any size
+    drawn at about an inch each without smoothing. ``columns``: ``(>= n, S, S, 3)`` uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.1 * len(columns), 1.1 * n + 0.4), squeeze=False)
+    for j, col in enumerate(columns):
+        axes[0][j].set_title(textwrap.fill(titles[j], 16), fontsize=7)
+        for i in range(n):
+            axes[i][j].imshow(col[i], interpolation="nearest")
+            axes[i][j].set_xticks([])
+            axes[i][j].set_yticks([])
+    fig.tight_layout(pad=0.3)
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------ entry points

@@ -335,8 +335,12 @@ def test_plots_one_line_per_dataset_and_a_sample_grid(tmp_path):
     seed0 = _tiles("lfw", 0.5, 0)[1][1]  # the first seed's Ours at 0.5, second image
     tile = img[2 + 10:2 + 10 + 8, 2 + 5 * 10:2 + 5 * 10 + 8, :3]
     assert abs(float(tile.mean()) - float((seed0 + 1).mean() / 2)) < 0.01
+    figure = tmp_path / "report_grid_lfw_figure.png"  # titled, each tile about an inch
+    assert figure in written and _is_png(figure)
+    assert matplotlib.image.imread(figure).shape[1] > 7 * 100
     md = (tmp_path / "report.md").read_text()
-    assert "report_grid_lfw.png" in md and "report_ours_tpr_at_far.png" in md
+    assert "(report_grid_lfw_figure.png)" in md and "`report_grid_lfw.png`" in md
+    assert "report_ours_tpr_at_far.png" in md
     assert runs  # the runs exist
 
 
