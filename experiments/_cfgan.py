@@ -25,20 +25,30 @@ class Row:
     """One row of a CFGAN ablation table.
 
     Attributes:
-        name: the row's multirun directory (``<dataset>/<name>``) and its label in the report.
+        name: the row's multirun directory (``<dataset>/<name>``).
+        label: the row's name in the paper's table, e.g. ``w/o fine net``; the runs get it as
+            ``attack.label``, the report's name for their row.
         celebahq: the overrides of the row on CelebA-HQ (the paper's ablation experiment file).
         change: the same model from any other CFGAN paper experiment (``cfgan_lsun_*``,
             ``cfgan_ffhq_eval``).
         demo: the same change on the CPU demo; None where it cannot run offline (a loss that needs
             pretrained VGG19 weights).
+        demo_label: the demo row's label where the paper's would not be true of it (the demo's
+            loss is not the paper's); None: ``label``.
         stage: the final stage, whose checkpoint the FFHQ evaluation loads.
     """
 
     name: str
+    label: str
     celebahq: tuple[str, ...]
     change: tuple[str, ...]
     demo: tuple[str, ...] | None
     stage: str = "fine"
+    demo_label: str | None = None  # where the demo's row is not the paper's (another loss)
+
+    def labelled(self, overrides: tuple[str, ...], demo: bool = False) -> tuple[str, ...]:
+        label = self.demo_label if demo and self.demo_label else self.label
+        return (*overrides, f'attack.label="{label}"')
 
 
 def paper_scale(rows: tuple[Row, ...], about: str, datasets: tuple[str, ...] = DATASETS,
@@ -49,19 +59,20 @@ def paper_scale(rows: tuple[Row, ...], about: str, datasets: tuple[str, ...] = D
     sweeps = []
     ffhq = "ffhq" in datasets
     if "celebahq" in datasets:
-        sweeps += [Sweep(f"celebahq/{r.name}", r.celebahq, by_seed=ffhq) for r in rows]
+        sweeps += [Sweep(f"celebahq/{r.name}", r.labelled(r.celebahq), by_seed=ffhq) for r in rows]
     if ffhq:
         for r in rows:
             unload = () if r.stage == "fine" else ("attack.checkpoints.fine=null",)
-            sweeps.append(Sweep(f"ffhq/{r.name}", ("+experiment=cfgan_ffhq_eval", *r.change, *unload,
+            sweeps.append(Sweep(f"ffhq/{r.name}", ("+experiment=cfgan_ffhq_eval", *r.labelled(r.change), *unload,
                                                   Checkpoint(r.stage, f"celebahq/{r.name}"))))
     for dataset in (d for d in LSUN if d in datasets):
-        sweeps += [Sweep(f"{dataset}/{r.name}", (f"+experiment=cfgan_{dataset}", *r.change)) for r in rows]
+        sweeps += [Sweep(f"{dataset}/{r.name}", (f"+experiment=cfgan_{dataset}", *r.labelled(r.change)))
+                   for r in rows]
     reports = tuple(d for d in DATASETS if d in datasets)
     return Scale(sweeps=tuple(sweeps), reports=reports, seeds=seeds, about=about)
 
 
 def demo_scale(rows: tuple[Row, ...], about: str, seeds: str = "0") -> Scale:
     """The rows that run offline, on the CPU demo (``faces/<row>``), one report."""
-    sweeps = tuple(Sweep(f"faces/{r.name}", r.demo) for r in rows if r.demo is not None)
+    sweeps = tuple(Sweep(f"faces/{r.name}", r.labelled(r.demo, demo=True)) for r in rows if r.demo is not None)
     return Scale(sweeps=sweeps, reports=("faces",), seeds=seeds, about=about)

@@ -17,9 +17,9 @@ from experiments._cfgan import Row, demo_scale, paper_scale  # noqa: E402
 from reconattack.recipes import Recipe, main  # noqa: E402
 
 ROWS = (
-    Row("no_compression", celebahq=("+experiment=cfgan_celebahq_no_compression", "loss.sift=0.0"),
+    Row("no_compression", "w/o compression", celebahq=("+experiment=cfgan_celebahq_no_compression", "loss.sift=0.0"),
         change=("threat.compress=false", "loss.sift=0.0"), demo=("threat.compress=false",)),
-    Row("compression", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=()),
+    Row("compression", "w compression", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=()),
 )
 
 RECIPE = Recipe(

@@ -16,9 +16,9 @@ from experiments._cfgan import Row, demo_scale, paper_scale  # noqa: E402
 from reconattack.recipes import Recipe, main  # noqa: E402
 
 ROWS = (
-    Row("coarse_only", celebahq=("+experiment=cfgan_celebahq_coarse_only", "loss.sift=0.0"),
+    Row("coarse_only", "w/o fine net", celebahq=("+experiment=cfgan_celebahq_coarse_only", "loss.sift=0.0"),
         change=("attack.stages=[coarse]", "loss.sift=0.0"), demo=("attack.stages=[coarse]",), stage="coarse"),
-    Row("coarse_fine", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=()),
+    Row("coarse_fine", "w fine net", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=()),
 )
 
 RECIPE = Recipe(

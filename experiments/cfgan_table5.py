@@ -20,9 +20,9 @@ from reconattack.recipes import Recipe, main  # noqa: E402
 # (attack.fine_init_from_coarse); both demo rows start it from scratch, as the paper does
 SCRATCH = "attack.fine_init_from_coarse=false"
 ROWS = (
-    Row("no_fusion", celebahq=("+experiment=cfgan_celebahq_no_fusion", "loss.sift=0.0"),
+    Row("no_fusion", "w/o fusion", celebahq=("+experiment=cfgan_celebahq_no_fusion", "loss.sift=0.0"),
         change=("model.fine.fusion=concat", "loss.sift=0.0"), demo=("model.fine.fusion=concat", SCRATCH)),
-    Row("fusion", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=(SCRATCH,)),
+    Row("fusion", "w fusion", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=(SCRATCH,)),
 )
 
 RECIPE = Recipe(

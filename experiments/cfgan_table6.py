@@ -18,15 +18,16 @@ COARSE = "attack.stages=[coarse]"
 # the style rows: as conf/experiment/cfgan_celebahq_style.yaml (tests/test_recipes.py compares them)
 STYLE = ("loss.sift=0.0", "loss.style=250.0")
 ROWS = (
-    Row("c_pix_per_adv", celebahq=("+experiment=cfgan_celebahq_no_sift", COARSE),
-        change=("loss.sift=0.0", COARSE), demo=(COARSE,), stage="coarse"),
-    Row("c_style", celebahq=("+experiment=cfgan_celebahq_style", COARSE),
+    Row("c_pix_per_adv", "L_pix+per+adv (c)", celebahq=("+experiment=cfgan_celebahq_no_sift", COARSE),
+        change=("loss.sift=0.0", COARSE), demo=(COARSE,), stage="coarse", demo_label="L_pix (c)"),
+    Row("c_style", "w L_style (c)", celebahq=("+experiment=cfgan_celebahq_style", COARSE),
         change=(*STYLE, COARSE), demo=None, stage="coarse"),
-    Row("c_sift", celebahq=("+experiment=cfgan_celebahq_coarse_only",),
+    Row("c_sift", "w L_sift (c)", celebahq=("+experiment=cfgan_celebahq_coarse_only",),
         change=(COARSE,), demo=(COARSE, "loss.sift=0.01"), stage="coarse"),
-    Row("cf_pix_per_adv", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=()),
-    Row("cf_style", celebahq=("+experiment=cfgan_celebahq_style",), change=STYLE, demo=None),
-    Row("cf_sift", celebahq=("+experiment=cfgan_celebahq",), change=(), demo=("loss.sift=0.01",)),
+    Row("cf_pix_per_adv", "L_pix+per+adv (c&f)", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",),
+        demo=(), demo_label="L_pix (c&f)"),
+    Row("cf_style", "w L_style (c&f)", celebahq=("+experiment=cfgan_celebahq_style",), change=STYLE, demo=None),
+    Row("cf_sift", "w L_sift (c&f)", celebahq=("+experiment=cfgan_celebahq",), change=(), demo=("loss.sift=0.01",)),
 )
 
 RECIPE = Recipe(

@@ -203,9 +203,11 @@ ABLATIONS = ("cfgan_table3", "cfgan_table4", "cfgan_table5", "cfgan_table6")
 def test_a_row_is_the_same_model_on_every_dataset(name, tmp_path):
     """An ablation row (a multirun directory's last part, e.g. ``coarse_only``) trains and
     evaluates the same networks, losses and stages on every dataset (the CelebA-HQ ablation file,
-    the same change applied to the LSUN experiments, the FFHQ evaluation of the CelebA-HQ model)."""
+    the same change applied to the LSUN experiments, the FFHQ evaluation of the CelebA-HQ model),
+    and is named in the report as the paper names it (``attack.label``)."""
     res = _dry_run(name, "paper", str(tmp_path / "out"))
     rows: dict[str, list] = {}
+    labels: dict[str, set[str]] = {}
     for argv in _commands(res.stdout, "reconattack.run"):
         for job, cfg in check_multirun(argv):
             row = Path(str(cfg.hydra.sweep.dir)).name
@@ -213,6 +215,7 @@ def test_a_row_is_the_same_model_on_every_dataset(name, tmp_path):
                     "loss": OmegaConf.to_container(cfg.loss, resolve=True),
                     "stages": list(cfg.attack.stages), "compress": cfg.threat.compress}
             rows.setdefault(row, []).append((job, what))
+            labels.setdefault(row, set()).add(cfg.attack.label)
     assert len(rows) >= 2
     for row, settings in rows.items():
         first_job, first = settings[0]
@@ -220,6 +223,17 @@ def test_a_row_is_the_same_model_on_every_dataset(name, tmp_path):
             assert other == first, (row, first_job, job)
     models = {json.dumps(s[0][1], sort_keys=True) for s in rows.values()}
     assert len(models) == len(rows)  # the rows differ from each other
+    assert all(len(v) == 1 for v in labels.values()), labels  # one name per row
+    assert len({next(iter(v)) for v in labels.values()}) == len(rows)
+    assert {"w/o fine net", "w fine net"} <= {next(iter(v)) for v in labels.values()} or name != "cfgan_table4"
+
+
+def test_the_demo_rows_are_named_for_what_the_demo_trains(tmp_path):
+    """CFGAN Table VI at demo scale: the demo's loss has no perceptual or adversarial term, so its
+    rows are not called L_pix+per+adv."""
+    res = _dry_run("cfgan_table6", "demo", str(tmp_path / "out"))
+    labels = {cfg.attack.label for argv in _commands(res.stdout, "reconattack.run") for _, cfg in check_multirun(argv)}
+    assert labels == {"L_pix (c)", "w L_sift (c)", "L_pix (c&f)", "w L_sift (c&f)"}
 
 
 def test_cfgan_ablations_without_the_sift_loss_where_the_paper_has_none(tmp_path):
