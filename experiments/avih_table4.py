@@ -24,12 +24,15 @@ PAPER = Scale(
 )
 
 DEMO_SHARES = "threat.key_share=0.1,0.7"
+# the rows' names as the paper-scale ablation files give them (tests/test_recipes.py compares)
 DEMO = Scale(
     sweeps=(Sweep("digits/gan_aug", ("+experiment=demo_avih", DEMO_SHARES)),
-            Sweep("digits/no_gan", ("+experiment=demo_avih", "loss.gan=0.0", DEMO_SHARES)),
-            Sweep("digits/no_aug", ("+experiment=demo_avih", "loss.augment=null", DEMO_SHARES)),
+            Sweep("digits/no_gan", ("+experiment=demo_avih", "loss.gan=0.0", 'attack.label="Ours w/o GAN loss"',
+                                    DEMO_SHARES)),
+            Sweep("digits/no_aug", ("+experiment=demo_avih", "loss.augment=null",
+                                    'attack.label="Ours w/o augmentation"', DEMO_SHARES)),
             Sweep("digits/identity_only", ("+experiment=demo_avih", "loss.gan=0.0", "loss.augment=null",
-                                           DEMO_SHARES))),
+                                           'attack.label="Ours w/o GAN loss & augmentation"', DEMO_SHARES))),
     reports=("digits",),
     seeds="0",
     about="Demo scale: demo_avih with the same four loss settings as the paper's ablation files "

@@ -248,10 +248,11 @@ def test_cfgan_ablations_without_the_sift_loss_where_the_paper_has_none(tmp_path
 
 def test_avih_demo_ablation_changes_the_loss_as_the_paper_files_do(tmp_path):
     """avih_table4 at demo scale turns off what avih_attack_agedb30_{no_gan,no_aug,identity_only}
-    turn off, on the demo experiment."""
+    turn off, on the demo experiment, and names its rows as those files do."""
     def loss_change(base, variant):
         a, b = (OmegaConf.to_container(c.loss, resolve=True) for c in (base, variant))
-        return json.dumps({k: b.get(k) for k in set(a) | set(b) if a.get(k) != b.get(k)}, sort_keys=True)
+        change = {k: b.get(k) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+        return json.dumps({"label": variant.attack.label, **change}, sort_keys=True)
 
     paper_base = compose_cfg(["+experiment=avih_attack_agedb30"])
     paper = {loss_change(paper_base, compose_cfg([f"+experiment={e}"]))
@@ -262,9 +263,11 @@ def test_avih_demo_ablation_changes_the_loss_as_the_paper_files_do(tmp_path):
     for argv in _commands(res.stdout, "reconattack.run"):
         for _job, cfg in check_multirun(argv):
             change = loss_change(demo_base, cfg)
-            if change != "{}":
+            if change != json.dumps({"label": "Ours"}):
                 demo.add(change)
-    assert demo == paper
+    assert demo == paper and len(paper) == 3
+    assert {json.loads(c)["label"] for c in paper} == {
+        "Ours w/o GAN loss", "Ours w/o augmentation", "Ours w/o GAN loss & augmentation"}
 
 
 # ---------------------------------------------------------------------------- end to end
