@@ -254,6 +254,9 @@ def matches(config: dict, match: dict) -> bool:
 
 
 def _show(value: Any) -> str:
+    """``value`` as a Hydra override writes it (``[a,b]``, ``true``, ``null``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
     return "null" if value is None else str(value)
@@ -444,13 +447,23 @@ def _metric_names(groups: list[Group]) -> list[str]:
                                         MAIN_METRICS.index(k) if k in MAIN_METRICS else 0, k))
 
 
-def _distinguish(items: list[tuple[Any, dict[str, str]]]) -> dict[Any, list[tuple[str, str]]]:
-    """For items with the same label: the overrides (key, value) whose values differ among them."""
+def _distinguish(items: list[tuple[Any, dict[str, str]]],
+                 configs: dict[Any, dict] | None = None) -> dict[Any, list[tuple[str, str]]]:
+    """For items with the same label: the overrides (key, value) whose values differ among them.
+    An item without the override shows the value its run's config (``configs[item]``) has there
+    (e.g. ``attack.stages=[coarse,fine]`` beside ``attack.stages=[coarse]``), else ``default``."""
     if len(items) < 2:
         return {i: [] for i, _ in items}
     keys = sorted({k for _, d in items for k in d})
     varying = [k for k in keys if len({d.get(k) for _, d in items}) > 1]
-    return {i: [(k, d.get(k, "default")) for k in varying] for i, d in items}
+
+    def value(i: Any, d: dict[str, str], k: str) -> str:
+        if k in d:
+            return d[k]
+        found = lookup((configs or {}).get(i), k.lstrip("+~"))
+        return "default" if found is None else _show(found)
+
+    return {i: [(k, value(i, d, k)) for k in varying] for i, d in items}
 
 
 def _label(label: str, extra: list[tuple[str, str]], rename: dict[str, str] | None = None) -> str:
@@ -512,7 +525,7 @@ def _table(layout: Layout, value: tuple, members: list[Group], paper: dict | Non
         in_block = [g for g in members if block_of[id(g)] == block]
         for label in label_order:
             same = [g for g in in_block if g.label == label]
-            extra = _distinguish([(id(g), g.keyed) for g in same])
+            extra = _distinguish([(id(g), g.keyed) for g in same], {id(g): g.config for g in same})
             for g in same:
                 row_label[id(g)] = _label(label, extra[id(g)])
                 if not has(g, layout.attack_row):
@@ -533,7 +546,7 @@ def _table(layout: Layout, value: tuple, members: list[Group], paper: dict | Non
             if not spec["per_attack"] and len(texts) == 1:
                 chosen = [(spec["label"], present[0])]
             else:
-                extra = _distinguish([(id(g), g.keyed) for g in present])
+                extra = _distinguish([(id(g), g.keyed) for g in present], {id(g): g.config for g in present})
                 chosen = []
                 for g in present:  # per attack: its row's label; else what tells the groups apart
                     text = ", ".join(f"{k}={v}" for k, v in extra[id(g)])
@@ -607,7 +620,8 @@ def _series(report: Report) -> None:
                 by_series.setdefault((g.label, rest), []).append(g)
             extra = {}
             for label in dict.fromkeys(k[0] for k in by_series):
-                extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label]))
+                extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label],
+                                          {k: m[0].config for k, m in by_series.items()}))
             for skey, members in by_series.items():
                 parts = [where] * bool(where) + [f"{k}={v}" for k, v in extra[skey]]
                 name = f"{skey[0]} ({', '.join(parts)})" if parts else skey[0]
@@ -646,7 +660,8 @@ def _answers(report: Report) -> None:
                 by_series.setdefault((g.label, tuple((k, v) for k, v in g.key if k != layout.sweep_key)), []).append(g)
         extra = {}
         for label in dict.fromkeys(k[0] for k in by_series):
-            extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label]))
+            extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label],
+                                      {k: m[0].config for k, m in by_series.items()}))
         for skey, members in by_series.items():
             points = []
             for g in sorted(members, key=lambda g: g.x):
@@ -1015,7 +1030,7 @@ def _grids(report: Report) -> list[tuple[Path, list[str]]]:
                 same_label[r.groups[block].label].append(r.groups[block])
             extra = {}
             for members in same_label.values():
-                extra.update(_distinguish([(id(g), g.keyed) for g in members]))
+                extra.update(_distinguish([(id(g), g.keyed) for g in members], {id(g): g.config for g in members}))
             for r, (tiles, _) in read:
                 g = r.groups[block]
                 columns.append(tiles[layout.attack_row][:n])

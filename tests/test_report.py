@@ -397,6 +397,24 @@ def test_block_layout_method_by_dataset(tmp_path):
     assert columns == {"ssim", "psnr", "lpips"}
 
 
+def test_a_row_without_the_override_shows_its_configs_value(tmp_path):
+    """Rows told apart by an override one of them lacks: that row shows what its config holds
+    there, not a bare 'default'."""
+    for i, (over, stages, compress) in enumerate([(["attack.stages=[coarse]"], ["coarse"], True),
+                                                  ([], ["coarse", "fine"], True),
+                                                  (["threat.compress=false"], ["coarse", "fine"], False)]):
+        cfg = _config("CFGAN")
+        cfg["attack"]["stages"], cfg["threat"]["compress"] = stages, compress
+        _fake_run(tmp_path, str(i), [*over, "seed=0"], {"test/psnr": 10.0 + i, "test/ssim": 0.5}, cfg)
+    write_reports(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    layout = md[md.index("## Paper layout"):]
+    assert _row(layout, "CFGAN (attack.stages=[coarse], threat.compress=true)")[1] == "10.0000"
+    assert _row(layout, "CFGAN (attack.stages=[coarse,fine], threat.compress=true)")[1] == "11.0000"
+    assert _row(layout, "CFGAN (attack.stages=[coarse,fine], threat.compress=false)")[1] == "12.0000"
+    assert "default" not in layout
+
+
 @pytest.mark.parametrize("name", ["avih_attack_lfw", "cfgan_celebahq"])
 def test_the_paper_files_named_by_the_threats_load(name):
     """Every entry of the paper numbers the threat configs name has a table, a row of the layout,
