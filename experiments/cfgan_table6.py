@@ -40,8 +40,8 @@ RECIPE = Recipe(
                            "its own loss (pixel only: conf/loss/cfgan_demo.yaml) and with the sift loss "
                            "at the paper's 0.01 added. The style rows are left out: the style loss "
                            "needs pretrained VGG19 weights, which an offline machine does not have. "
-                           "Four runs; the two-stage demo alone takes about 9 minutes on two CPU "
-                           "cores (README), the sift loss adds to each step."),
+                           "Four runs; measured on two CPU cores: 24 min 33 s (the sift loss more "
+                           "than doubles a step's time)."),
         "paper": paper_scale(ROWS, about="Paper scale: the six models on CelebA-HQ (cfgan_celebahq, "
                              "_no_sift and _style; _coarse_only, and _no_sift and _style with the coarse "
                              "stage alone), the same six from cfgan_lsun_bird and cfgan_lsun_dining_room, and "
