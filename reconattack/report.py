@@ -184,8 +184,24 @@ class Job:
 
 
 def _job_order(root: Path):
+    """Jobs by the start of their multirun (its ``multirun.yaml``, written when Hydra launches it),
+    so the sweeps of a recipe come in the order it ran them (the paper's row order), then by
+    path with job numbers as numbers."""
+    starts: dict[Path, int] = {}
+
+    def start(p: Path) -> int:
+        for d in (p, *p.parents):
+            if not d.is_relative_to(root):
+                break
+            if d not in starts:
+                f = d / "multirun.yaml"
+                starts[d] = f.stat().st_mtime_ns if f.is_file() else -1
+            if starts[d] >= 0:
+                return starts[d]
+        return 0
+
     def order(p: Path):
-        return tuple((0, int(x)) if x.isdigit() else (1, x) for x in p.relative_to(root).parts)
+        return (start(p), tuple((0, int(x)) if x.isdigit() else (1, x) for x in p.relative_to(root).parts))
     return order
 
 

@@ -397,6 +397,24 @@ def test_block_layout_method_by_dataset(tmp_path):
     assert columns == {"ssim", "psnr", "lpips"}
 
 
+def test_rows_come_in_the_order_their_multiruns_ran(tmp_path):
+    """A recipe runs a table's rows as sweeps in the paper's order (w/o fine net, then w fine
+    net); the report keeps that order, not the directories' alphabetical one."""
+    import os
+
+    for i, (name, label) in enumerate([("coarse_only", "w/o fine net"), ("coarse_fine", "w fine net")]):
+        sweep = tmp_path / "faces" / name
+        cfg = _config("CFGAN")
+        cfg["attack"]["label"] = label
+        _fake_run(sweep, "0", [f'attack.label="{label}"', "seed=0"], {"test/psnr": 10.0 + i}, cfg)
+        (sweep / "multirun.yaml").write_text("{}\n")
+        os.utime(sweep / "multirun.yaml", ns=(10**18 + i, 10**18 + i))  # coarse_only launched first
+    write_reports(tmp_path / "faces")
+    md = (tmp_path / "faces" / "report.md").read_text()
+    layout = md[md.index("## Paper layout"):]
+    assert layout.index("| w/o fine net |") < layout.index("| w fine net |")
+
+
 def test_a_row_without_the_override_shows_its_configs_value(tmp_path):
     """Rows told apart by an override one of them lacks: that row shows what its config holds
     there, not a bare 'default'."""
