@@ -59,7 +59,7 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from reconattack.errors import ConfigError, InputNotFoundError, UserError
-from reconattack.sweeps import FAILURE_FILE, job_status
+from reconattack.sweeps import FAILURE_FILE, job_path_key, job_status
 from reconattack.utils.files import atomic_write_bytes, atomic_write_text
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -201,7 +201,7 @@ def _job_order(root: Path):
         return 0
 
     def order(p: Path):
-        return (start(p), tuple((0, int(x)) if x.isdigit() else (1, x) for x in p.relative_to(root).parts))
+        return start(p), job_path_key(root, p)
     return order
 
 
@@ -476,7 +476,7 @@ def _distinguish(items: list[tuple[Any, dict[str, str]]],
     def value(i: Any, d: dict[str, str], k: str) -> str:
         if k in d:
             return d[k]
-        found = lookup((configs or {}).get(i), k.lstrip("+~"))
+        found = lookup((configs or {}).get(i), k)  # keys come without +/~ (find_jobs)
         return "default" if found is None else _show(found)
 
     return {i: [(k, value(i, d, k)) for k in varying] for i, d in items}
@@ -615,6 +615,20 @@ def _with_paper(rows: list[Row], paper: dict, cols: list[str]) -> tuple[list[Row
     return out, added
 
 
+def _sweep_series(table: Table, sweep_key: str) -> dict[tuple, tuple[list[Group], list[tuple[str, str]]]]:
+    """The attack settings of ``table`` over the swept value: ``{(label, other overrides):
+    (its groups, the overrides that tell it apart from same-label settings)}``."""
+    by_series: dict[tuple, list[Group]] = {}
+    for g in table.groups:
+        if g.x is not None:
+            by_series.setdefault((g.label, tuple((k, v) for k, v in g.key if k != sweep_key)), []).append(g)
+    configs = {k: m[0].config for k, m in by_series.items()}
+    extra: dict[tuple, list[tuple[str, str]]] = {}
+    for label in dict.fromkeys(k[0] for k in by_series):
+        extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label], configs))
+    return {k: (m, extra[k]) for k, m in by_series.items()}
+
+
 def _series(report: Report) -> None:
     """Per layout column, one line per table and attack setting over the swept value, the
     controls dashed (needs a sweep with two or more values)."""
@@ -624,23 +638,18 @@ def _series(report: Report) -> None:
     if len({g.x for t in report.tables for g in t.groups if g.x is not None}) < 2:
         return
     several = len(report.tables) > 1
+    per_table = []  # (table, where, its attack series with their line names)
+    for table in report.tables:
+        where = ", ".join(v for v in table.value if v != "null") if several else ""
+        named = []
+        for skey, (members, extra) in _sweep_series(table, layout.sweep_key).items():
+            parts = [where] * bool(where) + [f"{k}={v}" for k, v in extra]
+            named.append((f"{skey[0]} ({', '.join(parts)})" if parts else skey[0], members))
+        per_table.append((table, where, named))
     for col, _ in layout.columns:
         lines: list[Series] = []
-        for table in report.tables:
-            where = ", ".join(v for v in table.value if v != "null") if several else ""
-            by_series: dict[tuple, list[Group]] = {}
-            for g in table.groups:
-                if g.x is None:
-                    continue
-                rest = tuple((k, v) for k, v in g.key if k != layout.sweep_key)
-                by_series.setdefault((g.label, rest), []).append(g)
-            extra = {}
-            for label in dict.fromkeys(k[0] for k in by_series):
-                extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label],
-                                          {k: m[0].config for k, m in by_series.items()}))
-            for skey, members in by_series.items():
-                parts = [where] * bool(where) + [f"{k}={v}" for k, v in extra[skey]]
-                name = f"{skey[0]} ({', '.join(parts)})" if parts else skey[0]
+        for table, where, named in per_table:
+            for name, members in named:
                 _add_line(lines, name, members, f"{layout.attack_row}/{col}", True)
             for spec in layout.controls:
                 firsts: dict[float, Group] = {}
@@ -670,15 +679,7 @@ def _answers(report: Report) -> None:
     ours, theirs = f"{layout.attack_row}/{th['metric']}", f"{base_row}/{th['metric']}"
     count = th.get("count")
     for table in report.tables:
-        by_series: dict[tuple, list[Group]] = {}
-        for g in table.groups:
-            if g.x is not None:
-                by_series.setdefault((g.label, tuple((k, v) for k, v in g.key if k != layout.sweep_key)), []).append(g)
-        extra = {}
-        for label in dict.fromkeys(k[0] for k in by_series):
-            extra.update(_distinguish([(k, dict(k[1])) for k in by_series if k[0] == label],
-                                      {k: m[0].config for k, m in by_series.items()}))
-        for skey, members in by_series.items():
+        for skey, (members, extra) in _sweep_series(table, layout.sweep_key).items():
             points = []
             for g in sorted(members, key=lambda g: g.x):
                 diffs = [j.metrics[ours] - j.metrics[theirs] for j in g.finished
@@ -694,7 +695,7 @@ def _answers(report: Report) -> None:
 
             value = points[hit][0] if hit is not None else None
             below = (points[hit - 1][0], count_at(points[hit - 1][2])) if hit else None
-            report.answers.append(Answer(table.title, skey[0], _label(skey[0], extra[skey]), value,
+            report.answers.append(Answer(table.title, skey[0], _label(skey[0], extra), value,
                                          count_at(points[hit][2]) if hit is not None else None,
                                          [(x, s) for x, s, _ in points], below))
 
@@ -908,6 +909,16 @@ def _tex(report: Report) -> str:
 # ------------------------------------------------------------------------------ plots
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (servers have no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -919,11 +930,7 @@ def _plot_name(metric: str) -> str:
 
 
 def _plots(report: Report) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     series = report.series or _fallback_series(report)
     if not series:
         return []
@@ -1075,11 +1082,7 @@ def _figure_path(grid: Path) -> Path:
 def _grid_figure(columns: list[np.ndarray], titles: list[str], n: int) -> bytes:
     """The sample grid as a figure: a column per title (titled), ``n`` rows, tiles of any size
     drawn at about an inch each without smoothing. ``columns``: ``(>= n, S, S, 3)`` uint8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(n, len(columns), figsize=(1.1 * len(columns), 1.1 * n + 0.4), squeeze=False)
     for j, col in enumerate(columns):
         axes[0][j].set_title(textwrap.fill(titles[j], 16), fontsize=7)

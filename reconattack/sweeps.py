@@ -81,17 +81,18 @@ def job_status(job_dir: Path) -> dict[str, Any]:
     return {"dir": str(job_dir), "overrides": overrides, "status": status, "error": error}
 
 
+def job_path_key(root: Path, job_dir: Path) -> tuple:
+    """Sort key of a job directory below ``root``: its path parts, job numbers as numbers
+    (``2`` before ``10``)."""
+    return tuple((0, int(x)) if x.isdigit() else (1, x) for x in job_dir.relative_to(root).parts)
+
+
 def sweep_status(root: Path) -> list[dict[str, Any]]:
     """:func:`job_status` of every job directory below the sweep directory ``root`` (the
     directories with a ``.hydra/overrides.yaml``), in job order."""
     jobs = [p.parent.parent for p in Path(root).rglob(".hydra/overrides.yaml")]
     jobs = [j for j in jobs if j != Path(root)]
-
-    def order(p: Path):
-        rel = p.relative_to(root).parts
-        return tuple((0, int(x)) if x.isdigit() else (1, x) for x in rel)
-
-    return [job_status(j) for j in sorted(jobs, key=order)]
+    return [job_status(j) for j in sorted(jobs, key=lambda j: job_path_key(Path(root), j))]
 
 
 class SweepStatusCallback(Callback):
