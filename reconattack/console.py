@@ -28,6 +28,7 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -204,9 +205,10 @@ class StageProgressLines(StageProgress, ProgressBar):
                               "logged": None}
 
     def _report(self, phase: str, description: str, done: int, total: int | float,
-                metrics: dict | None = None, end: bool = False, percent: bool = True) -> None:
+                metrics: Callable[[], dict] | None = None, end: bool = False, percent: bool = True) -> None:
         """Log a line when ``done`` passed the next multiple of ``every_percent`` (``percent``),
-        reached ``total``, or the pass ended (``end``) since the last line."""
+        reached ``total``, or the pass ended (``end``) since the last line. ``metrics`` is called
+        only for a line (reading logged tensors waits for the device)."""
         if self.is_disabled:
             return
         state = self._phase.get(phase)
@@ -232,9 +234,10 @@ class StageProgressLines(StageProgress, ProgressBar):
                          else f"{rate:.0f} it/s")
             left = f", {_clock((total - done) / rate)} left" if finite and done < total else ""
             parts.append(f"{_clock(elapsed)} elapsed{left}")
-        if metrics:
+        shown = metrics() if metrics is not None else None
+        if shown:
             parts.append(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in metrics.items()))
+                                  for k, v in shown.items()))
         self._log.info(" · ".join(parts))
 
     def _metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
@@ -248,11 +251,12 @@ class StageProgressLines(StageProgress, ProgressBar):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         done, total = stage_iterations(trainer)
-        self._report("train", self.train_description, done, total, self._metrics(trainer, pl_module))
+        self._report("train", self.train_description, done, total, lambda: self._metrics(trainer, pl_module))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done, total = stage_iterations(trainer)  # a stage stopped early says where
-        self._report("train", self.train_description, done, total, self._metrics(trainer, pl_module), end=True)
+        self._report("train", self.train_description, done, total, lambda: self._metrics(trainer, pl_module),
+                     end=True)
 
     # ----------------------------------------------------------------------- evaluation passes
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
