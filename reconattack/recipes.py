@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconattack.errors import ConfigError
+from reconattack.sweeps import STATUS_FILE, describe_job
 
 #: the directory that holds the ``reconattack`` package and ``conf/`` of this checkout
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,12 +227,11 @@ def child_env() -> dict[str, str]:
 
 
 def _job_failures(sweep_dir: Path) -> list[str]:
-    path = sweep_dir / "sweep_status.json"
+    path = sweep_dir / STATUS_FILE
     if not path.is_file():
         return []
     jobs = json.loads(path.read_text())
-    return [f"  [{' '.join(j['overrides'])}] {j['status']}: {j['error']} ({j['dir']})"
-            for j in jobs if j["status"] != "finished"]
+    return [describe_job(j) for j in jobs if j["status"] != "finished"]
 
 
 def _has_runs(path: Path) -> bool:

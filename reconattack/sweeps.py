@@ -87,6 +87,12 @@ def job_path_key(root: Path, job_dir: Path) -> tuple:
     return tuple((0, int(x)) if x.isdigit() else (1, x) for x in job_dir.relative_to(root).parts)
 
 
+def describe_job(job: dict[str, Any]) -> str:
+    """One line for a job that did not finish (a :func:`job_status` entry): its overrides, status,
+    error and directory."""
+    return f"  [{' '.join(job['overrides'])}] {job['status']}: {job['error']} ({job['dir']})"
+
+
 def sweep_status(root: Path) -> list[dict[str, Any]]:
     """:func:`job_status` of every job directory below the sweep directory ``root`` (the
     directories with a ``.hydra/overrides.yaml``), in job order."""
@@ -107,7 +113,7 @@ class SweepStatusCallback(Callback):
         if not bad:
             return
         lines = [f"sweep {root}: {len(bad)} of {len(jobs)} job(s) did not finish:"]
-        lines += [f"  [{' '.join(j['overrides'])}] {j['status']}: {j['error']} ({j['dir']})" for j in bad]
+        lines += [describe_job(j) for j in bad]
         message = "\n".join(lines)
         log.error(message)
         print(message)

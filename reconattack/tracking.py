@@ -46,13 +46,14 @@ def job_identity() -> dict[str, Any]:
     :func:`is_parameter`).
     Outside Hydra (tests composing a config): ``default``, None, {}."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+
+    from reconattack.sweeps import in_multirun
 
     if not HydraConfig.initialized():
         return {"experiment": "default", "sweep": None, "overrides": {}}
     hc = HydraConfig.get()
     experiment = hc.runtime.choices.get("experiment") or "default"
-    sweep = Path(str(hc.sweep.dir)).name if hc.mode == RunMode.MULTIRUN else None
+    sweep = Path(str(hc.sweep.dir)).name if in_multirun() else None
     overrides = {}
     for item in hc.overrides.task:
         key, _, value = str(item).partition("=")
