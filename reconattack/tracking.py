@@ -93,7 +93,7 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
                      save_dir)
     job = job_identity()
     if group is None:
-        group = job["experiment"] + (f"/{job['sweep']}" if job["sweep"] else "")
+        group = wandb_group(job["experiment"], job["sweep"])
     if name is None and job["overrides"]:  # the seed first: it tells the runs of a group apart
         items = sorted(job["overrides"].items(), key=lambda kv: kv[0] != "seed")
         name = " ".join(f"{k}={v}" for k, v in items)[:128]
@@ -193,6 +193,12 @@ def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None
         logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
+def wandb_group(experiment: str, sweep: str | None) -> str:
+    """The W&B group of a job: ``<experiment>/<sweep folder>``, the experiment alone outside a
+    multirun."""
+    return experiment + (f"/{sweep}" if sweep else "")
+
+
 def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None:
     """The report's CSV tables (``tables``) as W&B Tables, in a run of their own named
     ``report`` in the sweep's group (``<experiment>/<sweep folder>``, beside the jobs' runs), when
@@ -207,7 +213,7 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
     import wandb
 
     root = Path(root)
-    hydra_file = next(iter(sorted(root.rglob(".hydra/hydra.yaml"))), None)
+    hydra_file = min(root.rglob(".hydra/hydra.yaml"), default=None)
     experiment = "default"
     if hydra_file is not None:
         import yaml
@@ -216,7 +222,7 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
                    .get("choices", {}))
         experiment = choices.get("experiment") or "default"
     multirun = any(j.dir != root for j in jobs)
-    group = f"{experiment}/{root.name}" if multirun else experiment
+    group = wandb_group(experiment, root.name if multirun else None)
     cfg = wandb_cfgs[0]
     offline = cfg.get("offline")
     if offline is None:
@@ -235,5 +241,5 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
     return Path(run.dir).parent if getattr(run, "dir", None) else None
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables", "takes_images", "wandb_offline",
-           "wandb_logger"]
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables", "takes_images", "wandb_group",
+           "wandb_offline", "wandb_logger"]
