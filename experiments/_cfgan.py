@@ -51,6 +51,13 @@ class Row:
         return (*overrides, f'attack.label="{label}"')
 
 
+def no_sift(name: str, label: str, demo: tuple[str, ...] = (), demo_label: str | None = None) -> Row:
+    """CFGAN without the sift loss (``cfgan_celebahq_no_sift``): the reference row of Tables
+    III-V and Table VI's L_pix+per+adv (c&f) row (the paper's numbers of those rows are equal)."""
+    return Row(name, label, celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",),
+               demo=demo, demo_label=demo_label)
+
+
 def paper_scale(rows: tuple[Row, ...], about: str, datasets: tuple[str, ...] = DATASETS,
                 seeds: str = "0") -> Scale:
     """Every row on every dataset of ``datasets`` (CelebA-HQ first: FFHQ evaluates its runs);

@@ -12,13 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
-from experiments._cfgan import Row, demo_scale, paper_scale  # noqa: E402
+from experiments._cfgan import Row, demo_scale, no_sift, paper_scale  # noqa: E402
 from reconattack.recipes import Recipe, main  # noqa: E402
 
 ROWS = (
     Row("coarse_only", "w/o fine net", celebahq=("+experiment=cfgan_celebahq_coarse_only", "loss.sift=0.0"),
         change=("attack.stages=[coarse]", "loss.sift=0.0"), demo=("attack.stages=[coarse]",), stage="coarse"),
-    Row("coarse_fine", "w fine net", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=()),
+    no_sift("coarse_fine", "w fine net"),
 )
 
 RECIPE = Recipe(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
-from experiments._cfgan import Row, demo_scale, paper_scale  # noqa: E402
+from experiments._cfgan import Row, demo_scale, no_sift, paper_scale  # noqa: E402
 from reconattack.recipes import Recipe, main  # noqa: E402
 
 # the demo starts its fine net from the trained coarse net, which only the AdaIN fusion can take
@@ -22,7 +22,7 @@ SCRATCH = "attack.fine_init_from_coarse=false"
 ROWS = (
     Row("no_fusion", "w/o fusion", celebahq=("+experiment=cfgan_celebahq_no_fusion", "loss.sift=0.0"),
         change=("model.fine.fusion=concat", "loss.sift=0.0"), demo=("model.fine.fusion=concat", SCRATCH)),
-    Row("fusion", "w fusion", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",), demo=(SCRATCH,)),
+    no_sift("fusion", "w fusion", demo=(SCRATCH,)),
 )
 
 RECIPE = Recipe(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
-from experiments._cfgan import Row, demo_scale, paper_scale  # noqa: E402
+from experiments._cfgan import Row, demo_scale, no_sift, paper_scale  # noqa: E402
 from reconattack.recipes import Recipe, main  # noqa: E402
 
 COARSE = "attack.stages=[coarse]"
@@ -24,8 +24,7 @@ ROWS = (
         change=(*STYLE, COARSE), demo=None, stage="coarse"),
     Row("c_sift", "w L_sift (c)", celebahq=("+experiment=cfgan_celebahq_coarse_only",),
         change=(COARSE,), demo=(COARSE, "loss.sift=0.01"), stage="coarse"),
-    Row("cf_pix_per_adv", "L_pix+per+adv (c&f)", celebahq=("+experiment=cfgan_celebahq_no_sift",), change=("loss.sift=0.0",),
-        demo=(), demo_label="L_pix (c&f)"),
+    no_sift("cf_pix_per_adv", "L_pix+per+adv (c&f)", demo_label="L_pix (c&f)"),
     Row("cf_style", "w L_style (c&f)", celebahq=("+experiment=cfgan_celebahq_style",), change=STYLE, demo=None),
     Row("cf_sift", "w L_sift (c&f)", celebahq=("+experiment=cfgan_celebahq",), change=(), demo=("loss.sift=0.01",)),
 )
