@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconattack.recipes import Checkpoint, Scale, Sweep
+from reconattack.engine.recipes import Checkpoint, Scale, Sweep
 
 #: the paper's column order
 DATASETS = ("celebahq", "ffhq", "lsun_bird", "lsun_dining_room")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
-from reconattack.recipes import Recipe, Scale, Sweep, main  # noqa: E402
+from reconattack.engine.recipes import Recipe, Scale, Sweep, main  # noqa: E402
 
 PAPER = Scale(
     sweeps=tuple(Sweep(d, (f"+experiment=avih_attack_{d}", "threat.key_share=0.01,0.03,0.1,0.7"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
-from reconattack.recipes import Recipe, Scale, Sweep, main  # noqa: E402
+from reconattack.engine.recipes import Recipe, Scale, Sweep, main  # noqa: E402
 
 PAPER = Scale(
     sweeps=(Sweep("agedb30", ("+experiment=avih_attack_agedb30,avih_attack_agedb30_no_gan,"

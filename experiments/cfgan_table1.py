@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
-from reconattack.recipes import Checkpoint, Recipe, Scale, Sweep, main  # noqa: E402
+from reconattack.engine.recipes import Checkpoint, Recipe, Scale, Sweep, main  # noqa: E402
 
 #: attack -> its final stage (the checkpoint the FFHQ evaluation loads)
 METHODS = {"cfgan": "fine", "ivr": "ivr", "inv": "refine"}

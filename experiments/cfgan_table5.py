@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
 from experiments._cfgan import Row, demo_scale, no_sift, paper_scale  # noqa: E402
-from reconattack.recipes import Recipe, main  # noqa: E402
+from reconattack.engine.recipes import Recipe, main  # noqa: E402
 
 # the demo starts its fine net from the trained coarse net, which only the AdaIN fusion can take
 # (attack.fine_init_from_coarse); both demo rows start it from scratch, as the paper does

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's reconattack
 
 from experiments._cfgan import Row, demo_scale, no_sift, paper_scale  # noqa: E402
-from reconattack.recipes import Recipe, main  # noqa: E402
+from reconattack.engine.recipes import Recipe, main  # noqa: E402
 
 COARSE = "attack.stages=[coarse]"
 # the style rows: as conf/experiment/cfgan_celebahq_style.yaml (tests/test_recipes.py compares them)

@@ -23,8 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
+from reconattack.engine.runner import build_attack, build_threat
 from reconattack.models.common import count_parameters
-from reconattack.runner import build_attack, build_threat
 
 
 def flops(fn, *inputs) -> int:

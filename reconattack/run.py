@@ -1,7 +1,7 @@
 """Hydra entry point: ``python -m reconattack.run [+experiment=NAME] [overrides]``.
 
 Composes ``conf/config.yaml`` (a threat model, an attack, data, trainer, logger, metrics), runs
-the experiment with the one runner (:mod:`reconattack.runner`), writes ``metrics.json`` into the
+the experiment with the one runner (:mod:`reconattack.engine.runner`), writes ``metrics.json`` into the
 run directory and prints where the results are. Returns ``cfg.optimized_metric`` (if set) for
 Hydra sweepers. An error the user caused (:class:`~reconattack.errors.UserError`: a bad config
 value, missing or malformed data, checkpoints or weights) is printed as one line and the exit
@@ -23,10 +23,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from reconattack.engine.context import is_global_zero, write_metrics
+from reconattack.engine.runner import run_experiment
+from reconattack.engine.sweeps import clear_failure, job_guard
 from reconattack.errors import UserError
-from reconattack.runner import run_experiment
-from reconattack.runtime import is_global_zero, write_metrics
-from reconattack.sweeps import clear_failure, job_guard
 
 log = logging.getLogger("reconattack")
 
@@ -100,7 +100,7 @@ def run_cli(cfg: DictConfig) -> float | None:
     """:func:`run` for the command line: a user error becomes one line on the log (console and
     ``run.log``) and exit status 2 (``HYDRA_FULL_ERROR=1``: raised with its traceback instead);
     any other exception propagates. In a multirun a failed job is recorded instead and the sweep
-    goes on (:mod:`reconattack.sweeps`). Returns ``cfg.optimized_metric``'s value (or None)."""
+    goes on (:mod:`reconattack.engine.sweeps`). Returns ``cfg.optimized_metric``'s value (or None)."""
     metrics = None
     try:
         with job_guard(_run_dir(cfg), is_user_error=lambda e: user_error(e) is not None):

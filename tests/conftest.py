@@ -12,9 +12,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def pytest_configure(config):
-    """The warnings a run never shows (reconattack.console.HARMLESS_WARNINGS, each with why it is
+    """The warnings a run never shows (reconattack.engine.console.HARMLESS_WARNINGS, each with why it is
     harmless) are not shown in the tests either: also where a test builds its own Trainer."""
-    from reconattack.console import pytest_filters
+    from reconattack.engine.console import pytest_filters
 
     for line in pytest_filters():
         config.addinivalue_line("filterwarnings", line)

@@ -45,10 +45,10 @@ def test_errors_module_imports_nothing_from_the_package():
 
 
 def test_user_input_checks_raise_user_errors(tmp_path):
+    from reconattack.engine.context import require_file
     from reconattack.metrics.suite import MetricSuite
     from reconattack.models.face import load_face_checkpoint
     from reconattack.models.keys import UNet
-    from reconattack.runtime import require_file
     from reconattack.utils.checkpoints import read_checkpoint
 
     with pytest.raises(InputNotFoundError, match="attack.resume.fine"):

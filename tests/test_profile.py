@@ -46,7 +46,7 @@ def test_paper_face_setting_profile_at_real_size():
 
 def test_cfgan_reference_figures_come_from_the_attack_config():
     cfg = compose_cfg(["+experiment=cfgan_celebahq", "trainer=cpu"])
-    from reconattack.runner import build_attack
+    from reconattack.engine.runner import build_attack
 
     ref = build_attack(cfg).reference
     assert (ref["params_M"], ref["gflops"], ref["networks"]["coarse"]) == (153.0, 148.0, 76.6)

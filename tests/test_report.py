@@ -13,7 +13,7 @@ import yaml
 
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.report import Options, build_report, main, tex_escape, write_reports
-from reconattack.runtime import save_grid
+from reconattack.utils.grids import save_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ Networks given by the threat or by a library (the AVIH service model, VGG for pe
 losses) are *attached* to a stage (:meth:`AttackStage.attach`): frozen, moved with the module,
 and kept out of its checkpoints, which hold what the attack trained.
 
-The runner (:mod:`reconattack.runner`) fits the stages one Trainer each, in order; a new attack
+The runner (:mod:`reconattack.engine.runner`) fits the stages one Trainer each, in order; a new attack
 is a subclass of :class:`Attack` and its stage modules, and a YAML file in ``conf/attack/``.
 """
 
@@ -120,7 +120,7 @@ class GANStage(AttackStage):
         optimizer: partial optimiser factory for the generator (and D unless ``optimizer_d``).
         optimizer_d: partial optimiser factory for D, or None.
         lr_scheduler: partial schedule factory called as ``f(optimizer, total_steps=iterations)``
-            (e.g. :func:`reconattack.optim.cosine_decay`), or None for constant rates.
+            (e.g. :func:`reconattack.attacks.schedules.cosine_decay`), or None for constant rates.
         grad_clip: max gradient norm (Lightning unscales mixed-precision gradients first), or None.
         iterations: training iterations of the stage (the schedule's length).
         log_prefix: prefix of the logged losses (``"<stage>/train/"``).

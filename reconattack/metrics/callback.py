@@ -38,6 +38,9 @@ class ReconstructionMetrics(pl.Callback):
 
     Args:
         stages: stages to evaluate, out of ``("val", "test")``.
+        log_prefix: prefix of the names logged to the Trainer's logger (``"coarse/"``: the
+            coarse stage's validation curves are ``coarse/val/psnr``, apart from another stage's
+            in the same run); :attr:`results` keep the plain names.
         **suite_kwargs: :class:`MetricSuite` arguments (``metrics``, ``ssim_window``,
             ``quantize``, ``weights``, ``download``, ``feature_nets``, ``far``, ``kid``,
             ``fid_cfgan``, ...), shared by all stages.
@@ -49,9 +52,10 @@ class ReconstructionMetrics(pl.Callback):
 
     STAGES = ("val", "test")
 
-    def __init__(self, stages: Iterable[str] = STAGES, **suite_kwargs: Any) -> None:
+    def __init__(self, stages: Iterable[str] = STAGES, log_prefix: str = "", **suite_kwargs: Any) -> None:
         super().__init__()
         self.stages = tuple(str(s) for s in stages)
+        self.log_prefix = str(log_prefix)
         bad = sorted(set(self.stages) - set(self.STAGES))
         if bad:
             raise ValueError(f"unknown stages {bad}; choose from {list(self.STAGES)}")
@@ -114,7 +118,7 @@ class ReconstructionMetrics(pl.Callback):
             group.reset()
         for key, value in results.items():
             if not isinstance(value, str):
-                pl_module.log(key, float(value), sync_dist=False)
+                pl_module.log(self.log_prefix + key, float(value), sync_dist=False)
         self.results[stage] = results
         suite.reset()
 

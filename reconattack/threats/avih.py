@@ -18,7 +18,7 @@ Policy, all here:
   image (same key).
 
 Everything that does not depend on the run seed or the key share is a content-addressed
-artifact (:mod:`reconattack.artifacts`) under ``paths.cache_dir/artifacts``: the demo's trained
+artifact (:mod:`reconattack.engine.artifacts`) under ``paths.cache_dir/artifacts``: the demo's trained
 face models and the encrypted gallery. A key-share × seed sweep encrypts once.
 
 Controls (paper Tables I–III): ``original`` (the gallery images), ``protected`` (the encrypted
@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -43,7 +43,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from reconattack.artifacts import ArtifactStore, file_fingerprint
 from reconattack.data.avih import (
     EncryptionJobs,
     GalleryParts,
@@ -62,12 +61,16 @@ from reconattack.data.sampling import (
 from reconattack.errors import ConfigError
 from reconattack.models.face import FaceEmbedder, make_face_model
 from reconattack.models.keys import make_key_model
-from reconattack.runtime import save_grid
 from reconattack.threats.avih_encryption import AVIHEncryptor, load_chunks
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.threats.face_classifier import FaceClassifier, train_loader
 from reconattack.utils.config import build, factory, plain
 from reconattack.utils.distributed import per_process_batch, world_size_of
+from reconattack.utils.files import file_fingerprint
+from reconattack.utils.grids import save_grid
+
+if TYPE_CHECKING:  # the run hands its store over (RunContext.artifacts); threats never import the engine
+    from reconattack.engine.artifacts import ArtifactStore
 from reconattack.utils.seeding import seeded
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ file of their own as soon as they are done: a build killed midway continues from
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -43,12 +43,61 @@ from torch import nn
 
 from reconattack.errors import ConfigError
 from reconattack.losses.avih import avih_loss
-from reconattack.optim import PerImageMomentum
 from reconattack.utils.files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
 INITS = ("normal", "uniform", "original")
+
+
+class PerImageMomentum(torch.optim.Optimizer):
+    """The official AVIH update of encrypted images, one problem per image.
+
+    For a parameter x of shape (B, ...) (a batch of images): the gradient of each image is divided
+    by its mean absolute value, accumulated with ``momentum``, and each image moves by its own step
+    (initially ``lr``); an image's step is multiplied by ``decay`` after every ``patience`` increases
+    of its loss. ``step(closure)``: the closure returns the per-image losses (B,) of the current
+    iterate (gradients already in ``x.grad``); they drive the decay.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.01, momentum: float = 0.3,
+                 decay: float = 0.85, patience: int = 16) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or not 0 < decay <= 1 or patience < 1:
+            raise ConfigError(f"PerImageMomentum: need lr > 0, 0 <= momentum < 1, 0 < decay <= 1, "
+                              f"patience >= 1; got {lr}, {momentum}, {decay}, {patience}")
+        super().__init__(params, {"lr": float(lr), "momentum": float(momentum),
+                                  "decay": float(decay), "patience": int(patience)})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        losses = None
+        if closure is not None:
+            with torch.enable_grad():
+                losses = closure()
+        for group in self.param_groups:
+            for x in group["params"]:
+                if x.grad is None:
+                    continue
+                b = x.shape[0]
+                state = self.state[x]
+                if not state:
+                    state["velocity"] = torch.zeros_like(x)
+                    state["step"] = torch.full((b,) + (1,) * (x.dim() - 1), group["lr"],
+                                               device=x.device, dtype=x.dtype)
+                    state["last"] = torch.full((b,), float("inf"), device=x.device)
+                    state["increases"] = torch.zeros(b, dtype=torch.long, device=x.device)
+                g = x.grad
+                g = g / g.abs().mean(dim=tuple(range(1, g.dim())), keepdim=True).clamp_min(1e-12)
+                state["velocity"].mul_(group["momentum"]).add_(g)
+                x.sub_(state["step"] * state["velocity"])
+                if losses is not None:
+                    current = losses.detach().reshape(b).to(state["last"])
+                    up = current > state["last"]
+                    state["increases"] += up.long()
+                    shrink = up & (state["increases"] % group["patience"] == 0)
+                    state["step"][shrink] *= group["decay"]
+                    state["last"] = current
+        return losses
 
 
 def _adam(params, lr: float = 0.01):
@@ -66,7 +115,7 @@ class AVIHEncryptor(pl.LightningModule):
         distances: ``{task, diff, rec}`` distance names for :func:`avih_loss`.
         iterations: optimisation steps per image (paper: 800).
         optimizer: partial optimiser factory over ``[x']`` (``torch.optim.Adam`` with its lr, or
-            :class:`reconattack.optim.PerImageMomentum`: the official AVIH step); its step is
+            :class:`PerImageMomentum`: the official AVIH step); its step is
             given a closure returning the per-image losses (B,).
         init: x' at iteration 0: ``"normal"`` (N(0, 1) clamped to [0, 1] on the [0, 1] scale,
             official), ``"uniform"`` (U(0, 1)) or ``"original"`` (x itself).

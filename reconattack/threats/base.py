@@ -94,7 +94,7 @@ class ThreatModel:
     # --------------------------------------------------------------------------------- build
     def prepare(self, ctx) -> dict:
         """Build everything the attack and the evaluation need (data, caches, artifacts), with the
-        run's services ``ctx`` (:class:`reconattack.runtime.RunContext`); returns the threat's
+        run's services ``ctx`` (:class:`reconattack.engine.context.RunContext`); returns the threat's
         own metrics (e.g. the AVIH gallery's ``encrypt/*``)."""
         return {}
 

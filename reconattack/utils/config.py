@@ -16,9 +16,15 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from reconattack.errors import ConfigError
+
+#: the checkout that holds the ``reconattack`` package and ``conf/`` (an editable install)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: the Hydra configs (``python -m reconattack.run`` composes ``conf/config.yaml``)
+CONF_DIR = PROJECT_ROOT / "conf"
 
 
 def build(cfg: Any, *args: Any, **kwargs: Any) -> Any:

@@ -78,3 +78,24 @@ def safe_name(value: str, key: str) -> str:
         raise ConfigError(f"{key}={value!r} becomes part of file paths; use letters, digits, '_', '.' "
                           f"and '-' only (no path separators)")
     return value
+
+
+def file_fingerprint(path: str | os.PathLike | None) -> dict | None:
+    """What identifies an input file inside a spec: resolved path, size and modification time
+    (so replacing a checkpoint at the same path builds new artifacts)."""
+    if path in (None, ""):
+        return None
+    p = Path(os.path.expanduser(str(path))).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, as 64 lowercase hex digits (read in ``chunk``-byte pieces)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

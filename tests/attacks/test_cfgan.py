@@ -39,7 +39,7 @@ def test_fine_stage_gets_the_trained_coarse_net_and_keeps_it_frozen(tmp_path):
     for k in trained:
         torch.testing.assert_close(frozen[k], trained[k], rtol=0, atol=0, msg=k)
     # and the coarse stage did train: its weights differ from a fresh initialisation
-    from reconattack.runner import build_attack, build_threat
+    from reconattack.engine.runner import build_attack, build_threat
 
     cfg = compose_cfg(over)
     fresh = build_attack(cfg).generator("coarse", build_threat(cfg)).state_dict()

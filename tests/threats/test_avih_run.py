@@ -204,9 +204,9 @@ def test_cli_ddp_cpu_two_processes_attack(tmp_path):
 
 
 def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
-    from reconattack.artifacts import ArtifactStore
-    from reconattack.runner import build_threat
-    from reconattack.runtime import RunContext
+    from reconattack.engine.artifacts import ArtifactStore
+    from reconattack.engine.context import RunContext
+    from reconattack.engine.runner import build_threat
 
     cfg = compose_cfg(demo_tiny(tmp_path))
     threat = build_threat(cfg)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from reconattack.artifacts import ArtifactStore, spec_key
 from reconattack.attacks.dr import DRStage
 from reconattack.data.avih import (
     ArrayImages,
@@ -24,14 +23,14 @@ from reconattack.data.avih import (
 )
 from reconattack.data.faces import make_bin
 from reconattack.data.images import DataNotFoundError
+from reconattack.engine.artifacts import ArtifactStore, spec_key
 from reconattack.errors import ConfigError
 from reconattack.losses.avih import avih_loss
 from reconattack.metrics.callback import ReconstructionMetrics
 from reconattack.models.face import IResNet, make_face_model
 from reconattack.models.keys import PatchGAN, UNet, make_key_model
-from reconattack.optim import PerImageMomentum
 from reconattack.threats.avih import AVIHEvaluation, Role, encryption_jobs, leaked_count
-from reconattack.threats.avih_encryption import AVIHEncryptor
+from reconattack.threats.avih_encryption import AVIHEncryptor, PerImageMomentum
 
 
 def tiny_service(seed=0):
@@ -349,7 +348,7 @@ def test_key_share_and_pool_are_checked_when_the_threat_is_built():
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg(["+experiment=demo_avih", "data.pool=300"])
-    from reconattack.runner import build_threat
+    from reconattack.engine.runner import build_threat
 
     with pytest.raises(ConfigError, match="pool"):
         build_threat(cfg)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from reconattack.runtime import write_metrics
+from reconattack.engine.context import write_metrics
 from reconattack.utils import files
 from reconattack.utils.files import atomic_write_bytes, atomic_write_text
 
@@ -44,7 +44,7 @@ def test_killed_writer_leaves_previous_metrics(tmp_path):
         def kill_mid_write(fd):
             os.kill(os.getpid(), signal.SIGKILL)
         files.os.fsync = kill_mid_write
-        from reconattack.runtime import write_metrics
+        from reconattack.engine.context import write_metrics
         write_metrics({{"test/psnr": 2.0, "test/ssim": 0.5}}, Path({str(tmp_path)!r}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)

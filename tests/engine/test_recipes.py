@@ -1,4 +1,4 @@
-"""Reproduction recipes (``experiments/*.py``, :mod:`reconattack.recipes`): every recipe's
+"""Reproduction recipes (``experiments/*.py``, :mod:`reconattack.engine.recipes`): every recipe's
 ``--dry-run`` prints its commands and runs nothing; every job of every printed multirun composes
 with the real configs (a typo in a recipe fails here); the rows of an ablation table are the same
 model on every dataset; a demo recipe runs end to end at a tiny size; a failed multirun still gets
@@ -20,11 +20,11 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from reconattack import recipes
+from reconattack.engine import recipes
 from reconattack.errors import ConfigError
 from tests.helpers import base_overrides, compose_cfg, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = ROOT / "experiments"
 RECIPE_FILES = sorted(p for p in EXPERIMENTS_DIR.glob("*.py") if not p.name.startswith("_"))
 SCALES = ("demo", "paper")

@@ -27,6 +27,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from reconattack.utils.grids import grid
+
 log = logging.getLogger(__name__)
 
 #: overrides (keys, or prefixes ending in ".") that say where a job reads and writes or how it
@@ -47,7 +49,7 @@ def job_identity() -> dict[str, Any]:
     Outside Hydra (tests composing a config): ``default``, None, {}."""
     from hydra.core.hydra_config import HydraConfig
 
-    from reconattack.sweeps import in_multirun
+    from reconattack.engine.sweeps import in_multirun
 
     if not HydraConfig.initialized():
         return {"experiment": "default", "sweep": None, "overrides": {}}
@@ -119,6 +121,35 @@ def _hwc_uint8(image: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
     return np.asarray(image)
 
 
+def shift_steps(logger, first_step: int) -> None:
+    """From now on ``logger`` logs a Trainer's step ``s`` as the run's step ``first_step + s``.
+
+    A run fits its stages one Trainer each, and every Trainer counts its steps from 0; shifted
+    by the iterations of the stages before it, the stages' curves follow each other on one axis
+    (W&B's ``trainer/global_step``, TensorBoard's step, the CSV logger's ``step``) instead of
+    lying on top of each other. The run's logger is shared by its Trainers, which run one after
+    the other: each sets its own first step before it starts. ``logger`` False / None: nothing."""
+    if not logger:
+        return
+    if getattr(logger, "_first_step", None) is None:  # wrap the instance's method once
+        plain_log = logger.log_metrics
+
+        def log_metrics(metrics, step=None):
+            return plain_log(metrics, step if step is None else step + logger._first_step)
+
+        logger.log_metrics = log_metrics
+    logger._first_step = int(first_step)
+
+
+def run_step(trainer: pl.Trainer) -> int:
+    """The run's step of ``trainer`` now: the step its logged metrics carry (Lightning logs at the
+    number of training batches stepped, not at ``global_step``, which counts every optimizer's
+    step), shifted as :func:`shift_steps` says."""
+    loop = trainer.fit_loop.epoch_loop
+    step = int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+    return step + int(getattr(trainer.logger, "_first_step", None) or 0)
+
+
 def takes_images(logger) -> bool:
     """Whether :func:`log_image` can log to ``logger`` (W&B or TensorBoard)."""
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
@@ -142,20 +173,10 @@ def log_image(logger, key: str, image: torch.Tensor | np.ndarray | str | Path, s
     return False
 
 
-def grid(columns: list[torch.Tensor], max_rows: int = 8) -> torch.Tensor:
-    """A picture with one row per image and one column per tensor of ``columns`` (each
-    (B, 3, H, W) in [-1, 1]) -> (3, H', W') in [0, 1]; :func:`reconattack.runtime.save_grid`
-    writes it as a PNG."""
-    import torchvision
-
-    n = min(max_rows, columns[0].shape[0])
-    tiles = torch.stack([c[:n].detach().float().cpu().clamp(-1, 1) for c in columns], dim=1).flatten(0, 1)
-    return torchvision.utils.make_grid((tiles + 1) / 2, nrow=len(columns), padding=2, pad_value=1.0)
-
-
 class ValidationSamples(pl.Callback):
     """At every validation, the first validation batch's target | reconstruction grid
-    (``<stage>/val_samples``) to the run's W&B / TensorBoard logger, at the global step."""
+    (``<stage>/val_samples``) to the run's W&B / TensorBoard logger, at the run's step
+    (:func:`run_step`)."""
 
     def __init__(self, stage: str, rows: int = 8) -> None:
         self.stage, self.rows = stage, int(rows)
@@ -167,25 +188,25 @@ class ValidationSamples(pl.Callback):
         if not isinstance(outputs, Mapping) or "pred" not in outputs or not takes_images(trainer.logger):
             return  # no picture is drawn for a logger that cannot show it
         picture = grid([outputs["target"], outputs["pred"]], self.rows)
-        log_image(trainer.logger, f"{self.stage}/val_samples", picture, step=trainer.global_step)
+        log_image(trainer.logger, f"{self.stage}/val_samples", picture, step=run_step(trainer))
 
 
 def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None = None,
            status: str = "success") -> None:
-    """End the run's logging: the final numeric metrics, the final pictures (``images``: key ->
-    PNG), ``metrics`` (strings for missing ones included) as the W&B run's summary; the logger is
-    finalized and a W&B run finished."""
+    """End the run's logging: the final numeric metrics at the run's last step, the final pictures
+    (``images``: key -> PNG), ``metrics`` (strings for missing ones included) as the W&B run's
+    summary; the logger is finalized and a W&B run finished."""
     if not logger:
         return
     from pytorch_lightning.loggers import WandbLogger
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if status == "success":
-        if numbers:
-            logger.log_metrics(numbers)
+        if numbers:  # at the run's last step (the evaluation's, shift_steps), not at step 0
+            logger.log_metrics(numbers, step=0)
         for key, path in (images or {}).items():
             if Path(path).is_file():
-                log_image(logger, key, path)
+                log_image(logger, key, path, step=int(getattr(logger, "_first_step", None) or 0))
     logger.finalize(status)
     if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
         if status == "success":
@@ -241,5 +262,5 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
     return Path(run.dir).parent if getattr(run, "dir", None) else None
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "grid", "is_parameter", "job_identity", "log_image", "log_report_tables", "takes_images", "wandb_group",
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "is_parameter", "run_step", "shift_steps", "job_identity", "log_image", "log_report_tables", "takes_images", "wandb_group",
            "wandb_offline", "wandb_logger"]

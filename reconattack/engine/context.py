@@ -20,8 +20,8 @@ import torch
 from lightning_fabric.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from reconattack.engine.resume import RunState
 from reconattack.errors import InputNotFoundError
-from reconattack.resume import RunState
 from reconattack.utils.checkpoints import AtomicCheckpointIO
 from reconattack.utils.files import atomic_write_text
 
@@ -70,13 +70,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
     precision, ...), with its checkpoints under ``run_dir/checkpoints/<stage>``. ``whole``: drop
     the settings that shorten a run (:data:`SHORTENING`), for work whose result is shared.
 
-    The progress display is told ``stage`` (:mod:`reconattack.console`: it shows the stage's name
+    The progress display is told ``stage`` (:mod:`reconattack.engine.console`: it shows the stage's name
     and iterations); without one (``trainer.callbacks.progress=null``) there is no progress bar
     unless ``trainer.enable_progress_bar`` says so. The known-harmless messages of Lightning are
-    kept off the console (:func:`reconattack.console.quiet`)."""
+    kept off the console (:func:`reconattack.engine.console.quiet`)."""
     from pytorch_lightning.callbacks import ProgressBar
 
-    from reconattack.console import StageProgress, quiet
+    from reconattack.engine.console import StageProgress, quiet
 
     quiet()
     cbs = [hydra.utils.instantiate(c) for c in cfg.trainer.get("callbacks", {}).values() if c]
@@ -103,13 +103,14 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
         callbacks=cbs, plugins=plugins, default_root_dir=str(run_dir / "checkpoints" / stage), _convert_="all")
 
 
-def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None):
+def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None, log_prefix: str = ""):
     """The shared :class:`~reconattack.metrics.callback.ReconstructionMetrics` from ``cfg.metrics``
-    for ``stages``; ``metrics`` overrides the configured metric names."""
+    for ``stages``; ``metrics`` overrides the configured metric names; ``log_prefix`` names the
+    logged curves (``"coarse/"``)."""
     kwargs = OmegaConf.to_container(cfg.metrics, resolve=True)
     if metrics is not None:
         kwargs["metrics"] = list(metrics)
-    return hydra.utils.instantiate(kwargs, stages=stages)
+    return hydra.utils.instantiate(kwargs, stages=stages, log_prefix=log_prefix)
 
 
 #: a Trainer on one device, for work done once by rank 0 (artifact builders)
@@ -143,7 +144,7 @@ class RunContext:
         if self._logger is None:
             self._logger = make_logger(self.cfg, self.run_dir, self.state.logger_version())
             if self._logger:
-                from reconattack.tracking import job_identity
+                from reconattack.engine.tracking import job_identity
 
                 params = OmegaConf.to_container(self.cfg, resolve=True)
                 params["job"] = job_identity()  # experiment, sweep, the swept parameters
@@ -153,35 +154,41 @@ class RunContext:
 
     def close_logger(self, metrics: dict | None = None, status: str = "success") -> None:
         """End the run's logging (if a logger was created): the final metrics, the pictures in
-        ``samples/``, ``metrics`` as the W&B run summary (:func:`reconattack.tracking.finish`)."""
+        ``samples/``, ``metrics`` as the W&B run summary (:func:`reconattack.engine.tracking.finish`)."""
         if not self._logger:
             return
-        from reconattack.tracking import finish
+        from reconattack.engine.tracking import finish
 
         images = {f"samples/{p.stem}": p for p in sorted((self.run_dir / "samples").glob("*.png"))}
         finish(self._logger, metrics or {}, images, status)
         self._logger = False
 
     def trainer(self, name: str, max_steps: int = -1, callbacks: list | None = None,
-                single_device: bool = False, logger=None, **overrides) -> pl.Trainer:
+                single_device: bool = False, logger=None, first_step: int = 0, **overrides) -> pl.Trainer:
         """A Trainer from the ``trainer`` config with checkpoints under ``checkpoints/<name>``;
         ``single_device`` for work that rank 0 does alone for every run (artifacts: on one
         device, never shortened by ``fast_dev_run`` / ``limit_*``); ``logger=False`` logs
-        nothing (default: the run's logger)."""
+        nothing (default: the run's logger). ``first_step``: the run's step at which this
+        Trainer's step 0 is logged (the iterations of the stages before it), so that the run's
+        stages read as one run (:func:`reconattack.engine.tracking.shift_steps`)."""
+        from reconattack.engine.tracking import shift_steps
+
         if single_device:
             overrides = {**SINGLE_DEVICE, **overrides}
-        return make_trainer(self.cfg, self.run_dir, name, max_steps,
-                            logger=self.logger if logger is None else logger,
+        logger = self.logger if logger is None else logger
+        shift_steps(logger, first_step)
+        return make_trainer(self.cfg, self.run_dir, name, max_steps, logger=logger,
                             callbacks=callbacks, whole=single_device, **overrides)
 
-    def metric_callback(self, stages: tuple[str, ...] = ("test",), metrics=None):
-        """The shared metrics callback (``metrics`` config; ``metrics`` overrides the names)."""
-        return make_metric_callback(self.cfg, stages, metrics)
+    def metric_callback(self, stages: tuple[str, ...] = ("test",), metrics=None, log_prefix: str = ""):
+        """The shared metrics callback (``metrics`` config; ``metrics`` overrides the names;
+        ``log_prefix`` names the logged curves)."""
+        return make_metric_callback(self.cfg, stages, metrics, log_prefix)
 
     def artifacts(self, reuse: bool = True):
         """The content-addressed artifact store under ``paths.cache_dir/artifacts`` (or, with
         ``reuse=False``, private to this run)."""
-        from reconattack.artifacts import ArtifactStore
+        from reconattack.engine.artifacts import ArtifactStore
 
         return ArtifactStore(self.cache_dir / "artifacts", reuse=reuse,
                              private_root=self.run_dir / "artifacts", rank=self.rank)
@@ -189,20 +196,6 @@ class RunContext:
     @property
     def is_global_zero(self) -> bool:
         return self.rank == 0
-
-
-def save_grid(columns: list[torch.Tensor], path: Path, max_rows: int = 8) -> None:
-    """Save a PNG grid: one row per image, one column per tensor in ``columns``.
-
-    Each column is (B, 3, H, W) in [-1, 1] (same B, H, W); e.g. ground truth | input
-    visualisation | reconstruction.
-    """
-    import torchvision
-
-    from reconattack.tracking import grid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image(grid(columns, max_rows), str(path))
 
 
 def _jsonable(v):

@@ -1,4 +1,4 @@
-"""W&B and TensorBoard (reconattack/tracking.py), offline: the tests read the run files W&B
+"""W&B and TensorBoard (reconattack/engine/tracking.py), offline: the tests read the run files W&B
 writes without a network (``offline-run-*/files``) and TensorBoard's event files."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from reconattack.run import run
 from tests.helpers import coarse_only, compose_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _offline_runs(run_dir: Path) -> list[Path]:
@@ -109,8 +109,40 @@ def test_tensorboard_gets_the_same_images(tmp_path):
     assert len(acc.Images("coarse/val_samples")) >= 1
 
 
+def test_a_two_stage_run_logs_as_one_run_with_its_stages_named(tmp_path):
+    """CFGAN coarse (6 iterations) then fine (4): one TensorBoard run whose step goes on across
+    the stages — coarse at steps 0..5, fine at 6..9, the final test metrics at 10 — each stage's
+    curves under its own name (``coarse/val/psnr`` beside ``fine/val/psnr``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    over = [o for o in coarse_only(tmp_path, "logger=tensorboard", "data.val=10", "attack.val_every_n_epochs=1",
+                                   "data.batch_size=16", "attack.steps.coarse=6", "attack.steps.fine=4",
+                                   "trainer.log_every_n_steps=1")
+            if o != "attack.stages=[coarse]"]
+    over += ["model.fine.stem_mid=8", "attack.fine_init_from_coarse=false"]
+    run(compose_cfg(over))
+    folders = {p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*")}
+    assert len(folders) == 1, folders
+    acc = EventAccumulator(str(folders.pop()), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+
+    def steps(prefix: str, kind: str = "scalars") -> set[int]:
+        tags = [t for t in acc.Tags()[kind] if t.startswith(prefix)]
+        assert tags, (prefix, scalars)
+        get = acc.Scalars if kind == "scalars" else acc.Images
+        return {e.step for t in tags for e in get(t)}
+
+    assert {"coarse/val/psnr", "fine/val/psnr"} <= set(scalars) and "val/psnr" not in scalars, scalars
+    assert steps("coarse/train/") <= set(range(0, 6)) and max(steps("coarse/train/")) == 5
+    assert steps("fine/train/") <= set(range(6, 10)) and min(steps("fine/train/")) == 6
+    assert max(steps("coarse/val/")) <= 6 < min(steps("fine/val/"))
+    assert max(steps("coarse/val_samples", "images")) <= 6 < min(steps("fine/val_samples", "images"))
+    assert steps("test/psnr") == {10}
+
+
 def test_grid_matches_the_saved_sample_grid():
-    from reconattack.tracking import grid
+    from reconattack.utils.grids import grid
 
     a, b = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
     picture = grid([a, b], max_rows=2)

@@ -14,7 +14,7 @@ A build that was killed leaves no artifact; what its builder kept in the artifac
 (:meth:`ArtifactStore.work_dir`, e.g. the encrypted gallery's finished chunks) lets the next build
 continue instead of starting over.
 Under multi-process training only the rank-0 process builds; the other ranks wait for the
-``DONE`` marker (see :func:`reconattack.runtime.process_rank`).
+``DONE`` marker (see :func:`reconattack.engine.context.process_rank`).
 """
 
 from __future__ import annotations
@@ -42,16 +42,6 @@ def spec_key(kind: str, spec: Mapping[str, Any]) -> str:
     """16 hex digits of SHA-256 over ``kind``, :data:`VERSION` and the canonical JSON of ``spec``."""
     blob = json.dumps({"kind": kind, "version": VERSION, "spec": spec}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_fingerprint(path: str | os.PathLike | None) -> dict | None:
-    """What identifies an input file inside a spec: resolved path, size and modification time
-    (so replacing a checkpoint at the same path builds new artifacts)."""
-    if path in (None, ""):
-        return None
-    p = Path(os.path.expanduser(str(path))).resolve()
-    st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 class ArtifactStore:

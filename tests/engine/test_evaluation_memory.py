@@ -8,8 +8,8 @@ import gc
 import pytest
 import torch
 
-import reconattack.runner as runner
-from reconattack.runtime import RunContext
+import reconattack.engine.runner as runner
+from reconattack.engine.context import RunContext
 from tests.helpers import compose_cfg, experiment_overrides, make_image_folder
 
 

@@ -2,7 +2,7 @@
 iterations, and Lightning's tips and known-harmless warnings kept off the console.
 
 **Progress** (``trainer.callbacks.progress``, :func:`progress_bar`). The runtime tells the bar
-the name of the work its Trainer does (:func:`reconattack.runtime.make_trainer`): an attack
+the name of the work its Trainer does (:func:`reconattack.engine.context.make_trainer`): an attack
 stage (``coarse``), ``evaluation``, ``encrypt``, a demo face model (``service_model``). A
 training bar counts the stage's *iterations* done / total (Lightning's ``global_step`` counts
 optimizer steps: a GAN stage steps two optimizers per iteration, so the count is divided by the
@@ -69,7 +69,7 @@ class StageProgress:
     ``ProgressBar``): descriptions from :attr:`stage`, and the progress-bar metrics by short name.
 
     Attributes:
-        stage: the name of the Trainer's work, set by :func:`reconattack.runtime.make_trainer`
+        stage: the name of the Trainer's work, set by :func:`reconattack.engine.context.make_trainer`
             (None outside the runtime: Lightning's plain words, ``training``, ``testing``).
     """
 
@@ -350,7 +350,7 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
      "which is where a resumed stage continues (the warning is about wanting the state before it)"),
     (r"You defined a `validation_step` but have no `val_dataloader`", PossibleUserWarning,
      "every attack stage can validate; a threat model without validation data gives it none, and "
-     "the runner turns validation off for it (reconattack.runner.fit_stage)"),
+     "the runner turns validation off for it (reconattack.engine.runner.fit_stage)"),
     (r"Total length of `list` across ranks is zero", UserWarning,
      "a data module without a validation split gives an empty list (data.val=0); only "
      "trainer.fast_dev_run, a debugging run, turns validation on for it anyway"),
@@ -408,7 +408,7 @@ def quiet() -> None:
     for :data:`HARMLESS_WARNINGS`, put in front of the others unless they are there already (every
     change to the filters makes Python show each "once" warning again), and a logging filter on
     Lightning's loggers for its info lines. Called for every Trainer a run makes
-    (:func:`reconattack.runtime.make_trainer`), so it holds also where something (pytest, a
+    (:func:`reconattack.engine.context.make_trainer`), so it holds also where something (pytest, a
     notebook) resets the warning filters between runs."""
     ours = {(pattern, category) for pattern, category, _why in HARMLESS_WARNINGS}
     front = {(f[1].pattern, f[2]) for f in warnings.filters[:len(ours)]

@@ -20,12 +20,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from reconattack import console
-from reconattack.console import StageProgressBar, StageProgressLines, progress_bar, stage_iterations
-from reconattack.runtime import make_trainer
+from reconattack.engine import console
+from reconattack.engine.console import (
+    StageProgressBar,
+    StageProgressLines,
+    progress_bar,
+    stage_iterations,
+)
+from reconattack.engine.context import make_trainer
 from tests.helpers import compose_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -6,7 +6,7 @@ prepare the threat (data, caches, artifacts) → fit the attack's stages in orde
 Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
 streaming pass through the shared metrics callback → ``samples/`` and the flat metrics (the
 caller writes ``metrics.json``). ``resume=true`` continues a stopped run where it was
-(:mod:`reconattack.resume`).
+(:mod:`reconattack.engine.resume`).
 
 Nothing here names an attack or a threat model: they come from ``cfg.threat`` and ``cfg.attack``
 (``_target_``), and their configs travel down into them; the runner reads only the generic
@@ -25,13 +25,14 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from reconattack.attacks.base import Attack, AttackStage
 from reconattack.data.images import DataNotFoundError
+from reconattack.engine.context import RunContext, require_file
+from reconattack.engine.resume import Preemption, RNGState, last_checkpoint, seed_all, stage_seed
+from reconattack.engine.tracking import ValidationSamples
 from reconattack.errors import ConfigError, NonFiniteLossError, UserError
-from reconattack.resume import Preemption, RNGState, last_checkpoint, seed_all, stage_seed
-from reconattack.runtime import RunContext, require_file, save_grid
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
-from reconattack.tracking import ValidationSamples
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
 from reconattack.utils.config import build
+from reconattack.utils.grids import save_grid
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,28 @@ def _has_validation(dm: pl.LightningDataModule) -> bool:
     return bool(loaders) if isinstance(loaders, (list, tuple)) else True
 
 
+def first_steps(attack: Attack | None) -> dict[str, int]:
+    """The run's step at which each stage's logging starts: the iterations of the stages before
+    it (``"evaluation"``: after the last), so that the stages' curves follow each other on one
+    axis (:meth:`RunContext.trainer`). Fixed by the config, so a resumed run logs at the same
+    steps as an uninterrupted one."""
+    out, step = {}, 0
+    for stage in attack.stages if attack is not None else ():
+        out[stage] = step
+        step += int(attack.steps.get(stage, 0) or 0)
+    out["evaluation"] = step
+    return out
+
+
 def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
               threat: ThreatModel) -> Path:
     """Train ``stage`` for ``attack.steps[stage]`` iterations; returns ``checkpoints/<stage>.ckpt``.
+    Its curves are logged under the stage's name (``<stage>/train/...``, ``<stage>/val/...``)
+    from the run's step :func:`first_steps` gives it.
 
     Every ``attack.checkpoint_every`` iterations, and when a signal of ``preempt_signals``
-    arrives (:class:`~reconattack.resume.Preemption`), the latest state is kept in
-    ``checkpoints/<stage>/last.ckpt``, random states included (:class:`~reconattack.resume.
+    arrives (:class:`~reconattack.engine.resume.Preemption`), the latest state is kept in
+    ``checkpoints/<stage>/last.ckpt``, random states included (:class:`~reconattack.engine.resume.
     RNGState`). The stage continues from such a file when the run is resumed (``resume=true``)
     or when it is given as ``attack.resume[stage]``.
     """
@@ -174,7 +190,7 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     dm = threat.datamodule(iterations)
     dm.setup("fit")
     last = last_checkpoint(ctx.run_dir, stage)
-    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS), RNGState(),
+    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS, log_prefix=f"{stage}/"), RNGState(),
                  Preemption(last, ctx.preempt_signals, stage), ValidationSamples(stage, attack.num_samples)]
     if attack.checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=str(last.parent), filename=last.stem,
@@ -183,7 +199,7 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     resume = require_file(attack.resume.get(stage), f"attack.resume.{stage}") or ctx.state.latest_state(stage)
     extra = {} if _has_validation(dm) else {"limit_val_batches": 0}
     trainer = ctx.trainer(stage, iterations * per_iteration, callbacks=callbacks,
-                          enable_checkpointing=bool(attack.checkpoint_every),
+                          first_step=first_steps(attack)[stage], enable_checkpointing=bool(attack.checkpoint_every),
                           check_val_every_n_epoch=attack.val_every_n_epochs, **extra)
     if resume:
         log.info("stage %s: continuing from %s", stage, resume)
@@ -207,7 +223,7 @@ def fit_attack(ctx: RunContext, threat: ThreatModel, attack: Attack) -> AttackSt
     """Build every stage in order, loading those given in ``attack.checkpoints`` (and, when the
     run is resumed, those it finished before) and training the ones after the last loaded;
     returns the final stage's module. Each stage is built from its own seed
-    (:func:`~reconattack.resume.stage_seed`), so it starts the same whether the stages before it
+    (:func:`~reconattack.engine.resume.stage_seed`), so it starts the same whether the stages before it
     were trained in this process or loaded."""
     stages = attack.stages
     loaded = dict(attack.checkpoints)
@@ -302,7 +318,7 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
                           threat.visualise, attack.num_samples if attack is not None else 8)
     cb = ctx.metric_callback(("test",))
     dm = threat.datamodule()
-    trainer = ctx.trainer("evaluation", callbacks=[cb])
+    trainer = ctx.trainer("evaluation", callbacks=[cb], first_step=first_steps(attack)["evaluation"])
     trainer.test(evaluator, datamodule=dm, verbose=False)
     if ctx.is_global_zero:
         evaluator.save_samples(ctx.run_dir / "samples" / "test_grid.png")
@@ -313,7 +329,7 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the experiment of ``cfg`` (see the module docstring); returns its flat metrics.
 
-    With ``resume=true`` it continues the run in ``run_dir`` (:mod:`reconattack.resume`): a
+    With ``resume=true`` it continues the run in ``run_dir`` (:mod:`reconattack.engine.resume`): a
     finished run returns its metrics, finished stages are loaded, a stage stopped midway
     continues from its latest state."""
     check_config(cfg)

@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from reconattack.sweeps import (
+from reconattack.engine.sweeps import (
     FAILURE_FILE,
     STATUS_FILE,
     SweepStatusCallback,

@@ -8,9 +8,9 @@ under ``paths.data_dir``). :func:`plan` turns a recipe into the commands
 ``python -m reconattack.run -m ... hydra.sweep.dir=OUT/<sweep>`` and ``python -m
 reconattack.report OUT/<dir>``; :func:`execute` runs them one after the other with
 :mod:`subprocess` and stops at the first command that fails. A multirun whose jobs partly failed
-(it exits 1 after writing ``sweep_status.json``, :mod:`reconattack.sweeps`) still gets its report;
+(it exits 1 after writing ``sweep_status.json``, :mod:`reconattack.engine.sweeps`) still gets its report;
 the recipe then stops, says which jobs failed, and continues where it stopped when run again with
-``--resume`` (finished runs are kept, :mod:`reconattack.resume`).
+``--resume`` (finished runs are kept, :mod:`reconattack.engine.resume`).
 
 The command line (:func:`main`)::
 
@@ -38,11 +38,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconattack.engine.sweeps import STATUS_FILE, describe_job
 from reconattack.errors import ConfigError
-from reconattack.sweeps import STATUS_FILE, describe_job
+from reconattack.utils.config import CONF_DIR, PROJECT_ROOT
 
-#: the directory that holds the ``reconattack`` package and ``conf/`` of this checkout
-ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("demo", "paper")
 #: job directory of a multirun whose runs a later multirun of the recipe loads by seed
 SEED_SUBDIR = "seed${seed}"
@@ -149,7 +148,7 @@ def _key(override) -> str:
 
 def available_launchers() -> list[str]:
     """The launcher presets (``conf/launcher/*.yaml``)."""
-    return sorted(p.stem for p in (ROOT / "conf" / "launcher").glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / "launcher").glob("*.yaml"))
 
 
 def _render(item: str | Checkpoint, out: Path, done: dict[str, Sweep], sweep: Sweep) -> str:
@@ -222,7 +221,7 @@ def plan(recipe: Recipe, scale: str, out: Path, extra: Sequence[str] = (), launc
 def child_env() -> dict[str, str]:
     """The environment of the recipe's commands: this checkout first on ``PYTHONPATH``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -290,7 +289,7 @@ def describe(recipe: Recipe, scale: str, steps: Sequence[Step]) -> str:
     spec = recipe.scales[scale]
     lines = [f"# {recipe.name}: {recipe.table} ({scale} scale)"]
     lines += [f"# {line}" for line in _wrap(f"{recipe.description} {spec.about}")]
-    lines.append(f"# commands run with PYTHONPATH={ROOT}")
+    lines.append(f"# commands run with PYTHONPATH={PROJECT_ROOT}")
     lines += [shlex.join(s.argv) for s in steps]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Resuming a run (SPEC §8; reconattack/resume.py, reconattack/data/sampling.py): the training
+"""Resuming a run (SPEC §8; reconattack/engine/resume.py, reconattack/data/sampling.py): the training
 order as a function of the seed and the step, exact continuation from a stage's latest state,
 real processes killed (SIGKILL) and preempted (SIGTERM) mid-stage and mid-encryption and then
 resumed to the metrics of an uninterrupted run, the W&B run continued, a changed config refused.
@@ -21,14 +21,14 @@ import pytest
 import torch
 
 from reconattack.data.sampling import ResumableSampler
+from reconattack.engine.resume import rng_state, set_rng_state
 from reconattack.errors import ConfigError
-from reconattack.resume import rng_state, set_rng_state
 from reconattack.run import run
 from reconattack.utils.checkpoints import AtomicCheckpointIO
 from reconattack.utils.files import atomic_torch_save
 from tests.helpers import coarse_only, compose_cfg, experiment_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: counts of what this process built (artifacts reused after a restart are not rebuilt)
 BOOKKEEPING = ("artifacts/built",)
 

@@ -3,7 +3,7 @@
 preemption or a time limit.
 
 What the run directory keeps, and what a resumed run does with it (the runner,
-:mod:`reconattack.runner`):
+:mod:`reconattack.engine.runner`):
 
 - ``state/config.yaml`` — the configuration of the first start. A resumed run must have the same
   one (a run continued under other settings would be neither); the keys that may differ are
@@ -18,7 +18,7 @@ What the run directory keeps, and what a resumed run does with it (the runner,
   run instead of starting another.
 
 Artifacts shared between runs (the AVIH encrypted gallery) continue on their own: their builder
-keeps finished chunks under the artifact store's work folder (:mod:`reconattack.artifacts`).
+keeps finished chunks under the artifact store's work folder (:mod:`reconattack.engine.artifacts`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,207 @@
+"""Plots and sample grids of a report: each layout column against the swept threat parameter
+(``report_<metric>.png``), and the runs' sample images side by side (``report_grid[_<table>].png``,
+its column names in ``.txt``, and a titled ``_figure.png``).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from reconattack.report.runs import distinguish, with_overrides
+from reconattack.report.tables import ARROWS, Report, Series
+from reconattack.utils.files import atomic_write_bytes, atomic_write_text
+from reconattack.utils.grids import GRID_PAD
+
+# ------------------------------------------------------------------------------ plots
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (servers have no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _plot_name(metric: str) -> str:
+    return "report_" + metric.replace("/", "_").replace("@", "_at_") + ".png"
+
+
+def write_plots(report: Report) -> list[Path]:
+    plt = _pyplot()
+    series = report.series or _fallback_series(report)
+    if not series:
+        return []
+    layout = report.layout
+    directions = dict(layout.columns) if layout else {}
+    out = []
+    for metric, lines in series.items():
+        fig, ax = plt.subplots(figsize=(5.0, 3.4))
+        ticks = sorted({p[0] for s in lines for p in s.points})
+        for s in lines:
+            xs = [p[0] for p in s.points]
+            ax.errorbar(xs, [p[1] for p in s.points], yerr=[p[2] or 0.0 for p in s.points],
+                        marker="o" if s.attack else None, linestyle="-" if s.attack else "--",
+                        capsize=3, label=s.label if report.series else None, alpha=1.0 if s.attack else 0.7)
+        if ticks[0] > 0 and ticks[-1] / ticks[0] >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
+        col = metric.split("/")[-1]
+        arrow = ARROWS.get(directions.get(col, ""), "")
+        ax.set_xlabel(layout.sweep_label if report.series else lines[0].label)
+        ax.set_ylabel(f"{metric} {arrow}".strip())
+        if report.series:
+            ax.set_title(f"{layout.title}: {col} against {layout.sweep_label}", fontsize=9)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = report.root / _plot_name(metric)
+        atomic_write_bytes(path, _png(fig))
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def _fallback_series(report: Report) -> dict[str, list[Series]]:
+    """Without a layout sweep: every metric against the one numeric override that varies between
+    the settings, if there is exactly one (``Series.label``: that override)."""
+    done = [g for g in report.groups if g.finished]
+    keys = [g.keyed for g in done]
+    varying = [k for k in dict.fromkeys(k for d in keys for k in d) if len({d.get(k) for d in keys}) > 1]
+    if len(varying) != 1:
+        return {}
+    param = varying[0]
+    try:
+        xs = [float(d[param]) for d in keys]
+    except (KeyError, ValueError):
+        return {}
+    out = {}
+    for m in report.metrics:
+        stats = [g.stats[m] for g in done]
+        if m.startswith("artifacts/") or any(s.mean is None for s in stats):
+            continue
+        if len({s.mean for s in stats}) == 1 and not any(s.std for s in stats):
+            continue  # constant over the swept value (e.g. the encrypted gallery's metrics)
+        out[m] = [Series(param, sorted((x, s.mean, s.std, s.n) for x, s in zip(xs, stats)), True)]
+    return out
+
+
+# ------------------------------------------------------------------------------ sample grids
+
+def read_grid(run_dir: Path) -> tuple[dict[str, np.ndarray], int] | None:
+    """The tiles of a run's ``samples/test_grid.png`` (names from ``test_grid.txt``):
+    ``({column: (rows, S, S, 3) uint8}, S)``, or None when absent or not a grid of square tiles."""
+    from PIL import Image
+
+    png, txt = run_dir / "samples" / "test_grid.png", run_dir / "samples" / "test_grid.txt"
+    if not (png.is_file() and txt.is_file()):
+        return None
+    names = [n.strip() for n in txt.read_text().strip().split("|")]
+    with Image.open(png) as im:
+        img = np.asarray(im.convert("RGB"))
+    h, w = img.shape[:2]
+    size = (w - GRID_PAD) / len(names) - GRID_PAD
+    rows = (h - GRID_PAD) / (size + GRID_PAD) if size > 0 else 0
+    if size != int(size) or size <= 0 or rows != int(rows) or rows < 1:
+        return None
+    size, rows = int(size), int(rows)
+    step = size + GRID_PAD
+    cols = {}
+    for j, name in enumerate(names):
+        cols[name] = np.stack([img[GRID_PAD + i * step:GRID_PAD + i * step + size,
+                                   GRID_PAD + j * step:GRID_PAD + j * step + size] for i in range(rows)])
+    return cols, size
+
+
+def write_grids(report: Report) -> list[tuple[Path, list[str]]]:
+    from PIL import Image
+
+    layout = report.layout
+    out = []
+    if layout is None:
+        return out
+    for table in report.tables:
+        for block in table.blocks:
+            rows = [r for r in table.rows if r.kind == "attack" and block in r.groups]
+            if len(rows) < 2:
+                continue
+            read = [(r, read_grid(r.groups[block].finished[0].dir)) for r in rows]
+            read = [(r, g) for r, g in read if g is not None and layout.attack_row in g[0] and "target" in g[0]]
+            where = " / ".join(v for v in (table.title, block) if v) or "all"
+            if len(read) < 2:
+                report.notes.append(f"{where}: no sample grid (fewer than two settings with "
+                                    f"samples/test_grid.png and .txt)")
+                continue
+            first, size = read[0][1]
+            n = min(report.options.grid_rows, *(len(g[0]["target"]) for _, g in read))
+            if any(g[1] != size or not np.array_equal(g[0]["target"][:n], first["target"][:n]) for _, g in read):
+                report.notes.append(f"{where}: no sample grid (the runs' sample images differ)")
+                continue
+            columns, titles = [first["target"][:n]], ["target"]
+            for spec in layout.controls:  # those that depend on the attack: one per attack, not here
+                tiles = None if spec["per_attack"] else first.get(spec["row"])
+                if tiles is not None and not np.array_equal(tiles[:n], first["target"][:n]):
+                    columns.append(tiles[:n])
+                    titles.append(spec["label"])
+            rename = {layout.sweep_key: layout.sweep_label} if layout.sweep_key else {}
+            same_label = defaultdict(list)
+            for r, _ in read:
+                same_label[r.groups[block].label].append(r.groups[block])
+            extra = {}
+            for members in same_label.values():
+                extra.update(distinguish([(id(g), g.keyed) for g in members], {id(g): g.config for g in members}))
+            for r, (tiles, _) in read:
+                g = r.groups[block]
+                columns.append(tiles[layout.attack_row][:n])
+                titles.append(with_overrides(g.label, extra[id(g)], rename))
+            step = size + GRID_PAD
+            canvas = np.full((GRID_PAD + n * step, GRID_PAD + len(columns) * step, 3), 255, np.uint8)
+            for j, col in enumerate(columns):
+                for i in range(n):
+                    canvas[GRID_PAD + i * step:GRID_PAD + i * step + size,
+                           GRID_PAD + j * step:GRID_PAD + j * step + size] = col[i]
+            suffix = "".join("_" + re.sub(r"[^A-Za-z0-9.-]+", "_", v) for v in (*table.value, block) if v and v != "null")
+            path = report.root / f"report_grid{suffix}.png"
+            buf = io.BytesIO()
+            Image.fromarray(canvas).save(buf, format="PNG")
+            atomic_write_bytes(path, buf.getvalue())
+            atomic_write_text(path.with_suffix(".txt"), " | ".join(titles) + "\n")
+            atomic_write_bytes(figure_path(path), _grid_figure(columns, titles, n))
+            out.append((path, titles))
+    return out
+
+
+def figure_path(grid: Path) -> Path:
+    return grid.with_name(f"{grid.stem}_figure.png")
+
+
+def _grid_figure(columns: list[np.ndarray], titles: list[str], n: int) -> bytes:
+    """The sample grid as a figure: a column per title (titled), ``n`` rows, tiles of any size
+    drawn at about an inch each without smoothing. ``columns``: ``(>= n, S, S, 3)`` uint8."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.1 * len(columns), 1.1 * n + 0.4), squeeze=False)
+    for j, col in enumerate(columns):
+        axes[0][j].set_title(textwrap.fill(titles[j], 16), fontsize=7)
+        for i in range(n):
+            axes[i][j].imshow(col[i], interpolation="nearest")
+            axes[i][j].set_xticks([])
+            axes[i][j].set_yticks([])
+    fig.tight_layout(pad=0.3)
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,240 @@
+"""The report's files: ``report.md``, ``report.csv`` / ``report_layout.csv`` and ``report.tex``
+(:func:`write_reports` also draws the plots and grids, and logs the tables to W&B).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+
+from reconattack.report.figures import figure_path, write_grids, write_plots
+from reconattack.report.runs import EMPTY, MISSING, Options, Stat
+from reconattack.report.tables import ARROWS, Report, build_report, reported
+from reconattack.utils.files import atomic_write_text
+
+TEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
+
+
+# ------------------------------------------------------------------------------ writing
+
+def write_reports(root: Path, options: Options | None = None) -> list[Path]:
+    """Build the report of ``root`` and write its files into ``root`` (see the module
+    docstring); returns the paths written."""
+    report = build_report(root, options)
+    root = report.root
+    written = _write_csv(report)
+    plots = write_plots(report)
+    grids = write_grids(report)
+    written.append(atomic_write_text(root / "report.tex", _tex(report)))
+    md = _markdown(report, plots, grids)
+    written.insert(0, atomic_write_text(root / "report.md", md))
+    if report.options.wandb:  # the jobs' logger was W&B: the tables there too
+        from reconattack.engine.tracking import log_report_tables
+
+        log_report_tables(root, report.jobs, [p for p in written if p.suffix == ".csv"])
+    return written + plots + [f for p, _ in grids for f in (p, figure_path(p))]
+
+
+# ------------------------------------------------------------------------------ markdown
+
+def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def _md_cell(s: Stat) -> str:
+    """A cell of a markdown table: ``missing`` for a metric reported missing."""
+    return "missing" if s.text.startswith(MISSING) else s.text.replace("|", "\\|")
+
+
+def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[str]]]) -> str:
+    jobs = report.jobs
+    counts = defaultdict(int)
+    for j in jobs:
+        counts[j.status] += 1
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("finished", "failed", "unfinished") if counts[s])
+    ignore = ", ".join(report.options.ignore)
+    md = [f"# Report: {report.root}", "",
+          f"{len(jobs)} job(s): {summary}. A setting is the jobs' overrides without {ignore}; its "
+          f"numbers are mean ± std over its finished runs (sample std, ddof=1; one run: its value), "
+          f"`runs` says how many, `(n=k)` marks a metric fewer runs reported.", ""]
+    md.append("Overrides common to all jobs: " + (" ".join(f"`{o}`" for o in report.common) or "none") + ".")
+    reasons: dict[str, None] = {}
+
+    def cell(s: Stat) -> str:
+        if s.text.startswith(MISSING):
+            reasons.setdefault(s.text[len(MISSING):], None)
+        return _md_cell(s)
+
+    md += ["", "## All metrics", ""]
+    md += _md_table(["setting", "runs", "no result"] + report.metrics,
+                    [[g.setting, str(len(g.finished)), str(len(g.jobs) - len(g.finished))]
+                     + [cell(g.stats.get(m, EMPTY)) for m in report.metrics] for g in report.groups])
+    if report.tables:
+        md += ["", "## Paper layout"]
+    for table in report.tables:
+        heading = report.layout.title + (f": {table.title}" if table.title else "")
+        several = len(table.blocks) > 1
+        head = ["row"] + [f"{b + ': ' if several else ''}{c} {ARROWS[d]}" for b in table.blocks for c, d in table.columns]
+        lines = [[r.label] + [cell(r.cells.get(b, {}).get(c, EMPTY)) for b in table.blocks for c, _ in table.columns]
+                 for r in table.rows]
+        md += ["", f"### {heading}", ""] + _md_table(head, lines)
+        if table.paper_note:
+            md += ["", table.paper_note]
+        if table.unreported:
+            md += ["", "Left out, no run of this table reported them: "
+                   + ", ".join(f"`{c}`" for c in table.unreported) + "."]
+    if report.layout is not None and report.layout.threshold is not None and report.tables:
+        md += _md_answers(report)
+    if plots:
+        md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    if grids or report.notes:
+        md += ["", "## Sample images", ""]
+        for path, titles in grids:
+            figure = figure_path(path)
+            md += [f"![{figure.stem}]({figure.name})", "", "Columns: "
+                   + ", ".join(f"`{t}`" for t in titles) + f" (the first {report.options.grid_rows} held-out images at most, from the first "
+                   f"finished run of each setting). The tiles at their own pixels, untitled: `{path.name}`.", ""]
+        md += [f"- {n}" for n in report.notes]
+    bad = [j for j in jobs if j.status != "finished"]
+    if bad:
+        common = set(report.common)
+        md += ["", "## Jobs without results", ""]
+        md += _md_table(["job", "status", "overrides", "error"],
+                        [[j.name, j.status, " ".join(o for o in j.overrides if o not in common).replace("|", "\\|"),
+                          (j.error or "").replace("|", "\\|")] for j in bad])
+    if reasons:
+        md += ["", "Metrics the runs reported as missing (no pretrained weights):", ""] + [f"- {r}" for r in reasons]
+    return "\n".join(md) + "\n"
+
+
+def _possessive(name: str) -> str:
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def _md_answers(report: Report) -> list[str]:
+    layout, th = report.layout, report.layout.threshold
+    base = next(c for c in layout.controls if c["name"] == th["baseline"])
+    attack = ", ".join(dict.fromkeys(a.attack for a in report.answers)) or "the attack"
+    count_label = th.get("count_label") or th.get("count") or "count"
+    src = "--margin" if report.options.margin is not None else "threat.report.threshold.margin"
+    md = ["", f"## {th.get('title') or 'Threshold'}", "",
+          f"The smallest {layout.sweep_key} ({layout.sweep_label}) at which {_possessive(attack)} {th['metric']} "
+          f"exceeds {_possessive(base['label'])} by more than {report.margin:g} ({src}), the mean over seeds of "
+          f"the per-run difference; below it, {attack} did not beat {base['label']} by that margin "
+          f"at any tested value.", ""]
+    def count(stat: Stat | None) -> str:  # a count is the same for every seed: as a number
+        if stat is None:
+            return ""
+        return f"{stat.mean:g}" if stat.mean is not None and not stat.std else stat.text
+
+    lines = []
+    for a in report.answers:
+        value = str(a.value) if a.value is not None else f"none up to {str(a.points[-1][0])}"
+        cnt = count(a.count)
+        below = (f"{a.below[0]}" + (f" ({count(a.below[1])})" if a.below[1] is not None else "") if a.below
+                 else "none tested" if a.value is not None else "")
+        diffs = "; ".join(f"{str(x)}: {s.text}" for x, s in a.points)
+        lines.append([a.table or "(all)", a.series, value, cnt, below, diffs])
+    md += _md_table(["table", "setting", layout.sweep_label, count_label,
+                     f"largest tested {layout.sweep_label} below it ({count_label})",
+                     f"difference at each {layout.sweep_label}"], lines)
+    return md
+
+
+# ------------------------------------------------------------------------------ CSV
+
+def _write_csv(report: Report) -> list[Path]:
+    root = report.root
+    with io.StringIO(newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "runs", "no result"] + [c for m in report.metrics for c in (f"{m} mean", f"{m} std", f"{m} n")])
+        for g in report.groups:
+            row = [g.setting, len(g.finished), len(g.jobs) - len(g.finished)]
+            for m in report.metrics:
+                s = g.stats.get(m, EMPTY)
+                row += [s.mean, "" if s.std is None else s.std, s.n] if s.mean is not None else [s.text, "", s.n]
+            w.writerow(row)
+        out = [atomic_write_text(root / "report.csv", f.getvalue())]
+    if report.tables:
+        with io.StringIO(newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["table", "block", "row", "source", "column", "mean", "std", "n", "text"])
+            for t in report.tables:
+                for r in t.rows:
+                    for b in t.blocks:
+                        for c, _ in t.columns:
+                            s = r.cells.get(b, {}).get(c)
+                            if s is None or not reported(s):
+                                continue
+                            w.writerow([t.title, b, r.of or r.label, r.source or "ours", c,
+                                        "" if s.mean is None else s.mean, "" if s.std is None else s.std,
+                                        "" if r.kind == "paper" else s.n, s.text])
+            out.append(atomic_write_text(root / "report_layout.csv", f.getvalue()))
+    return out
+
+
+# ------------------------------------------------------------------------------ LaTeX
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "†": r"$^\dagger$", "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
+
+
+def tex_escape(text: str) -> str:
+    """``text`` safe inside a LaTeX tabular (special characters escaped, ± † ↑ ↓ as math)."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def _tex_cell(s: Stat, digits: int) -> str:
+    """A cell of a LaTeX table (math mode; ``($n=k$)`` when fewer runs reported it)."""
+    if s.paper:
+        return "$" + s.text.replace(" ± ", r" \pm ") + "$"
+    if s.mean is None:
+        return "missing" if s.text.startswith(MISSING) else (tex_escape(s.text) or "--")
+    body = f"{s.mean:.{digits}f}" + (f" \\pm {s.std:.{digits}f}" if s.std is not None else "")
+    return f"${body}$" + (f" ($n={s.n}$)" if s.n < s.runs else "")
+
+def _tex(report: Report) -> str:
+    d = report.options.digits
+    out = ["% python -m reconattack.report: booktabs tables; in the preamble:",
+           "% \\usepackage{booktabs}", ""]
+    if not report.tables:  # no layout in the runs' configs: every metric per setting
+        cols = report.metrics
+        out += [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * (len(cols) + 1) + "}", r"\toprule",
+                " & ".join(["setting", "runs"] + [tex_escape(c) for c in cols]) + r" \\", r"\midrule"]
+        for g in report.groups:
+            out.append(" & ".join([tex_escape(g.setting), str(len(g.finished))]
+                                  + [_tex_cell(g.stats.get(m, EMPTY), d) for m in cols]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        return "\n".join(out)
+    for i, t in enumerate(report.tables):
+        ncol = len(t.columns)
+        caption = report.layout.title + (f": {t.title}" if t.title else "")
+        out += [r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(caption)}}}",
+                f"\\label{{tab:report-{i + 1}}}", r"\begin{tabular}{l" + ("c" * ncol) * len(t.blocks) + "}",
+                r"\toprule"]
+        if len(t.blocks) > 1:
+            out.append(" & " + " & ".join(f"\\multicolumn{{{ncol}}}{{c}}{{{tex_escape(b)}}}" for b in t.blocks) + r" \\")
+            out.append("".join(f"\\cmidrule(lr){{{2 + k * ncol}-{1 + (k + 1) * ncol}}}" for k in range(len(t.blocks))))
+        out.append(" & " + " & ".join(f"{tex_escape(c)} {TEX_ARROWS[dr]}" for _ in t.blocks for c, dr in t.columns) + r" \\")
+        out.append(r"\midrule")
+        previous = None
+        for r in t.rows:
+            kind = "control" if r.kind == "control" or (r.kind == "paper" and previous == "control") else "attack"
+            if previous == "attack" and kind == "control":
+                out.append(r"\midrule")
+            previous = kind
+            if r.kind == "paper":
+                label = r"\textit{$^\dagger$ " + tex_escape(r.label.removeprefix("† ")) + "}"
+            else:
+                label = tex_escape(r.label)
+            cells = [_tex_cell(r.cells.get(b, {}).get(c, EMPTY), d) for b in t.blocks for c, _ in t.columns]
+            out.append(" & ".join([label] + cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if t.paper_note:
+            out += [r"\par\smallskip\footnotesize " + tex_escape(t.paper_note)]
+        out += [r"\end{table}", ""]
+    return "\n".join(out)
