@@ -156,3 +156,13 @@ def coarse_only(tmp: Path, *extra: str) -> list[str]:
     return [*experiment_overrides(None, tmp), "attack.stages=[coarse]", "attack.steps.coarse=2", "loss.adv=0.002",
             "model.coarse.enc_channels=[8,8,8,8]", "model.coarse.dec_channels=[8,8,8,8]",
             "model.coarse.enc_mid=[8,8,8,8]", "metrics.metrics=[mse,psnr,ssim]", *extra]
+
+
+def trust_weights(monkeypatch, path, key: str | None = None) -> None:
+    """Pin the SHA-256 of a test's own weights file (random weights saved in a library's format
+    where the library keeps them) under ``key`` (default: the file's name), in place of the
+    published file's: the loading code then runs as it does for the real weights."""
+    from reconattack.utils.files import sha256_file
+    from reconattack.utils.weights import PINNED_SHA256
+
+    monkeypatch.setitem(PINNED_SHA256, key or Path(path).name, sha256_file(path))

@@ -48,11 +48,13 @@ from torch import Tensor, nn
 
 from reconattack.errors import ConfigError
 from reconattack.utils.weights import (
+    PINNED_SHA256,
     MissingWeightsError,
     WeightsSpec,
     load_state_dict,
     offline,
     resolve,
+    verify,
 )
 
 INCEPTION_URL = (
@@ -75,6 +77,9 @@ ALEXNET_WEIGHTS = WeightsSpec(
     name="LPIPS AlexNet trunk (torchvision AlexNet IMAGENET1K_V1)",
     url=ALEXNET_URL,
 )
+
+#: the lpips package's calibration layers of LPIPS v0.1 on AlexNet, inside the package
+LPIPS_LINEAR = "weights/v0.1/alex.pth"
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_TAG = "laion2b_s34b_b79k"
@@ -370,17 +375,20 @@ def load_lpips(path: str | os.PathLike | None = None, download: bool = True) -> 
     import lpips
 
     state = load_state_dict(ALEXNET_WEIGHTS, path, download)
+    calibration = Path(lpips.__file__).parent / LPIPS_LINEAR
+    if not calibration.is_file():
+        raise MissingWeightsError(
+            f"LPIPS linear layers: the lpips package's weights file {calibration} is missing; "
+            "reinstall `lpips`."
+        )
+    verify("LPIPS linear layers (lpips v0.1, AlexNet)", calibration,
+           PINNED_SHA256[f"lpips/{LPIPS_LINEAR}"], "the lpips package: reinstall `lpips`")
     with warnings.catch_warnings():  # lpips calls torchvision with the deprecated `pretrained`
         warnings.simplefilter("ignore")
-        try:
-            net = lpips.LPIPS(
-                net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False
-            )
-        except FileNotFoundError as exc:
-            raise MissingWeightsError(
-                f"LPIPS linear layers: the lpips package's weights file is missing ({exc}); "
-                "reinstall `lpips`."
-            ) from exc
+        net = lpips.LPIPS(
+            net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False,
+            model_path=str(calibration),
+        )
     trunk = {}
     for idx, slice_no in _ALEX_SLICES.items():
         for kind in ("weight", "bias"):
@@ -590,6 +598,32 @@ def _find_or_download_clip(
     )
 
 
+def _verify_clip(name: str, file: str, cfg: dict, given: bool) -> None:
+    """Check a CLIP weights file: against the tag's pinned SHA-256 (:data:`PINNED_SHA256`, by
+    Hugging Face repo and file name; a file named in the config against any pinned file of its
+    tag); else, a file in the Hugging Face cache against the hub's own hash (an LFS file's blob is
+    named by its SHA-256); else it is used with a warning that nothing vouches for it."""
+    repo_id = _hf_candidates(cfg["hf_hub"])[0] if cfg.get("hf_hub") else ""
+    pins = {k.rsplit("/", 1)[1]: v for k, v in PINNED_SHA256.items() if repo_id and k.startswith(repo_id + "/")}
+    web = f"https://huggingface.co/{repo_id}" if repo_id else "its Hugging Face repository"
+    if given and pins:
+        verify(name, file, tuple(pins.values()), f"{web} ({', '.join(pins)})")
+        return
+    if Path(file).name in pins:
+        verify(name, file, pins[Path(file).name], web)
+        return
+    blob = Path(file).resolve()
+    if blob.parent.name == "blobs" and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name):
+        verify(name, file, blob.name, f"{web} (its Hugging Face LFS hash)")
+        return
+    warnings.warn(f"{name}: no pinned SHA-256 for {file}; it is used unverified", UnverifiedWeightsWarning,
+                  stacklevel=3)
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A weights file is used that no pinned or published hash vouches for."""
+
+
 def load_clip(
     path: str | os.PathLike | None = None,
     download: bool = True,
@@ -636,6 +670,7 @@ def load_clip(
                 f"{open_clip.list_pretrained_tags_by_model(model_name)}"
             )
         file = _find_or_download_clip(model_name, pretrained, cfg, download, cache_dir)
+    _verify_clip(f"CLIP {model_name} ({pretrained})", file, cfg, given=bool(path))
     pp = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
     try:
         model = open_clip.create_model(

@@ -15,6 +15,7 @@ from reconattack.losses.perceptual import (
 )
 from reconattack.losses.sift import SiftLoss
 from reconattack.utils.weights import MissingWeightsError
+from tests.helpers import trust_weights
 
 
 def _direct_ragan(real, fake):
@@ -102,23 +103,25 @@ def test_vgg16_missing_weights_names_the_file_and_arch_is_checked():
         VGGFeatures(features=_tiny_features(), layers=(1,), arch="vgg11")
 
 
-def test_vgg19_loads_from_torch_hub_cache_without_network():
+def test_vgg19_loads_from_torch_hub_cache_without_network(monkeypatch):
     # a VGG19 state dict in torchvision's format, placed where torch hub keeps it
     ref = torchvision.models.vgg19(weights=None)
     VGG19_WEIGHTS.cache_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ref.state_dict(), VGG19_WEIGHTS.cache_file)
+    trust_weights(monkeypatch, VGG19_WEIGHTS.cache_file)
     vgg = VGGFeatures()
     torch.testing.assert_close(vgg.features[0].weight, ref.features[0].weight)
     torch.testing.assert_close(vgg.features[28].weight, ref.features[28].weight)
 
 
-def test_vgg16_loads_from_torch_hub_cache_without_network():
+def test_vgg16_loads_from_torch_hub_cache_without_network(monkeypatch):
     # a VGG16 state dict in torchvision's format, placed where torch hub keeps it
     ref = torchvision.models.vgg16(weights=None)
     spec = VGG_WEIGHTS["vgg16"]
     assert spec.cache_file.name == "vgg16-397923af.pth"
     spec.cache_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ref.state_dict(), spec.cache_file)
+    trust_weights(monkeypatch, spec.cache_file)
     layers = (3, 8, 15, 22)  # relu1_2, relu2_2, relu3_3, relu4_3 in vgg16().features
     vgg = VGGFeatures(layers=layers, arch="vgg16")
     assert len(vgg.features) == 23  # truncated after the last tap

@@ -16,6 +16,7 @@ import torch
 
 from reconattack.metrics import pretrained as P
 from reconattack.utils.weights import MissingWeightsError
+from tests.helpers import trust_weights
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -69,13 +70,14 @@ def test_lpips_missing_names_the_cache_file(net_calls):
     assert time.perf_counter() - t < 30  # fails at once, no retry loop (generous for slow CI)
 
 
-def test_lpips_loads_torchvision_alexnet_from_hub_cache(net_calls):
+def test_lpips_loads_torchvision_alexnet_from_hub_cache(net_calls, monkeypatch):
     import lpips
     import torchvision
 
     torch.manual_seed(0)
     saved = torchvision.models.alexnet().state_dict()  # torchvision's format, random weights
     torch.save(saved, _hub_file(ALEXNET_FILE))
+    trust_weights(monkeypatch, _hub_file(ALEXNET_FILE))
     dist = P.load_lpips()
     assert net_calls == []
 
@@ -99,13 +101,14 @@ def test_lpips_loads_torchvision_alexnet_from_hub_cache(net_calls):
     assert dist(x[:, :, :16, :16], x.flip(0)[:, :, :16, :16]).shape == (3,)
 
 
-def test_lpips_local_file_and_bad_files(net_calls, tmp_path):
+def test_lpips_local_file_and_bad_files(net_calls, tmp_path, monkeypatch):
     import torchvision
 
     saved = torchvision.models.alexnet().features.state_dict()
     saved = {f"features.{k}": v for k, v in saved.items()}
     local = tmp_path / "my_alexnet.pth"
     torch.save(saved, local)
+    trust_weights(monkeypatch, local, ALEXNET_FILE)  # a file named in the config: the same pin
     dist = P.load_lpips(path=local)
     assert torch.equal(dist.net.net.slice5._modules["10"].weight, saved["features.10.weight"])
 
@@ -114,6 +117,7 @@ def test_lpips_local_file_and_bad_files(net_calls, tmp_path):
     assert str(tmp_path / "absent.pth") in str(err.value)
 
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    trust_weights(monkeypatch, tmp_path / "wrong.pth", ALEXNET_FILE)
     with pytest.raises(MissingWeightsError, match="not a torchvision AlexNet"):
         P.load_lpips(path=tmp_path / "wrong.pth")
     assert net_calls == []
@@ -159,9 +163,10 @@ def _random_inception_state():
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-def test_fid_loads_torch_fidelity_inception_from_hub_cache(net_calls):
+def test_fid_loads_torch_fidelity_inception_from_hub_cache(net_calls, monkeypatch):
     saved = _random_inception_state()
     torch.save(saved, _hub_file(INCEPTION_FILE))
+    trust_weights(monkeypatch, _hub_file(INCEPTION_FILE))
     fid = P.load_fid()
     assert net_calls == []
     _assert_same_state(fid.inception.state_dict(), saved)
@@ -172,8 +177,13 @@ def test_fid_loads_torch_fidelity_inception_from_hub_cache(net_calls):
     assert int(fid.real_features_num_samples) == 2
 
 
-def test_fid_rejects_a_foreign_file(net_calls, tmp_path):
+def test_fid_rejects_a_foreign_file(net_calls, tmp_path, monkeypatch):
+    from reconattack.utils.weights import CorruptWeightsError
+
     torch.save({"weight": torch.zeros(2)}, tmp_path / "foreign.pth")
+    with pytest.raises(CorruptWeightsError, match="does not match its pinned SHA-256"):
+        P.load_fid(path=tmp_path / "foreign.pth")
+    trust_weights(monkeypatch, tmp_path / "foreign.pth", INCEPTION_FILE)  # past the hash: its keys
     with pytest.raises(MissingWeightsError, match="not a torch-fidelity Inception"):
         P.load_fid(path=tmp_path / "foreign.pth")
     with pytest.raises(MissingWeightsError, match="does not exist"):
@@ -213,16 +223,25 @@ def tiny_clip(monkeypatch):
     return {k: v.clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _fake_hf_cache(root, repo, filename, state):
-    """The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<rev>/file}."""
+def _fake_hf_cache(root, repo, filename, state, save=None):
+    """The huggingface_hub cache layout: models--org--name/{refs/main, blobs/<sha256>,
+    snapshots/<rev>/file -> ../../blobs/<sha256>} (an LFS file's blob is named by its SHA-256).
+    ``save(state, path)`` writes the file (default: safetensors)."""
     from safetensors.torch import save_file
+
+    from reconattack.utils.files import sha256_file
 
     rev = "0123456789abcdef0123456789abcdef01234567"
     base = root / ("models--" + repo.replace("/", "--"))
-    (base / "refs").mkdir(parents=True)
+    (base / "refs").mkdir(parents=True, exist_ok=True)
     (base / "refs" / "main").write_text(rev)
-    (base / "snapshots" / rev).mkdir(parents=True)
-    save_file(state, str(base / "snapshots" / rev / filename))
+    (base / "snapshots" / rev).mkdir(parents=True, exist_ok=True)
+    (base / "blobs").mkdir(exist_ok=True)
+    tmp = base / "blobs" / "incoming"
+    (save or (lambda st, path: save_file(st, str(path))))(state, tmp)
+    blob = tmp.rename(base / "blobs" / sha256_file(tmp))
+    (base / "snapshots" / rev / filename).symlink_to(f"../../blobs/{blob.name}")
+    return blob
 
 
 def test_clip_missing_names_file_and_cache(net_calls, tmp_path):
@@ -263,14 +282,8 @@ def test_clip_loads_from_hf_cache(net_calls, tmp_path, tiny_clip):
 
 
 def test_clip_loads_pytorch_bin_fallback(net_calls, tmp_path, tiny_clip):
-    from safetensors.torch import load_file
-
-    _fake_hf_cache(tmp_path / "hf", TINY_REPO, "open_clip_model.safetensors", tiny_clip)
-    # move the file to the .bin name (torch pickle) to exercise open_clip's fallback name
-    snap = next((tmp_path / "hf").glob("models--*/snapshots/*"))
-    state = load_file(str(snap / "open_clip_model.safetensors"))
-    (snap / "open_clip_model.safetensors").unlink()
-    torch.save(state, snap / "open_clip_pytorch_model.bin")
+    _fake_hf_cache(tmp_path / "hf", TINY_REPO, "open_clip_pytorch_model.bin", tiny_clip, torch.save)
+    # only the .bin name (torch pickle): open_clip's fallback name
     enc = P.load_clip(model_name=TINY, pretrained="tag", cache_dir=tmp_path / "hf")
     _assert_same_state(enc.visual.state_dict(), tiny_clip, lambda k: "visual." + k)
     assert net_calls == []
@@ -278,12 +291,42 @@ def test_clip_loads_pytorch_bin_fallback(net_calls, tmp_path, tiny_clip):
 
 def test_clip_local_file(net_calls, tmp_path, tiny_clip):
     torch.save(tiny_clip, tmp_path / "clip.pt")
-    enc = P.load_clip(path=tmp_path / "clip.pt", model_name=TINY, pretrained="tag")
+    with pytest.warns(P.UnverifiedWeightsWarning, match="no pinned SHA-256"):  # a tag without pins
+        enc = P.load_clip(path=tmp_path / "clip.pt", model_name=TINY, pretrained="tag")
     _assert_same_state(enc.visual.state_dict(), tiny_clip, lambda k: "visual." + k)
     with pytest.raises(MissingWeightsError, match="does not exist"):
         P.load_clip(path=tmp_path / "absent.pt", model_name=TINY)
     with pytest.raises(ValueError, match="unknown open_clip pretrained tag"):
         P.load_clip(model_name=TINY, pretrained="nope", cache_dir=tmp_path)
+    assert net_calls == []
+
+
+def test_clip_file_that_does_not_match_its_hash_is_never_used(net_calls, tmp_path, tiny_clip, monkeypatch):
+    """A blob of the Hugging Face cache whose bytes are not its name (the hub's SHA-256), and a
+    pinned tag's file (cached or named in the config) that is not the pinned one: refused, the
+    message naming the file, both hashes and what to do."""
+    from reconattack.utils.files import sha256_file
+    from reconattack.utils.weights import PINNED_SHA256, CorruptWeightsError
+
+    blob = _fake_hf_cache(tmp_path / "hf", TINY_REPO, "open_clip_model.safetensors", tiny_clip)
+    with open(blob, "r+b") as fh:  # one byte of the tensor data flipped: a damaged download
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 0xFF]))
+    with pytest.raises(CorruptWeightsError) as err:
+        P.load_clip(model_name=TINY, pretrained="tag", cache_dir=tmp_path / "hf")
+    msg = str(err.value)
+    assert str(blob.parent.parent) in msg and blob.name in msg and sha256_file(blob) in msg
+    assert "Delete it to fetch it again" in msg and "place the right file" in msg
+    # a pinned tag: the cached file and a file named in the config are held to the pin
+    monkeypatch.setitem(PINNED_SHA256, f"{TINY_REPO}/open_clip_model.safetensors", "0" * 64)
+    good = _fake_hf_cache(tmp_path / "hf2", TINY_REPO, "open_clip_model.safetensors", tiny_clip)
+    with pytest.raises(CorruptWeightsError, match="expected 0{64}, found " + good.name):
+        P.load_clip(model_name=TINY, pretrained="tag", cache_dir=tmp_path / "hf2")
+    torch.save(tiny_clip, tmp_path / "clip.pt")
+    with pytest.raises(CorruptWeightsError, match="clip.pt does not match its pinned SHA-256"):
+        P.load_clip(path=tmp_path / "clip.pt", model_name=TINY, pretrained="tag")
     assert net_calls == []
 
 
@@ -306,6 +349,7 @@ def test_suite_uses_the_cached_inception_once_for_fid_and_kid(net_calls, monkeyp
 
     saved = _random_inception_state()
     torch.save(saved, _hub_file(INCEPTION_FILE))
+    trust_weights(monkeypatch, _hub_file(INCEPTION_FILE))
     suite = MetricSuite(metrics=("fid", "kid"))
     g = torch.Generator().manual_seed(0)
     target = torch.rand(1, 3, 24, 24, generator=g) * 2 - 1
@@ -379,7 +423,7 @@ def _random_torchvision_inception():
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-def test_cfgan_inception_features_are_the_official_codes(net_calls):
+def test_cfgan_inception_features_are_the_official_codes(net_calls, monkeypatch):
     """Against torchvision's own forward pass (fc removed) on the input utils/FID.py and
     utils/inception.py build: BGR as cv2.imread gives, bilinear 299×299 (F.upsample), their
     channel-wise normalisation of [0, 1] values."""
@@ -387,6 +431,7 @@ def test_cfgan_inception_features_are_the_official_codes(net_calls):
 
     saved = _random_torchvision_inception()
     torch.save(saved, _hub_file(TV_INCEPTION_FILE))
+    trust_weights(monkeypatch, _hub_file(TV_INCEPTION_FILE))
     net = P.load_cfgan_inception()
     assert net_calls == []
     assert not any(p.requires_grad for p in net.parameters())
@@ -422,15 +467,17 @@ def test_cfgan_inception_features_are_the_official_codes(net_calls):
     assert (rgb_net - ref).abs().max() > 1e-2 * scale
 
 
-def test_cfgan_inception_local_file_and_foreign_files(net_calls, tmp_path):
+def test_cfgan_inception_local_file_and_foreign_files(net_calls, tmp_path, monkeypatch):
     saved = _random_torchvision_inception()
     torch.save(saved, tmp_path / "tv_inception.pth")
+    trust_weights(monkeypatch, tmp_path / "tv_inception.pth", TV_INCEPTION_FILE)
     net = P.load_cfgan_inception(path=tmp_path / "tv_inception.pth")
     assert torch.equal(
         net.blocks.Mixed_7c.branch_pool.conv.weight, saved["Mixed_7c.branch_pool.conv.weight"]
     )
     # torch-fidelity's FID Inception is another network: refused by name, not half-loaded
     torch.save(_random_inception_state(), tmp_path / "fidelity.pth")
+    trust_weights(monkeypatch, tmp_path / "fidelity.pth", TV_INCEPTION_FILE)
     with pytest.raises(MissingWeightsError, match="not a torchvision Inception-v3"):
         P.load_cfgan_inception(path=tmp_path / "fidelity.pth")
     with pytest.raises(MissingWeightsError, match="does not exist"):
