@@ -3,7 +3,10 @@ galleries).
 
 An artifact is a directory ``<root>/<kind>/<key>/`` where ``key`` is a hash of the *spec*: the
 part of the resolved config that determines the artifact's content (plus :data:`VERSION`, bumped
-when the code that builds an artifact changes its output). A Hydra sweep over settings outside
+when the code that builds an artifact changes its output), and of what builds it besides the config
+(the store's ``built_with``: the device kind, the precision and the torch version of the run, so
+that a gallery encrypted on a GPU in mixed precision is not taken for one made on a CPU in fp32;
+runs of the same kind share it, a demo on CPU and a paper run on GPUs never do). A Hydra sweep over settings outside
 the spec (``attack.key_share``, ``seed``, attacker settings) therefore finds the artifact built by
 its first job and reuses it; changing anything inside the spec builds a new one.
 
@@ -53,21 +56,28 @@ class ArtifactStore:
             measure what the sharing saves; nothing is shared then.
         private_root: where artifacts go when ``reuse`` is False.
         rank: process rank; only rank 0 builds, the others wait (``wait_s`` seconds at most).
+        built_with: what builds the artifacts besides their spec (:func:`reconattack.engine.
+            context.built_with`), part of every key.
     """
 
     def __init__(self, root: str | os.PathLike, reuse: bool = True,
                  private_root: str | os.PathLike | None = None, rank: int = 0,
-                 wait_s: float = 12 * 3600.0) -> None:
+                 wait_s: float = 12 * 3600.0, built_with: Mapping[str, Any] | None = None) -> None:
         self.root = Path(root)
+        self.built_with = dict(built_with or {})
         self.reuse = bool(reuse)
         self.private_root = Path(private_root) if private_root is not None else self.root
         self.rank = int(rank)
         self.wait_s = float(wait_s)
         self.built: list[str] = []  # "<kind>/<key>" built by this process (for tests and logs)
 
+    def _keyed(self, spec: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The spec with what builds the artifact (``built_with``), as it is hashed and recorded."""
+        return {**spec, "built_with": self.built_with} if self.built_with else spec
+
     def path(self, kind: str, spec: Mapping[str, Any]) -> Path:
         base = self.root if self.reuse else self.private_root
-        return base / kind / spec_key(kind, spec)
+        return base / kind / spec_key(kind, self._keyed(spec))
 
     def work_dir(self, kind: str, spec: Mapping[str, Any]) -> Path:
         """A folder that survives a killed build of the artifact (``<kind>/.<key>.work``): a
@@ -105,7 +115,7 @@ class ArtifactStore:
                 log.info("%s: building %s", what, final)
                 build(tmp)
                 (tmp / "spec.json").write_text(
-                    json.dumps({"kind": kind, "version": VERSION, "spec": spec}, indent=2,
+                    json.dumps({"kind": kind, "version": VERSION, "spec": self._keyed(spec)}, indent=2,
                                sort_keys=True, default=str))
                 (tmp / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover

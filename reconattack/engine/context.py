@@ -113,6 +113,24 @@ def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None,
     return hydra.utils.instantiate(kwargs, stages=stages, log_prefix=log_prefix)
 
 
+#: Lightning's shorthand precisions, by their full names
+_PRECISIONS = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def built_with(trainer_cfg: DictConfig) -> dict:
+    """What an artifact's numbers depend on besides its config: the kind of device that builds it
+    (``cpu``, ``cuda``, ``mps``; ``auto`` / ``gpu`` as Lightning resolves them), the Trainer's
+    precision and the torch version. Part of every artifact key (:mod:`reconattack.engine.artifacts`):
+    a demo's CPU-made models and galleries and a GPU run's are never taken for one another."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator in ("auto", "gpu"):
+        accelerator = ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available()
+                       else "cpu" if accelerator == "auto" else accelerator)
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    return {"device": accelerator, "precision": _PRECISIONS.get(precision, precision),
+            "torch": torch.__version__.split("+")[0]}
+
+
 #: a Trainer on one device, for work done once by rank 0 (artifact builders)
 SINGLE_DEVICE = {"devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False}
 
@@ -191,7 +209,8 @@ class RunContext:
         from reconattack.engine.artifacts import ArtifactStore
 
         return ArtifactStore(self.cache_dir / "artifacts", reuse=reuse,
-                             private_root=self.run_dir / "artifacts", rank=self.rank)
+                             private_root=self.run_dir / "artifacts", rank=self.rank,
+                             built_with=built_with(self.cfg.trainer))
 
     @property
     def is_global_zero(self) -> bool:

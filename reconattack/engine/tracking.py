@@ -27,6 +27,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from reconattack.utils.files import atomic_write_text
 from reconattack.utils.grids import grid
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,16 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
     if version is not None:
         kwargs.setdefault("resume", "allow")
         log.info("W&B: continuing run %s", version)
-    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, version=version,
-                       group=group, tags=all_tags, **kwargs)
+    logger = WandbLogger(save_dir=save_dir, project=project, name=name, offline=offline, version=version,
+                         group=group, tags=all_tags, **kwargs)
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:  # where the report finds the run's group
+        import json
+
+        atomic_write_text(Path(save_dir) / WANDB_FILE,
+                          json.dumps({"project": project, "group": group, "name": name}, indent=2) + "\n")
+    return logger
 
 
 # ---------------------------------------------------------------------------------- images
@@ -220,20 +229,73 @@ def wandb_group(experiment: str, sweep: str | None) -> str:
     return experiment + (f"/{sweep}" if sweep else "")
 
 
-def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None:
-    """The report's CSV tables (``tables``) as W&B Tables, in a run of their own named
-    ``report`` in the sweep's group (``<experiment>/<sweep folder>``, beside the jobs' runs), when
-    the jobs logged to W&B (their ``logger._target_``); returns the W&B run folder or None.
-    Offline without an API key, as the jobs."""
+def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> list[Path]:
+    """The report's CSV tables (``tables``) as W&B Tables, in a run named ``report`` in each W&B
+    group its jobs logged to (the group a job's run used, recorded in its :data:`WANDB_FILE`: a
+    report of a parent folder or of several experiments reaches every group of its jobs), when
+    the jobs logged to W&B (their ``logger._target_``); returns the W&B run folders written.
+    Offline without an API key, as the jobs. A job without the record (older runs) counts in the
+    group its folder would have: ``<experiment>/<root's name>``."""
     import csv
 
-    configs = [j.config for j in jobs if isinstance(j.config.get("logger"), Mapping)]
-    wandb_cfgs = [c["logger"] for c in configs if "wandb" in str(c["logger"].get("_target_", ""))]
-    if not wandb_cfgs or not tables:
-        return None
+    configs = {id(j): j.config["logger"] for j in jobs if isinstance(j.config.get("logger"), Mapping)
+               and "wandb" in str(j.config["logger"].get("_target_", ""))}
+    if not configs or not tables:
+        return []
     import wandb
 
     root = Path(root)
+    groups: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        if id(job) not in configs:
+            continue
+        record = _read_wandb_file(Path(job.dir))
+        project = record.get("project") or configs[id(job)].get("project", "reconattack")
+        group = record.get("group") or _folder_group(root, jobs)
+        groups[(str(project), str(group))] = groups.get((str(project), str(group)), 0) + 1
+    offline = next(iter(configs.values())).get("offline")
+    if offline is None:
+        offline = wandb_offline()
+    rows_of = {}
+    for path in tables:
+        with open(path, newline="") as fh:
+            rows_of[Path(path).stem] = list(csv.reader(fh))
+    written = []
+    for (project, group), count in groups.items():
+        run = wandb.init(project=project, group=group, name="report", job_type="report", dir=str(root),
+                         mode="offline" if offline else "online", reinit="create_new")
+        try:
+            for stem, rows in rows_of.items():
+                if rows:
+                    run.log({f"report/{stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+            run.summary["report/jobs"] = len(jobs)
+            run.summary["report/jobs_in_group"] = count
+        finally:
+            run.finish()
+        if getattr(run, "dir", None):
+            written.append(Path(run.dir).parent)
+    return written
+
+
+#: the W&B project, group and name a run logged to, in its run directory (written by
+#: :func:`wandb_logger`; read by :func:`log_report_tables`)
+WANDB_FILE = "wandb.json"
+
+
+def _read_wandb_file(run_dir: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads((run_dir / WANDB_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _folder_group(root: Path, jobs: list) -> str:
+    """The group of a job that did not record one: ``<experiment>/<root's name>`` for a multirun
+    folder, the experiment alone for a single run (what :func:`wandb_group` gives at run time
+    when ``root`` is the sweep folder)."""
     hydra_file = min(root.rglob(".hydra/hydra.yaml"), default=None)
     experiment = "default"
     if hydra_file is not None:
@@ -242,25 +304,8 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> Path | None
         choices = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
                    .get("choices", {}))
         experiment = choices.get("experiment") or "default"
-    multirun = any(j.dir != root for j in jobs)
-    group = wandb_group(experiment, root.name if multirun else None)
-    cfg = wandb_cfgs[0]
-    offline = cfg.get("offline")
-    if offline is None:
-        offline = wandb_offline()
-    run = wandb.init(project=cfg.get("project", "reconattack"), group=group, name="report", job_type="report",
-                     dir=str(root), mode="offline" if offline else "online", reinit="create_new")
-    try:
-        for path in tables:
-            with open(path, newline="") as fh:
-                rows = list(csv.reader(fh))
-            if rows:
-                run.log({f"report/{Path(path).stem}": wandb.Table(columns=rows[0], data=rows[1:])})
-        run.summary["report/jobs"] = len(jobs)
-    finally:
-        run.finish()
-    return Path(run.dir).parent if getattr(run, "dir", None) else None
+    return wandb_group(experiment, root.name if any(Path(j.dir) != root for j in jobs) else None)
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "is_parameter", "run_step", "shift_steps", "job_identity", "log_image", "log_report_tables", "takes_images", "wandb_group",
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "is_parameter", "run_step", "shift_steps", "job_identity", "log_image", "log_report_tables", "takes_images", "WANDB_FILE", "wandb_group",
            "wandb_offline", "wandb_logger"]

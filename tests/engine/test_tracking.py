@@ -141,6 +141,31 @@ def test_a_two_stage_run_logs_as_one_run_with_its_stages_named(tmp_path):
     assert steps("test/psnr") == {10}
 
 
+def test_a_report_of_several_experiments_logs_to_each_group_its_jobs_used(tmp_path, monkeypatch):
+    """Jobs of two experiments' sweeps under one folder (each job's ``wandb.json``, as
+    ``wandb_logger`` writes it): a ``report`` run in each of the two groups, with the tables."""
+    from reconattack.engine.tracking import WANDB_FILE, log_report_tables
+    from reconattack.report.runs import Job
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    jobs = []
+    for exp, sweep in (("cfgan_lsun_bird", "2026-12-01_10-00"), ("ivr_lsun_bird", "2026-12-02_11-00")):
+        d = tmp_path / exp / sweep / "0"
+        d.mkdir(parents=True)
+        (d / WANDB_FILE).write_text(json.dumps({"project": "p", "group": f"{exp}/{sweep}"}))
+        jobs.append(Job(d, str(d), [], {}, {"logger": {"_target_": "reconattack.engine.tracking.wandb_logger"}},
+                        {"test/psnr": 1.0}, "finished", None))
+    table = tmp_path / "report.csv"
+    table.write_text("setting,runs\na,1\n")
+    written = log_report_tables(tmp_path, jobs, [table])
+    import wandb
+
+    wandb.teardown()
+    assert len(written) == 2
+    groups = sorted(wandb_run_contents(r)["group"] for r in (tmp_path / "wandb").glob("offline-run-*"))
+    assert groups == ["cfgan_lsun_bird/2026-12-01_10-00", "ivr_lsun_bird/2026-12-02_11-00"]
+
+
 def test_grid_matches_the_saved_sample_grid():
     from reconattack.utils.grids import grid
 
@@ -177,11 +202,14 @@ def test_a_wandb_sweep_has_one_run_per_job_and_the_report_tables(tmp_path):
         assert contents["name"].startswith(f"seed={i} ") and "paths." not in contents["name"] and not any(t.startswith("seed=") for t in contents["tags"])
         assert "attack.stages=[coarse]" in contents["tags"]  # a setting of the job as a tag
         assert isinstance(contents["summary"]["test/psnr"], float)
-    written = write_reports(tmp_path / "sweep")
+        recorded = json.loads((tmp_path / "sweep" / str(i) / "wandb.json").read_text())
+        assert recorded["group"] == "default/sweep" and recorded["project"] == "reconattack"
+    # the report of the sweep's parent folder logs to the group its jobs used, not "default/<parent>"
+    written = write_reports(tmp_path)
     import wandb
 
     wandb.teardown()  # W&B's service writes the run file by itself; as when this process ended
-    report_run, = (tmp_path / "sweep" / "wandb").glob("offline-run-*")
+    report_run, = (tmp_path / "wandb").glob("offline-run-*")
     contents = wandb_run_contents(report_run)
     assert contents.get("name") == "report" and contents.get("group") == "default/sweep", (
         [r.WhichOneof("record_type") for r in wandb_records(next(report_run.glob("run-*.wandb")))],

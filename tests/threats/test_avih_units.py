@@ -56,6 +56,29 @@ WEIGHTS = {"task": 1.0, "diff": 0.03, "rec": 0.5, "vc": 3.0}
 
 
 # ----------------------------------------------------------------------------- artifacts
+def test_artifacts_built_another_way_are_not_shared(tmp_path):
+    """The same spec built on another kind of device, in another precision or torch version is
+    another artifact (a demo on CPU and a paper run on GPUs never share one); the same way, the
+    same one. What built it is recorded in its spec.json."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from reconattack.engine.context import built_with
+
+    cpu = built_with(OmegaConf.create({"accelerator": "cpu", "precision": "32"}))
+    assert cpu == built_with(OmegaConf.create({"accelerator": "cpu", "precision": "32-true"}))
+    assert cpu["device"] == "cpu" and cpu["precision"] == "32-true" and cpu["torch"] == torch.__version__.split("+")[0]
+    bf16 = built_with(OmegaConf.create({"accelerator": "cpu", "precision": "bf16-mixed"}))
+    gpu = {**cpu, "device": "cuda"}
+    paths = {name: ArtifactStore(tmp_path, built_with=b).path("encrypted_gallery", {"a": 1})
+             for name, b in (("cpu", cpu), ("bf16", bf16), ("gpu", gpu))}
+    assert len(set(paths.values())) == 3
+    assert ArtifactStore(tmp_path, built_with=dict(cpu)).path("encrypted_gallery", {"a": 1}) == paths["cpu"]
+    made = ArtifactStore(tmp_path, built_with=cpu).get("encrypted_gallery", {"a": 1}, lambda d: None)
+    assert json.loads((made / "spec.json").read_text())["spec"] == {"a": 1, "built_with": cpu}
+
+
 def test_spec_key_is_content_addressed():
     a = spec_key("x", {"b": 1, "a": [1, 2]})
     assert a == spec_key("x", {"a": [1, 2], "b": 1})  # key order does not matter
