@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sift.py --threads $$(nproc)
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_avih.py
+	$(PY) benchmarks/eval_memory.py
 
 # On a GPU machine: the paper CFGAN and AVIH face setting in fp32, 16-mixed and bf16-mixed
 # (images/s, peak memory, loss vs fp32; exit 1 outside the tolerance); benchmarks/GPU_CHECK.md.

@@ -106,7 +106,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
 def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None, log_prefix: str = ""):
     """The shared :class:`~reconattack.metrics.callback.ReconstructionMetrics` from ``cfg.metrics``
     for ``stages``; ``metrics`` overrides the configured metric names; ``log_prefix`` names the
-    logged curves (``"coarse/"``)."""
+    logged curves (``"<stage>/"``)."""
     kwargs = OmegaConf.to_container(cfg.metrics, resolve=True)
     if metrics is not None:
         kwargs["metrics"] = list(metrics)

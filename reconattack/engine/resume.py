@@ -36,6 +36,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from reconattack.errors import ConfigError
 from reconattack.utils.distributed import world_size_of
@@ -146,6 +147,29 @@ class RunState:
 def last_checkpoint(run_dir: Path, stage: str) -> Path:
     """Where a stage keeps its latest state: ``checkpoints/<stage>/last.ckpt``."""
     return Path(run_dir) / "checkpoints" / stage / "last.ckpt"
+
+
+class LatestState(ModelCheckpoint):
+    """The stage's latest state, ``checkpoints/<stage>/last.ckpt``, every ``every`` optimizer steps
+    (one file, replaced). How often it is written is a setting of the run, not of what it holds:
+    its state in a checkpoint is found again when a stage continues with another
+    ``attack.checkpoint_every`` (Lightning's own key would include the frequency, and the
+    continued stage would warn that the callback that made the checkpoint is missing)."""
+
+    def __init__(self, last: Path, every: int) -> None:
+        super().__init__(dirpath=str(last.parent), filename=last.stem, save_top_k=1,
+                         enable_version_counter=False, every_n_train_steps=int(every))
+
+    @property
+    def state_key(self) -> str:
+        return "LatestState"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The bookkeeping of the writer of the checkpoint, when it wrote into this folder (the
+        same run continuing); a checkpoint of another run (``attack.resume.<stage>``) brings
+        nothing this one needs (its file is replaced, never ranked)."""
+        if state_dict.get("dirpath") == self.dirpath:
+            super().load_state_dict(state_dict)
 
 
 def stage_seed(seed: int, index: int) -> int:

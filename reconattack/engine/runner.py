@@ -26,13 +26,21 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from reconattack.attacks.base import Attack, AttackStage
 from reconattack.data.images import DataNotFoundError
 from reconattack.engine.context import RunContext, require_file
-from reconattack.engine.resume import Preemption, RNGState, last_checkpoint, seed_all, stage_seed
+from reconattack.engine.resume import (
+    LatestState,
+    Preemption,
+    RNGState,
+    last_checkpoint,
+    seed_all,
+    stage_seed,
+)
 from reconattack.engine.tracking import ValidationSamples
 from reconattack.errors import ConfigError, NonFiniteLossError, UserError
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
 from reconattack.utils.config import build
 from reconattack.utils.grids import save_grid
+from reconattack.utils.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +191,6 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     RNGState`). The stage continues from such a file when the run is resumed (``resume=true``)
     or when it is given as ``attack.resume[stage]``.
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     iterations = attack.steps[stage]
     per_iteration = int(module.optimizer_steps_per_iteration)
     dm = threat.datamodule(iterations)
@@ -193,9 +199,7 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS, log_prefix=f"{stage}/"), RNGState(),
                  Preemption(last, ctx.preempt_signals, stage), ValidationSamples(stage, attack.num_samples)]
     if attack.checkpoint_every:
-        callbacks.append(ModelCheckpoint(dirpath=str(last.parent), filename=last.stem,
-                                         save_top_k=1, enable_version_counter=False,
-                                         every_n_train_steps=attack.checkpoint_every * per_iteration))
+        callbacks.append(LatestState(last, attack.checkpoint_every * per_iteration))
     resume = require_file(attack.resume.get(stage), f"attack.resume.{stage}") or ctx.state.latest_state(stage)
     extra = {} if _has_validation(dm) else {"limit_val_batches": 0}
     trainer = ctx.trainer(stage, iterations * per_iteration, callbacks=callbacks,
@@ -311,6 +315,23 @@ class Evaluator(pl.LightningModule):
         path.with_suffix(".txt").write_text(" | ".join(names) + "\n")
 
 
+class ReleaseFreedMemory(pl.Callback):
+    """Every ``every`` test batches, and when the pass ends, the C heap's free pages go back to
+    the OS (:func:`~reconattack.utils.memory.release_freed_memory`): the evaluation frees what
+    each batch allocated (its tensors stay O(batch)), but glibc kept the freed pages, so the
+    process grew with the number of test images (SPEC §8; ``benchmarks/eval_memory.py``)."""
+
+    def __init__(self, every: int = 8) -> None:
+        self.every = max(int(every), 1)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if (batch_idx + 1) % self.every == 0:
+            release_freed_memory()
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        release_freed_memory()
+
+
 def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
              stage: AttackStage | None) -> dict:
     """The final evaluation; returns ``{"<row>/<metric>": value}`` and writes the sample grid."""
@@ -318,7 +339,8 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
                           threat.visualise, attack.num_samples if attack is not None else 8)
     cb = ctx.metric_callback(("test",))
     dm = threat.datamodule()
-    trainer = ctx.trainer("evaluation", callbacks=[cb], first_step=first_steps(attack)["evaluation"])
+    trainer = ctx.trainer("evaluation", callbacks=[cb, ReleaseFreedMemory()],
+                          first_step=first_steps(attack)["evaluation"])
     trainer.test(evaluator, datamodule=dm, verbose=False)
     if ctx.is_global_zero:
         evaluator.save_samples(ctx.run_dir / "samples" / "test_grid.png")
