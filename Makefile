@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# test processes (pytest-xdist); each gets the machine's cores divided among them (tests/conftest.py)
+TEST_WORKERS ?= 2
+
 .PHONY: install demo test test-full lint bench gpu-check report clean
 
 install: $(STAMP)
@@ -18,10 +21,10 @@ demo: $(STAMP)
 	$(PY) -m reconattack.run
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-full: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m ''
 
 lint: $(STAMP)
 	$(PY) -m ruff check reconattack tests benchmarks experiments

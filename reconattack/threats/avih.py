@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -62,15 +62,12 @@ from reconattack.errors import ConfigError
 from reconattack.models.face import FaceEmbedder, make_face_model
 from reconattack.models.keys import make_key_model
 from reconattack.threats.avih_encryption import AVIHEncryptor, load_chunks
-from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
+from reconattack.threats.base import Artifacts, Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.threats.face_classifier import FaceClassifier, train_loader
 from reconattack.utils.config import build, factory, plain
 from reconattack.utils.distributed import per_process_batch, world_size_of
 from reconattack.utils.files import file_fingerprint
 from reconattack.utils.grids import save_grid
-
-if TYPE_CHECKING:  # the run hands its store over (RunContext.artifacts); threats never import the engine
-    from reconattack.engine.artifacts import ArtifactStore
 from reconattack.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
@@ -292,7 +289,7 @@ class AVIHThreat(ThreatModel):
         return spec
 
     # ------------------------------------------------------------------------ face models
-    def _face_model(self, role: str, store: ArtifactStore, ctx) -> tuple[FaceEmbedder, dict]:
+    def _face_model(self, role: str, store: Artifacts, ctx) -> tuple[FaceEmbedder, dict]:
         """``threat.<role>`` frozen in eval mode: loaded from its checkpoint, or (embedded demo)
         trained as an identity classifier on the demo's model split once, kept as an artifact."""
         m = self.face_cfg(role)
@@ -375,7 +372,7 @@ class AVIHThreat(ThreatModel):
                 out[key] = float(trainer.callback_metrics[key])
         return out
 
-    def _encrypted_gallery(self, ctx, store: ArtifactStore, service_spec: dict,
+    def _encrypted_gallery(self, ctx, store: Artifacts, service_spec: dict,
                            keys_spec: dict) -> tuple[dict, dict]:
         """Encrypt the gallery once (artifact) and evaluate it.
 

@@ -19,7 +19,8 @@ work. A new threat model is a new class and a YAML file in ``conf/threat/``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -30,6 +31,19 @@ from reconattack.utils.config import plain
 from reconattack.utils.files import safe_name
 
 Reconstruct = Callable[[dict], torch.Tensor]
+
+
+class Artifacts(Protocol):
+    """What a threat uses of the run's artifact store (``ctx.artifacts()``,
+    :class:`reconattack.engine.artifacts.ArtifactStore`): content-addressed folders built once
+    and shared by runs. The run hands it over; threats never import the engine."""
+
+    built: list[str]
+
+    def get(self, kind: str, spec: Mapping[str, Any], build: Callable[[Path], None],
+            what: str | None = None) -> Path: ...
+
+    def work_dir(self, kind: str, spec: Mapping[str, Any]) -> Path: ...
 
 
 class ThreatEvaluation(nn.Module):

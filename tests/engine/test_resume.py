@@ -193,6 +193,7 @@ def _assert_same_metrics(run_dir: Path, reference_dir: Path) -> None:
             assert got[key] == value, key
 
 
+@pytest.mark.slow  # ~75 s: three CLI processes, two stages; the default suite kills an encryption
 def test_a_killed_then_preempted_two_stage_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     """SIGKILL during the coarse stage, then SIGTERM during the fine stage of the resumed run,
     then a second resume: the finished coarse stage is not trained again and metrics.json equals
