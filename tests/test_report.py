@@ -442,7 +442,7 @@ def test_the_paper_files_named_by_the_threats_load(name):
 
     layout = compose_cfg([f"+experiment={name}"]).threat.report
     paper = load_paper(layout.paper)
-    rows = {layout.attack_row} | {c.row for c in layout.controls.values()}
+    rows = {layout.attack_row} | {c.row for c in [*layout.controls.values(), *(layout.get("checks") or {}).values()]}
     assert paper["source"] and paper["entries"]
     for e in paper["entries"]:
         assert e["row"] in rows and e["match"] and e["table"], e

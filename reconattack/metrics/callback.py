@@ -30,6 +30,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from reconattack.errors import ConfigError
 from reconattack.metrics.suite import MetricSuite
 
 
@@ -38,6 +39,13 @@ class ReconstructionMetrics(pl.Callback):
 
     Args:
         stages: stages to evaluate, out of ``("val", "test")``.
+        verification: how TPR@FAR is read off the verification scores: ``protocol``
+            (``per_row`` | ``fixed`` | ``kfold``,
+            :data:`~reconattack.metrics.functional.VERIFICATION_PROTOCOLS`), ``reference`` (the
+            row whose pairs set the ``fixed`` threshold: group ``<family>/<reference>/`` for
+            group ``<family>/<row>/``, e.g. ``service/original/`` for ``service/protected/``),
+            ``folds`` (``kfold``). The results name the protocol (``verification/protocol``) and,
+            for ``fixed``, the reference rows' thresholds (``<family>/verification/threshold``).
         log_prefix: prefix of the names logged to the Trainer's logger (``"coarse/"``: the
             coarse stage's validation curves are ``coarse/val/psnr``, apart from another stage's
             in the same run); :attr:`results` keep the plain names.
@@ -52,10 +60,17 @@ class ReconstructionMetrics(pl.Callback):
 
     STAGES = ("val", "test")
 
-    def __init__(self, stages: Iterable[str] = STAGES, log_prefix: str = "", **suite_kwargs: Any) -> None:
+    def __init__(self, stages: Iterable[str] = STAGES, log_prefix: str = "",
+                 verification: Mapping[str, Any] | None = None, **suite_kwargs: Any) -> None:
         super().__init__()
         self.stages = tuple(str(s) for s in stages)
         self.log_prefix = str(log_prefix)
+        ver = {"protocol": "per_row", "reference": "original", "folds": 10, **dict(verification or {})}
+        unknown = sorted(set(ver) - {"protocol", "reference", "folds"})
+        if unknown:
+            raise ConfigError(f"metrics.verification takes protocol, reference, folds; got {unknown}")
+        self.protocol, self.reference = str(ver["protocol"]), str(ver["reference"])
+        suite_kwargs.update(protocol=self.protocol, folds=int(ver["folds"]))
         bad = sorted(set(self.stages) - set(self.STAGES))
         if bad:
             raise ValueError(f"unknown stages {bad}; choose from {list(self.STAGES)}")
@@ -113,9 +128,21 @@ class ReconstructionMetrics(pl.Callback):
             return
         values = suite.compute()  # collective under DDP: every process calls it
         results = {f"{stage}/{name}": value for name, value in values.items()}
-        for prefix, group in self.group_suites[stage].items():  # same order on every process
-            results.update({f"{prefix}{name}": value for name, value in group.compute().items()})
+        groups = self.group_suites[stage]
+        thresholds: dict[str, float | None] = {}  # family -> the fixed protocol's threshold
+        for prefix, group in groups.items():  # same order on every process
+            family = prefix.rstrip("/").rpartition("/")[0]
+            family = f"{family}/" if family else ""
+            if self.protocol == "fixed" and family not in thresholds:
+                ref = groups.get(f"{family}{self.reference}/")
+                thresholds[family] = ref.verification_threshold() if ref is not None else None
+                if thresholds[family] is not None:
+                    results[f"{family}verification/threshold"] = thresholds[family]
+            results.update({f"{prefix}{name}": value
+                            for name, value in group.compute(thresholds.get(family)).items()})
             group.reset()
+        if any(k.endswith("/tpr@far") or k == "tpr@far" for k in results):
+            results["verification/protocol"] = self.protocol
         for key, value in results.items():
             if not isinstance(value, str):
                 pl_module.log(self.log_prefix + key, float(value), sync_dist=False)

@@ -14,6 +14,7 @@ import math
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -245,8 +246,103 @@ def ssim(
     return s.flatten(1).mean(dim=1).to(torch.float32)
 
 
+#: how TPR@FAR is read off a row's verification scores (``metrics.verification.protocol``); the
+#: AVIH attack paper does not say which it used (SPEC §3.6)
+VERIFICATION_PROTOCOLS = {
+    "per_row": "each row's own exact ROC: the largest TPR at a threshold where that row's pairs "
+               "have FPR <= FAR (a row without identity, Random or Protected, lands near FAR by "
+               "construction)",
+    "fixed": "a fixed operating point: the threshold at FAR on the reference row's pairs (the "
+             "original images), applied to every row, as a deployed verifier works",
+    "kfold": "insightface / AdaFace calculate_val: 10 folds; per fold, the threshold of squared "
+             "distance (2 - 2 cos) interpolated at FAR on the other folds (grid 0:4:0.001), the "
+             "TPR (VAL) on the held fold; mean over folds",
+}
+
+
+#: how images are written before they are scored (``threat.saved_as``): ``png`` (8 bits per
+#: channel, lossless beyond the rounding), ``jpeg`` (OpenCV, ``quality``), or None (as computed)
+SAVED_FORMATS = ("png", "jpeg")
+
+
+def jpeg_roundtrip(u8: Tensor, quality: int | None) -> Tensor:
+    """Images written as JPEG by OpenCV (``cv2.imencode(".jpg")``, 4:2:0, ``quality``) and read
+    back (``cv2.imdecode``). (B, 3, H, W) RGB, integer values in [0, 255] → same, float32, on the
+    same device; ``quality=None`` returns the input."""
+    if quality is None:
+        return u8
+    import cv2
+
+    arr = u8.detach().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for img in arr:
+        ok, buf = cv2.imencode(
+            ".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        )
+        if not ok:  # pragma: no cover - OpenCV refuses only malformed arrays
+            raise RuntimeError("OpenCV could not encode an image as JPEG")
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    back = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return back.to(u8.device, torch.float32)
+
+
+def as_saved(images: Tensor, fmt: str | None, quality: int = 95) -> Tensor:
+    """``images`` as they are after being written to an image file and read back: 8 bits per
+    channel (``round((x + 1) * 127.5)``), and for ``"jpeg"`` OpenCV's JPEG at ``quality``.
+    (B, 3, H, W) in [-1, 1] → same shape and range, float32; ``fmt`` None: unchanged."""
+    if fmt is None:
+        return images
+    if fmt not in SAVED_FORMATS:
+        raise ValueError(f"saved_as must be one of {SAVED_FORMATS} or null, got {fmt!r}")
+    u8 = torch.round((images.detach().float().clamp(-1, 1) + 1) * 127.5)
+    if fmt == "jpeg":
+        u8 = jpeg_roundtrip(u8, quality)
+    return u8 / 127.5 - 1
+
+
+def _verification_inputs(scores: Tensor, is_same: Tensor, far: float) -> tuple[Tensor, Tensor]:
+    scores = torch.as_tensor(scores).detach().flatten().to("cpu", torch.float64)
+    labels = torch.as_tensor(is_same).detach().flatten().to("cpu").bool()
+    if scores.shape != labels.shape:
+        raise ValueError(
+            f"scores and is_same differ in length: {scores.numel()} vs {labels.numel()}"
+        )
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        raise ValueError("TPR@FAR needs at least one genuine pair (is_same=True); got none")
+    if n_pos == labels.numel():
+        raise ValueError("TPR@FAR needs at least one impostor pair (is_same=False); got none")
+    return scores, labels
+
+
+def _roc_at_far(scores: Tensor, labels: Tensor, far: float) -> tuple[float, float]:
+    """(TPR, threshold) at ``far`` on the exact ROC: the largest TPR among the distinct
+    thresholds with FPR <= ``far``, and the smallest such threshold — the operating point of a
+    verifier set to accept ``far`` of the impostors (``inf``: the point that accepts nothing)."""
+    n_pos = int(labels.sum())
+    n_neg = labels.numel() - n_pos
+    order = torch.argsort(scores, descending=True, stable=True)
+    s = scores[order]
+    lab = labels[order].to(torch.float64)
+    # last index of each run of equal scores = one ROC point per distinct threshold
+    last = torch.nonzero(s[1:] != s[:-1]).flatten()
+    last = torch.cat([last, torch.tensor([s.numel() - 1])])
+    tps = torch.cumsum(lab, 0)[last]
+    fps = (last + 1).to(torch.float64) - tps
+    tpr = torch.cat([torch.zeros(1, dtype=torch.float64), tps / n_pos])
+    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fps / n_neg])
+    thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), s[last]])
+    last_ok = int(torch.nonzero(fpr <= far).flatten()[-1])  # FPR and TPR grow along the curve
+    return float(tpr[last_ok]), float(thresholds[last_ok])
+
+
 def tpr_at_far(scores: Tensor, is_same: Tensor, far: float = 0.01) -> float:
-    """True-positive rate at a false-accept rate, from the exact ROC curve.
+    """True-positive rate at a false-accept rate, from the exact ROC curve (protocol
+    ``per_row``).
 
     Every distinct score is a threshold (``score >= t`` accepts); tied scores move together,
     as in ``sklearn.metrics.roc_curve(drop_intermediate=False)``, whose first point
@@ -264,33 +360,79 @@ def tpr_at_far(scores: Tensor, is_same: Tensor, far: float = 0.01) -> float:
     Raises:
         ValueError: no genuine or no impostor pairs, shape mismatch, NaN scores.
     """
-    scores = torch.as_tensor(scores).detach().flatten().to("cpu", torch.float64)
-    labels = torch.as_tensor(is_same).detach().flatten().to("cpu").bool()
-    if scores.shape != labels.shape:
-        raise ValueError(
-            f"scores and is_same differ in length: {scores.numel()} vs {labels.numel()}"
-        )
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must be in [0, 1], got {far}")
-    n_pos = int(labels.sum())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0:
-        raise ValueError("TPR@FAR needs at least one genuine pair (is_same=True); got none")
-    if n_neg == 0:
-        raise ValueError("TPR@FAR needs at least one impostor pair (is_same=False); got none")
-    order = torch.argsort(scores, descending=True, stable=True)
-    s = scores[order]
-    lab = labels[order].to(torch.float64)
-    # last index of each run of equal scores = one ROC point per distinct threshold
-    last = torch.nonzero(s[1:] != s[:-1]).flatten()
-    last = torch.cat([last, torch.tensor([s.numel() - 1])])
-    tps = torch.cumsum(lab, 0)[last]
-    fps = (last + 1).to(torch.float64) - tps
-    tpr = torch.cat([torch.zeros(1, dtype=torch.float64), tps / n_pos])
-    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fps / n_neg])
-    return float(tpr[fpr <= far].max())
+    scores, labels = _verification_inputs(scores, is_same, far)
+    return _roc_at_far(scores, labels, far)[0]
+
+
+def threshold_at_far(scores: Tensor, is_same: Tensor, far: float = 0.01) -> float:
+    """The score threshold of a verifier that accepts ``far`` of the impostor pairs: the smallest
+    distinct score with FPR <= ``far`` (``score >= threshold`` accepts; ``inf`` when only the point
+    that accepts nothing has it); at it, ``is_same``'s TPR is :func:`tpr_at_far`'s. Protocol
+    ``fixed`` sets it on the reference row's pairs. Same inputs and errors as :func:`tpr_at_far`."""
+    scores, labels = _verification_inputs(scores, is_same, far)
+    return _roc_at_far(scores, labels, far)[1]
+
+
+def tpr_at_threshold(scores: Tensor, is_same: Tensor, threshold: float) -> float:
+    """The fraction of genuine pairs with ``score >= threshold`` (protocol ``fixed``: every row
+    at the reference row's threshold). scores, is_same: (N,). Returns TPR in [0, 1]."""
+    scores, labels = _verification_inputs(scores, is_same, 0.0)
+    return float((scores[labels] >= threshold).to(torch.float64).mean())
+
+
+def val_at_far_kfold(scores: Tensor, is_same: Tensor, far: float = 0.01, folds: int = 10,
+                     step: float = 0.001) -> tuple[float, float]:
+    """Protocol ``kfold``: insightface's / AdaFace's ``calculate_val`` on cosine scores.
+
+    The pairs, in their order, are cut into ``folds`` consecutive folds (``KFold(shuffle=False)``).
+    Per fold, on the other folds: the FAR of every threshold ``t`` of the grid ``0, step, ..., 4``
+    of the squared distance of unit embeddings ``d = 2 - 2 cos`` (``d < t`` accepts); when the
+    largest FAR reaches ``far``, the threshold is interpolated linearly between the last grid
+    point whose FAR is below ``far`` and the first that reaches it — what scipy's
+    ``interp1d(far_train, thresholds, kind="linear")`` gives; the official ``kind="slinear"``
+    raises on the flat FAR plateaus every finite set of pairs has ("Expect x to not have
+    duplicates", insightface issue #2438) —, else 0 (nothing accepted). VAL = the accepted
+    share of the held fold's genuine pairs at that threshold.
+
+    Args:
+        scores: (N,) cosine similarities of unit embeddings, in [-1, 1].
+        is_same: (N,) bool labels.
+        far: the target false-accept rate.
+        folds: number of folds (official: 10); each fold needs a genuine pair.
+        step: the threshold grid's step (official: 0.001).
+
+    Returns:
+        (mean VAL, population std of the folds' VAL), in [0, 1].
+    """
+    scores, labels = _verification_inputs(scores, is_same, far)
+    if folds < 2 or folds > scores.numel():
+        raise ValueError(f"kfold verification needs 2 <= folds <= pairs ({scores.numel()}), got {folds}")
+    dist = (2.0 - 2.0 * scores).numpy()
+    same = labels.numpy()
+    grid = np.arange(0.0, 4.0, step)
+    n = dist.shape[0]
+    sizes = np.full(folds, n // folds) + (np.arange(folds) < n % folds)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    vals = []
+    for k in range(folds):
+        test = np.zeros(n, dtype=bool)
+        test[bounds[k]:bounds[k + 1]] = True
+        train_neg = np.sort(dist[~test & ~same])
+        if not same[test].any():
+            raise ValueError(f"kfold verification: fold {k} has no genuine pair")
+        if train_neg.size == 0:
+            raise ValueError(f"kfold verification: the folds but {k} have no impostor pair")
+        far_train = np.searchsorted(train_neg, grid, side="left") / train_neg.size  # d < t
+        if far_train.max() >= far:
+            hi = int(np.clip(np.searchsorted(far_train, far, side="left"), 1, grid.size - 1))
+            lo = hi - 1
+            x_lo, x_hi = far_train[lo], far_train[hi]
+            threshold = (grid[hi] if x_hi == x_lo else
+                         grid[lo] + (grid[hi] - grid[lo]) * (far - x_lo) / (x_hi - x_lo))
+        else:
+            threshold = 0.0
+        vals.append(float((dist[test & same] < threshold).mean()))
+    return float(np.mean(vals)), float(np.std(vals))
 
 
 def _sqrtm_psd(mat: Tensor) -> Tensor:

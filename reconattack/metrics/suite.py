@@ -47,7 +47,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -183,6 +182,12 @@ class MetricSuite:
             (x, y), both (B, 3, H, W) in [-1, 1] → (B,) distances; ``"clip"``: module
             (B, 3, H, W) in [0, 1] → (B, D) embeddings (cosine taken here).
         far: false-accept rate of TPR@FAR (paper: 0.01).
+        protocol: how TPR@FAR is read off the scores
+            (:data:`~reconattack.metrics.functional.VERIFICATION_PROTOCOLS`): ``"per_row"`` (this
+            suite's own ROC), ``"fixed"`` (at a threshold given to :meth:`compute`, set on a
+            reference row's pairs by the callback), ``"kfold"`` (insightface ``calculate_val``;
+            also reports ``tpr@far_std`` over the folds).
+        folds: the folds of ``"kfold"`` (official: 10).
         reset_real_features: False keeps FID's and KID's real side across :meth:`reset` (it is
             taken from the first evaluated epoch); True recomputes it every epoch.
         fid_antialias: Inception resize with torch's antialiased bilinear instead of
@@ -208,6 +213,8 @@ class MetricSuite:
         download: bool = True,
         feature_nets: Mapping[str, nn.Module] | None = None,
         far: float = 0.01,
+        protocol: str = "per_row",
+        folds: int = 10,
         reset_real_features: bool = False,
         fid_antialias: bool = False,
         clip_model: str = "ViT-B-32",
@@ -243,6 +250,10 @@ class MetricSuite:
         if not 0.0 <= far <= 1.0:
             raise ConfigError(f"far must be in [0, 1], got {far}")
         self.far = float(far)
+        if protocol not in MF.VERIFICATION_PROTOCOLS:
+            raise ConfigError(f"metrics.verification.protocol must be one of "
+                              f"{sorted(MF.VERIFICATION_PROTOCOLS)}, got {protocol!r}")
+        self.protocol, self.folds = str(protocol), int(folds)
         self.reset_real_features = bool(reset_real_features)
         self.fid_antialias = bool(fid_antialias)
         self.clip_model = clip_model
@@ -430,7 +441,7 @@ class MetricSuite:
             if not keep.shape[0]:
                 continue
             if side == "fake":  # as written by CFGAN_main.py and read back by utils/FID.py
-                keep = _saved_jpeg(_truncate_u8(keep), self.fid_cfgan["jpeg_quality"]) / 255
+                keep = MF.jpeg_roundtrip(_truncate_u8(keep), self.fid_cfgan["jpeg_quality"]) / 255
             else:  # the ground-truth files are uint8 images
                 keep = (keep * 255).round() / 255
             self._cf[side].update(self._nets["fid_cfgan"](keep).flatten(1).float())
@@ -517,8 +528,39 @@ class MetricSuite:
         """Feature rows this process keeps for KID (both sides)."""
         return sum(self._kid_local.values())
 
-    def compute(self) -> dict[str, float | str]:
-        """Final values over everything seen since the last :meth:`reset`.
+    def verification_threshold(self) -> float | None:
+        """The score threshold at which this suite's pairs reach FPR ``far`` (the operating point
+        the ``"fixed"`` protocol applies to every row), or None without verification data.
+        Called on every process under DDP (gathers)."""
+        scores = _compute(self._ver_scores)
+        if not scores.numel():
+            return None
+        try:
+            return MF.threshold_at_far(scores, _compute(self._ver_labels).bool(), self.far)
+        except ValueError:
+            return None
+
+    def _verification(self, threshold: float | None) -> dict[str, float | str]:
+        scores = _compute(self._ver_scores)
+        if not scores.numel():
+            return {}
+        labels = _compute(self._ver_labels).bool()
+        try:
+            if self.protocol == "kfold":
+                mean, std = MF.val_at_far_kfold(scores, labels, self.far, self.folds)
+                return {"tpr@far": mean, "tpr@far_std": std}
+            if self.protocol == "fixed":
+                if threshold is None:
+                    return {"tpr@far": f"{MISSING_PREFIX}the fixed protocol's threshold comes from the "
+                                       "reference row's pairs, which were not evaluated"}
+                return {"tpr@far": MF.tpr_at_threshold(scores, labels, threshold)}
+            return {"tpr@far": MF.tpr_at_far(scores, labels, self.far)}
+        except ValueError as exc:
+            return {"tpr@far": f"{MISSING_PREFIX}{exc}"}
+
+    def compute(self, threshold: float | None = None) -> dict[str, float | str]:
+        """Final values over everything seen since the last :meth:`reset`; ``threshold``: the
+        verification threshold of the ``"fixed"`` protocol.
 
         Returns:
             ``{name: value}`` in the order of ``metrics``, each FID followed by ``fid_n`` and
@@ -546,13 +588,7 @@ class MetricSuite:
                         out[name] = float(vals.double().mean())
             # FID / KID real statistics are complete after the first evaluated epoch
             self._real_frozen = not self.reset_real_features
-        scores = _compute(self._ver_scores)
-        if scores.numel():
-            labels = _compute(self._ver_labels).bool()
-            try:
-                out["tpr@far"] = MF.tpr_at_far(scores, labels, self.far)
-            except ValueError as exc:
-                out["tpr@far"] = f"{MISSING_PREFIX}{exc}"
+        out.update(self._verification(threshold))
         return out
 
     def reset(self) -> None:
@@ -610,27 +646,6 @@ def _truncate_u8(pred: Tensor) -> Tensor:
     [-1, 1] (so truncation is the floor). (B, 3, H, W) in [-1, 1] → same shape, float integer
     values in [0, 255]."""
     return torch.floor(pred.float().clamp(-1, 1) * 127.5 + 127.5)
-
-
-def _saved_jpeg(u8: Tensor, quality: int | None) -> Tensor:
-    """Images written as JPEG by OpenCV (``cv2.imwrite(".jpg")``, 4:2:0, ``quality``) and read
-    back (``cv2.imread``). (B, 3, H, W) RGB, integer values in [0, 255] → same, on the same
-    device; ``quality=None`` returns the input."""
-    if quality is None:
-        return u8
-    import cv2
-
-    arr = u8.detach().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
-    out = []
-    for img in arr:
-        ok, buf = cv2.imencode(
-            ".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-        )
-        if not ok:  # pragma: no cover - OpenCV refuses only malformed arrays
-            raise RuntimeError("OpenCV could not encode an image as JPEG")
-        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
-    back = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-    return back.to(u8.device, torch.float32)
 
 
 def is_missing(value: float | str) -> bool:

@@ -26,7 +26,8 @@ Written into ``DIR``:
 The layout comes from the runs' own configs (``.hydra/config.yaml``), never from code that names
 an attack or a threat: the threat's ``report`` section gives ``attack_row`` (metrics prefix of the
 attack's reconstructions), ``controls`` (rows and labels; ``per_attack``: the control depends on
-the attack), ``columns`` (metric -> ``higher`` | ``lower`` is better), ``tables_by`` /
+the attack), ``checks`` (rows shown after the controls that have no images of their own),
+``settings`` (config key -> label: what a table's numbers depend on, stated under it), ``columns`` (metric -> ``higher`` | ``lower`` is better), ``tables_by`` /
 ``blocks_by`` (config keys: a table / a block of columns per value, e.g. ``data.name``),
 ``sweep`` (``{key, label}``: the swept threat parameter), ``threshold`` (the smallest swept value
 at which the attack's ``metric`` exceeds the ``baseline`` control's by more than ``margin``, mean

@@ -53,6 +53,7 @@ class Layout:
     sweep: dict | None
     threshold: dict | None
     paper: str | None
+    settings: list[tuple[str, str]] = field(default_factory=list)  # (config key, label)
 
     @classmethod
     def of(cls, config: dict) -> Layout | None:
@@ -65,8 +66,11 @@ class Layout:
             if direction not in ARROWS:
                 raise ConfigError(f"threat.report.columns.{col} must be higher or lower, got {direction!r}")
             columns.append((str(col), str(direction)))
+        # the controls, then the checks: rows the threat's evaluation reports beside them without
+        # images of their own (the AVIH service model's verification rows)
+        rows = {**(spec.get("controls") or {}), **(spec.get("checks") or {})}
         controls = [{"name": str(name), "row": str(c["row"]), "label": str(c.get("label", c["row"])),
-                     "per_attack": bool(c.get("per_attack"))} for name, c in (spec.get("controls") or {}).items()]
+                     "per_attack": bool(c.get("per_attack"))} for name, c in rows.items()]
         sweep = spec.get("sweep") or None
         if sweep is not None and not (isinstance(sweep, dict) and sweep.get("key")):
             raise ConfigError(f"threat.report.sweep must be null or {{key, label}}, got {sweep!r}")
@@ -84,7 +88,8 @@ class Layout:
                    attack_row=str(spec.get("attack_row", "test")), controls=controls, columns=columns,
                    tables_by=as_list(spec.get("tables_by")), blocks_by=as_list(spec.get("blocks_by")),
                    sweep=dict(sweep) if sweep else None, threshold=dict(threshold) if threshold else None,
-                   paper=spec.get("paper"))
+                   paper=spec.get("paper"),
+                   settings=[(str(k), str(v)) for k, v in (spec.get("settings") or {}).items()])
 
     @property
     def sweep_key(self) -> str | None:
@@ -114,7 +119,10 @@ def load_paper(ref: str | None) -> dict | None:
             isinstance(e, dict) and isinstance(e.get("match"), dict) and isinstance(e.get("values"), dict)
             and e.get("row") and e.get("table") for e in entries):
         raise ConfigError(f"paper numbers file {path} must hold source and entries: [{{table, row, match, values}}]")
-    return {"source": str(data.get("source") or path.stem), "file": str(path),
+    notes = data.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ConfigError(f"paper numbers file {path}: notes must be a list of sentences")
+    return {"source": str(data.get("source") or path.stem), "file": str(path), "notes": notes,
             "entries": [{**e, "table": str(e["table"]), "row": str(e["row"]),
                          "values": {str(k): str(v) for k, v in e["values"].items()}} for e in entries]}
 
@@ -153,6 +161,7 @@ class Table:
     groups: list[Group]
     paper_note: str = ""
     unreported: list[str] = field(default_factory=list)  # layout columns no row has: left out
+    settings: str = ""  # what its numbers depend on (layout settings): "label: value; ..."
 
 
 @dataclass
@@ -165,6 +174,7 @@ class Series:
 @dataclass
 class Answer:
     table: str
+    settings: str
     attack: str
     series: str
     value: float | None
@@ -280,13 +290,16 @@ def _table(layout: Layout, value: tuple, members: list[Group], paper: dict | Non
         if n1 + n2:
             note = (f"† {paper['source']}: the paper's published numbers for the setting of the row "
                     f"above them (matched on the run's config; {Path(paper['file']).name}), not ours.")
+            note = " ".join([note, *paper["notes"]])
     # a column no row of any block has (ours or the paper's: e.g. fid_cfgan without
     # metrics=cfgan_paper) is left out; a metric reported missing is a value and stays
     every = rows + control_rows
     kept = [(c, d) for c, d in layout.columns
             if any(reported(r.cells.get(b, {}).get(c, EMPTY)) for r in every for b in blocks)]
     unreported = [c for c, _ in layout.columns if all(c != k for k, _ in kept)]
-    return Table(title, value, blocks, kept, every, members, note, unreported)
+    settings = "; ".join(f"{label}: " + ", ".join(dict.fromkeys(as_override(lookup(g.config, key)) for g in members))
+                         for key, label in layout.settings)
+    return Table(title, value, blocks, kept, every, members, note, unreported, settings)
 
 
 def reported(s: Stat) -> bool:
@@ -396,6 +409,6 @@ def _answers(report: Report) -> None:
 
             value = points[hit][0] if hit is not None else None
             below = (points[hit - 1][0], count_at(points[hit - 1][2])) if hit else None
-            report.answers.append(Answer(table.title, skey[0], with_overrides(skey[0], extra), value,
+            report.answers.append(Answer(table.title, table.settings, skey[0], with_overrides(skey[0], extra), value,
                                          count_at(points[hit][2]) if hit is not None else None,
                                          [(x, s) for x, s, _ in points], below))

@@ -81,6 +81,8 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
         lines = [[r.label] + [cell(r.cells.get(b, {}).get(c, EMPTY)) for b in table.blocks for c, _ in table.columns]
                  for r in table.rows]
         md += ["", f"### {heading}", ""] + _md_table(head, lines)
+        if table.settings:
+            md += ["", f"Settings: {table.settings}."]
         if table.paper_note:
             md += ["", table.paper_note]
         if table.unreported:
@@ -141,6 +143,9 @@ def _md_answers(report: Report) -> list[str]:
     md += _md_table(["table", "setting", layout.sweep_label, count_label,
                      f"largest tested {layout.sweep_label} below it ({count_label})",
                      f"difference at each {layout.sweep_label}"], lines)
+    settings = dict.fromkeys(a.settings for a in report.answers if a.settings)
+    if settings:  # what the answer depends on (e.g. the TPR@FAR protocol), as under its table
+        md += ["", "Settings: " + " | ".join(settings) + "."]
     return md
 
 
@@ -234,7 +239,8 @@ def _tex(report: Report) -> str:
             cells = [_tex_cell(r.cells.get(b, {}).get(c, EMPTY), d) for b in t.blocks for c, _ in t.columns]
             out.append(" & ".join([label] + cells) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
-        if t.paper_note:
-            out += [r"\par\smallskip\footnotesize " + tex_escape(t.paper_note)]
+        for text in (f"Settings: {t.settings}." if t.settings else "", t.paper_note):
+            if text:
+                out += [r"\par\smallskip\footnotesize " + tex_escape(text)]
         out += [r"\end{table}", ""]
     return "\n".join(out)
