@@ -79,12 +79,14 @@ def make_experiment_data(root: Path) -> Path:
     for i in range(6):
         cv2.imwrite(str(celeba / f"{i:06d}.jpg"), (rng.random((22, 18, 3)) * 255).astype(np.uint8))
     models = root / "models"
-    (models / "ms1mv3_arcface_r18_fp16").mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(IResNet(**FACE_TINY).state_dict(), models / "ms1mv3_arcface_r18_fp16" / "backbone.pth")
-    ada = AdaFaceIResNet(**FACE_TINY)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in ada.state_dict().items()}, "epoch": 3},
-               models / "adaface_ir101_webface12m.ckpt")
+    for folder in ("ms1mv3_arcface_r18_fp16", "ms1mv3_arcface_r50_fp16"):  # insightface layout
+        (models / folder).mkdir(parents=True)
+        torch.save(IResNet(**FACE_TINY).state_dict(), models / folder / "backbone.pth")
+    for name in ("adaface_ir101_webface12m.ckpt", "adaface_ir50_ms1mv2.ckpt"):  # AdaFace's .ckpt
+        ada = AdaFaceIResNet(**FACE_TINY)
+        torch.save({"state_dict": {f"model.{k}": v for k, v in ada.state_dict().items()}, "epoch": 3},
+                   models / name)
     return root
 
 

@@ -528,6 +528,12 @@ def test_report_of_a_real_avih_multirun(tmp_path):
     assert "by more than 0.05" in section
     answer = _row(section, "data.name=digits")[1]
     assert answer == (str(expected) if expected is not None else "none up to 1.0"), (answer, diffs)
+    # the table and the answer say what their numbers depend on; the service model's rows follow
+    settings = ("Settings: TPR@FAR protocol: per_row; FAR: 0.01; SSIM window: gaussian; "
+                "images scored as saved as: png.")
+    assert settings in table.split("## How many")[0] and settings in section
+    ms = [m for _, m in jobs["0.5"]]
+    assert _row(table, "Service model: encrypted gallery")[0] == _text([m["service/protected/tpr@far"] for m in ms])
     # the failed jobs: their directories, overrides and error line
     failed = md[md.index("## Jobs without results"):]
     for name, _ in jobs["1.5"]:

@@ -44,7 +44,8 @@ class DRStage(GANStage):
         weights: ``{identity, gan}`` loss weights (paper: 30 and 1).
         augment: :func:`reconattack.losses.identity.augment` arguments (``flip``, ``pad``,
             ``crop``), or None for the plain identity loss of eq. 6.
-        identity_distance: distance of unit embeddings (``"l2"``, ``"l2sq"``, ``"cos"``).
+        identity_distance: distance of unit embeddings (``"l2"``, ``"l2sq"``, ``"cos"``, ``"mse"``;
+            :func:`reconattack.losses.avih.task_loss`).
         gan_mode: ``"minimax"`` (eq. 12) or ``"non_saturating"``.
         **gan: :class:`~reconattack.attacks.base.GANStage` settings.
     """

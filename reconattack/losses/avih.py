@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from reconattack.errors import ConfigError
 
-TASK_DISTANCES = ("l2", "l2sq", "cos")
+TASK_DISTANCES = ("l2", "l2sq", "cos", "mse")
 PIXEL_DISTANCES = ("l2", "l1", "mse", "mae")
 WEIGHT_KEYS = ("task", "diff", "rec", "vc")
 
@@ -52,8 +52,11 @@ def task_loss(emb: torch.Tensor, emb_ref: torch.Tensor, distance: str = "l2") ->
     """Task loss (paper eq. 2; also the DR attack's identity loss, eqs. 6-7), per image.
 
     emb, emb_ref: (B, E) embeddings (of the encrypted / original images for AVIH); both are
-    L2-normalised to u, v. ``"l2"``: ||u - v||_2 in [0, 2] (official code); ``"l2sq"``:
-    ||u - v||_2^2 = 2 - 2 cos in [0, 4]; ``"cos"``: 1 - <u, v> in [0, 2]. Returns (B,).
+    L2-normalised to u, v. ``"l2"``: ||u - v||_2 in [0, 2] (the paper's norm, eq. 2);
+    ``"mse"``: mean_e (u_e - v_e)^2 = (2 - 2 cos) / E (the official AVIH code's
+    ``mean((f(x') - f(x))**2)`` on unit embeddings; E = 512 makes it about 1/250 of ``"l2sq"``, so
+    with the paper's weights the task term all but vanishes); ``"l2sq"``: ||u - v||_2^2 =
+    2 - 2 cos in [0, 4]; ``"cos"``: 1 - <u, v> in [0, 2]. Returns (B,).
     """
     _check("task distance", distance, TASK_DISTANCES)
     if emb.shape != emb_ref.shape or emb.dim() != 2:
@@ -65,6 +68,8 @@ def task_loss(emb: torch.Tensor, emb_ref: torch.Tensor, distance: str = "l2") ->
     sq = (u - v).pow(2).sum(dim=1)
     if distance == "l2sq":
         return sq
+    if distance == "mse":
+        return sq / u.shape[1]
     return torch.linalg.vector_norm(u - v, dim=1)
 
 

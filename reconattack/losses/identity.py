@@ -57,7 +57,7 @@ def augmented_identity_loss(embed: Callable[[torch.Tensor], torch.Tensor], recon
     embed: the service model, (B, 3, H, W) in [-1, 1] -> (B, E); recon: G_theta(x'), (B, 3, H, W)
     in [-1, 1]; target_emb: (B, E), f(x') (the encrypted images' embeddings). Returns (B,)
     ``task_loss(embed(augment(recon, **augment_kwargs)), target_emb, distance)`` (embeddings
-    L2-normalised; distance "l2" | "l2sq" | "cos").
+    L2-normalised; distance "l2" | "l2sq" | "cos" | "mse").
     """
     aug = augment(recon, **dict(augment_kwargs or {}), generator=generator)
     return task_loss(embed(aug), target_emb, distance)

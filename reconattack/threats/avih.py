@@ -65,6 +65,7 @@ from reconattack.models.keys import make_key_model
 from reconattack.threats.avih_encryption import AVIHEncryptor, load_chunks
 from reconattack.threats.base import Artifacts, Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.threats.face_classifier import FaceClassifier, train_loader
+from reconattack.threats.key_training import KeyDenoiser, key_train_loader
 from reconattack.utils.config import build, factory, plain
 from reconattack.utils.distributed import per_process_batch, world_size_of
 from reconattack.utils.files import file_fingerprint
@@ -286,7 +287,7 @@ class AVIHThreat(ThreatModel):
         self.parts = self._load_data()
         self.service, service_spec = self._face_model("service", store, ctx)
         self.evaluation_model, _ = self._face_model("evaluation", store, ctx)
-        self.keys, keys_spec = self._key_models()
+        self.keys, keys_spec = self._key_models(store, ctx)
         gallery, metrics = self._encrypted_gallery(ctx, store, service_spec, keys_spec)
         self._select(gallery)
         self._given["service_model"] = self.service
@@ -366,25 +367,52 @@ class AVIHThreat(ThreatModel):
         return self.service_cfg if role == "service" else self.evaluation_cfg
 
     # ------------------------------------------------------------------------- key models
-    def _key_models(self) -> tuple[list[nn.Module], dict]:
-        """The client's key models: ``key.count`` networks from seeds ``seed, seed+1, ...`` or
-        loaded from ``key.checkpoints``. Frozen, eval mode."""
+    def _key_models(self, store: Artifacts, ctx) -> tuple[list[nn.Module], dict]:
+        """The client's key models: ``key.count`` networks from seeds ``seed, seed+1, ...`` —
+        random, or trained once on the auxiliary images when ``key.train`` is set
+        (:mod:`~reconattack.threats.key_training`, an artifact per key) — or loaded from
+        ``key.checkpoints``. Frozen, eval mode."""
         k = self.key_cfg
         ckpts = list(k.get("checkpoints") or [])
         count = len(ckpts) if ckpts else int(k.count)
         if count < 1:
             raise ConfigError("threat.key.count must be >= 1")
         init = {"init": str(k.get("init", "pix2pix")), "calibrate_size": k.get("calibrate_size")}
+        train = plain(k.get("train")) if not ckpts else None
         keys, spec = [], {"net": plain(k.net), "keys": [], **({} if ckpts else init)}
         for i in range(count):
             if ckpts:
                 model = make_key_model(factory(k.net), checkpoint=str(ckpts[i]))
                 spec["keys"].append(file_fingerprint(ckpts[i]))
+            elif train:
+                model, key_spec = self._trained_key(int(k.seed) + i, init, train, store, ctx)
+                spec["keys"].append(key_spec)
             else:
                 model = make_key_model(factory(k.net), seed=int(k.seed) + i, **init)
                 spec["keys"].append({"seed": int(k.seed) + i})
             keys.append(model.eval().requires_grad_(False))
         return keys, spec
+
+    def _trained_key(self, seed: int, init: dict, train: dict, store: Artifacts, ctx) -> tuple[nn.Module, dict]:
+        """Key model ``seed`` trained as a blind denoiser on the auxiliary images (``key.train``:
+        ``steps``, ``batch_size``, ``noise``, ``lr``), once, as an artifact."""
+        unknown = sorted(set(train) - {"steps", "batch_size", "noise", "lr"})
+        if unknown or int(train.get("steps", 0)) < 1:
+            raise ConfigError(f"threat.key.train takes steps (>= 1), batch_size, noise, lr; got {train}")
+        spec = {"net": plain(self.key_cfg.net), "seed": seed, **init, "train": train,
+                "auxiliary": self.data_spec()}
+
+        def build(tmp: Path) -> None:
+            with seeded(seed, all_devices=True):  # the same key whatever ran before
+                model = make_key_model(factory(self.key_cfg.net), seed=seed, **init)
+                module = KeyDenoiser(model, noise=float(train.get("noise", 1.0)), lr=float(train.get("lr", 2e-4)))
+                trainer = ctx.trainer(f"key_model_{seed}", int(train["steps"]), single_device=True, logger=False)
+                trainer.fit(module, key_train_loader(self.parts.auxiliary, int(train["steps"]),
+                                                     int(train.get("batch_size", 16)), seed))
+            torch.save(model.net.state_dict(), tmp / "key.pt")
+
+        path = store.get("key_model", spec, build, what=f"key model {seed}")
+        return make_key_model(factory(self.key_cfg.net), checkpoint=str(path / "key.pt")), spec
 
     # ------------------------------------------------------------------------- encryption
     def encryptor(self) -> AVIHEncryptor:

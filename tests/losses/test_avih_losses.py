@@ -70,6 +70,8 @@ def test_task_loss_matches_numpy():
     np.testing.assert_allclose(task_loss(e, r).numpy(), l2)
     np.testing.assert_allclose(task_loss(e, r, "l2sq").numpy(), l2 ** 2)
     np.testing.assert_allclose(task_loss(e, r, "cos").numpy(), 1 - (u * v).sum(1))
+    # the official code: mean((f(x') - f(x)) ** 2) of unit embeddings
+    np.testing.assert_allclose(task_loss(e, r, "mse").numpy(), ((u - v) ** 2).mean(1), rtol=1e-6)
     assert task_loss(e, e * 7).abs().max() < 1e-7  # scale-invariant
     with pytest.raises(ValueError):
         task_loss(e, r, "l3")
