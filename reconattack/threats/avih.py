@@ -396,7 +396,7 @@ class AVIHThreat(ThreatModel):
     def _trained_key(self, seed: int, init: dict, train: dict, store: Artifacts, ctx) -> tuple[nn.Module, dict]:
         """Key model ``seed`` trained as a blind denoiser on the auxiliary images (``key.train``:
         ``steps``, ``batch_size``, ``noise``, ``lr``), once, as an artifact."""
-        unknown = sorted(set(train) - {"steps", "batch_size", "noise", "lr"})
+        unknown = sorted(set(train) - {"steps", "batch_size", "noise", "lr", "signal"})
         if unknown or int(train.get("steps", 0)) < 1:
             raise ConfigError(f"threat.key.train takes steps (>= 1), batch_size, noise, lr; got {train}")
         spec = {"net": plain(self.key_cfg.net), "seed": seed, **init, "train": train,
@@ -405,7 +405,8 @@ class AVIHThreat(ThreatModel):
         def build(tmp: Path) -> None:
             with seeded(seed, all_devices=True):  # the same key whatever ran before
                 model = make_key_model(factory(self.key_cfg.net), seed=seed, **init)
-                module = KeyDenoiser(model, noise=float(train.get("noise", 1.0)), lr=float(train.get("lr", 2e-4)))
+                module = KeyDenoiser(model, noise=float(train.get("noise", 1.0)), lr=float(train.get("lr", 2e-4)),
+                                     signal=train.get("signal"))
                 trainer = ctx.trainer(f"key_model_{seed}", int(train["steps"]), single_device=True, logger=False)
                 trainer.fit(module, key_train_loader(self.parts.auxiliary, int(train["steps"]),
                                                      int(train.get("batch_size", 16)), seed))

@@ -23,6 +23,13 @@ def test_the_objective_is_l1_denoising_of_the_auxiliary_images():
     torch.testing.assert_close(loss, (key(noisy) - x).abs().mean())
     with pytest.raises(ValueError):
         KeyDenoiser(key, noise=0)
+    # signal: a faint copy a x + (1 - a) u in uniform noise, a ~ U(lo, hi) per image ([0, 1] scale)
+    faint = KeyDenoiser(key, signal=(0.1, 0.2))
+    torch.manual_seed(2)
+    got = faint.corrupt(x)
+    torch.manual_seed(2)
+    a = 0.1 + 0.1 * torch.rand(3, 1, 1, 1)
+    torch.testing.assert_close(got, (a * (x + 1) / 2 + (1 - a) * torch.rand_like(x)) * 2 - 1)
 
 
 @pytest.mark.slow  # ~50 s on two cores: the paper's U-Net at 112 px
