@@ -435,6 +435,68 @@ def val_at_far_kfold(scores: Tensor, is_same: Tensor, far: float = 0.01, folds: 
     return float(np.mean(vals)), float(np.std(vals))
 
 
+def reid_metrics(query_features: Tensor, gallery_features: Tensor, query_ids: Tensor,
+                 gallery_ids: Tensor, query_cams: Tensor, gallery_cams: Tensor,
+                 ranks: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, float]:
+    """Re-identification retrieval metrics, the Market-1501 benchmark protocol (as TransReID,
+    torchreid and fast-reid compute it; SPEC §3.5).
+
+    Features are L2-normalised and the gallery is ranked by Euclidean distance to each query
+    (equal distances in gallery order). For each query, the gallery items of its identity seen by
+    its camera are discarded, and so are junk items (identity < 0; distractors, identity 0, stay
+    as negatives); a query with no true match left is skipped. CMC at rank k: the share of the
+    remaining queries with a true match among their first k results; AP: the mean of the
+    precision at each true match's rank; ``map``: the mean AP.
+
+    Args:
+        query_features, gallery_features: (Q, D) and (G, D) features, any scale.
+        query_ids, gallery_ids: (Q,), (G,) int identities.
+        query_cams, gallery_cams: (Q,), (G,) int camera ids.
+        ranks: the CMC ranks reported (``rank1``, ``rank5``, ...).
+        chunk: queries ranked at once (memory O(chunk x G)).
+
+    Returns:
+        ``{"rank<k>": float, ..., "map": float, "queries": int}`` in [0, 1] (``queries``: how many
+        had a true match).
+
+    Raises:
+        ValueError: mismatched lengths, no query with a true match.
+    """
+    qf = F.normalize(torch.as_tensor(query_features).detach().float().cpu(), dim=1)
+    gf = F.normalize(torch.as_tensor(gallery_features).detach().float().cpu(), dim=1)
+    q_ids, g_ids = (torch.as_tensor(v).detach().cpu().long() for v in (query_ids, gallery_ids))
+    q_cams, g_cams = (torch.as_tensor(v).detach().cpu().long() for v in (query_cams, gallery_cams))
+    if not (qf.shape[0] == q_ids.numel() == q_cams.numel() and gf.shape[0] == g_ids.numel() == g_cams.numel()):
+        raise ValueError("reid_metrics: features, identities and cameras differ in length")
+    if qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"reid_metrics: query and gallery features differ in size ({qf.shape[1]} vs {gf.shape[1]})")
+    hits = {k: 0 for k in ranks}
+    aps = []
+    for start in range(0, qf.shape[0], chunk):
+        # squared Euclidean distance of unit vectors: 2 - 2 cos (same order as the distance)
+        dist = 2 - 2 * qf[start:start + chunk] @ gf.T
+        order = torch.sort(dist, dim=1, stable=True).indices
+        for row, q in enumerate(range(start, min(start + chunk, qf.shape[0]))):
+            ranked = order[row]
+            ids, cams = g_ids[ranked], g_cams[ranked]
+            keep = ~(((ids == q_ids[q]) & (cams == q_cams[q])) | (ids < 0))
+            match = (ids[keep] == q_ids[q]).to(torch.float64)
+            if not match.any():
+                continue
+            first = int(torch.nonzero(match)[0])
+            for k in ranks:
+                hits[k] += first < k
+            found = torch.cumsum(match, 0)
+            precision = found / torch.arange(1, match.numel() + 1, dtype=torch.float64)
+            aps.append(float((precision * match).sum() / match.sum()))
+    if not aps:
+        raise ValueError("reid_metrics: no query has a true match in the gallery (other camera)")
+    out = {f"rank{k}": hits[k] / len(aps) for k in ranks}
+    out["map"] = float(np.mean(aps))
+    out["queries"] = len(aps)
+    return out
+
+
 def _sqrtm_psd(mat: Tensor) -> Tensor:
     """Square root of a symmetric positive semi-definite matrix via eigen-decomposition."""
     vals, vecs = torch.linalg.eigh(mat)
