@@ -1,5 +1,6 @@
 """The run's services, shared by the runner and the threat models: trainers, the metrics
-callback, the logger, the artifact store, sample grids and ``metrics.json``.
+callback, the logger (its steps continued across the run's Trainers), the artifact store and
+``metrics.json`` (sample grids: :mod:`reconattack.utils.grids`).
 
 :class:`RunContext` bundles them for one run, built from the run's ``trainer``, ``metrics``,
 ``logger`` and ``paths`` configs; the runner hands it to the threat model's ``prepare`` (which

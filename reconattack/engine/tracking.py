@@ -5,14 +5,17 @@
   (``<experiment>/<sweep>``: one W&B run per job, the jobs of a sweep together), name (the job's
   overrides) and tags (experiment, threat, attack and every override but the seed: the ablation
   switches of a sweep).
-- :func:`wandb_logger` — the ``logger=wandb`` factory (offline by itself without an API key).
+- :func:`wandb_logger` — the ``logger=wandb`` factory (offline by itself without an API key); it
+  records the run's project and group in ``wandb.json`` (:data:`WANDB_FILE`).
+- :func:`shift_steps` / :func:`run_step` — one step axis for the run: each stage's Trainer logs
+  from the iterations of the stages before it.
 - :func:`log_image` — one image to W&B (``log_image``) or TensorBoard (``add_image``), the same
   picture in both.
 - :class:`ValidationSamples` — a grid of target | reconstruction at every validation.
 - :func:`finish` — the final metrics, the final sample grids, ``metrics.json`` as the W&B run
   summary; a W&B run is finished so the next job of a sweep in this process starts its own.
 - :func:`log_report_tables` — the report's tables (``python -m reconattack.report``) as W&B
-  Tables, in a ``report`` run of the sweep's group.
+  Tables, in a ``report`` run of each group the jobs logged to.
 """
 
 from __future__ import annotations
