@@ -377,3 +377,5 @@ def test_key_share_and_pool_are_checked_when_the_threat_is_built():
         build_threat(cfg)
     with pytest.raises(ConfigError, match="leaks no image"):
         build_threat(compose_cfg(["+experiment=demo_avih", "threat.key_share=0.001"]))
+    with pytest.raises(ConfigError, match="threat.saved_as.format must be one of"):
+        build_threat(compose_cfg(["+experiment=demo_avih", "threat.saved_as.format=bmp"]))
