@@ -20,8 +20,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,8 +116,6 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:  # where the report finds the run's group
-        import json
-
         atomic_write_text(Path(save_dir) / WANDB_FILE,
                           json.dumps({"project": project, "group": group, "name": name}, indent=2) + "\n")
     return logger
@@ -159,7 +159,13 @@ def run_step(trainer: pl.Trainer) -> int:
     step), shifted as :func:`shift_steps` says."""
     loop = trainer.fit_loop.epoch_loop
     step = int(getattr(loop, "_batches_that_stepped", trainer.global_step))
-    return step + int(getattr(trainer.logger, "_first_step", None) or 0)
+    return step + first_step(trainer.logger)
+
+
+def first_step(logger) -> int:
+    """The run's step at which ``logger``'s current Trainer started (:func:`shift_steps`; 0 for a
+    logger never shifted)."""
+    return int(getattr(logger, "_first_step", None) or 0)
 
 
 def takes_images(logger) -> bool:
@@ -218,7 +224,7 @@ def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None
             logger.log_metrics(numbers, step=0)
         for key, path in (images or {}).items():
             if Path(path).is_file():
-                log_image(logger, key, path, step=int(getattr(logger, "_first_step", None) or 0))
+                log_image(logger, key, path, step=first_step(logger))
     logger.finalize(status)
     if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
         if status == "success":
@@ -248,14 +254,16 @@ def log_report_tables(root: Path, jobs: list, tables: list[Path]) -> list[Path]:
     import wandb
 
     root = Path(root)
-    groups: dict[tuple[str, str], int] = {}
+    groups: Counter[tuple[str, str]] = Counter()
+    fallback = None  # the folder rule, read once if a job needs it
     for job in jobs:
         if id(job) not in configs:
             continue
         record = _read_wandb_file(Path(job.dir))
-        project = record.get("project") or configs[id(job)].get("project", "reconattack")
-        group = record.get("group") or _folder_group(root, jobs)
-        groups[(str(project), str(group))] = groups.get((str(project), str(group)), 0) + 1
+        if not record.get("group") and fallback is None:
+            fallback = _folder_group(root, jobs)
+        groups[(str(record.get("project") or configs[id(job)].get("project", "reconattack")),
+                str(record.get("group") or fallback))] += 1
     offline = next(iter(configs.values())).get("offline")
     if offline is None:
         offline = wandb_offline()
@@ -286,8 +294,6 @@ WANDB_FILE = "wandb.json"
 
 
 def _read_wandb_file(run_dir: Path) -> dict:
-    import json
-
     try:
         data = json.loads((run_dir / WANDB_FILE).read_text())
     except (OSError, ValueError):
@@ -310,5 +316,5 @@ def _folder_group(root: Path, jobs: list) -> str:
     return wandb_group(experiment, root.name if any(Path(j.dir) != root for j in jobs) else None)
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "is_parameter", "run_step", "shift_steps", "job_identity", "log_image", "log_report_tables", "takes_images", "WANDB_FILE", "wandb_group",
+__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "first_step", "is_parameter", "run_step", "shift_steps", "job_identity", "log_image", "log_report_tables", "takes_images", "WANDB_FILE", "wandb_group",
            "wandb_offline", "wandb_logger"]

@@ -395,10 +395,10 @@ class AVIHThreat(ThreatModel):
 
     def _trained_key(self, seed: int, init: dict, train: dict, store: Artifacts, ctx) -> tuple[nn.Module, dict]:
         """Key model ``seed`` trained as a blind denoiser on the auxiliary images (``key.train``:
-        ``steps``, ``batch_size``, ``noise``, ``lr``), once, as an artifact."""
+        ``steps``, ``batch_size``, ``noise``, ``lr``, ``signal``), once, as an artifact."""
         unknown = sorted(set(train) - {"steps", "batch_size", "noise", "lr", "signal"})
         if unknown or int(train.get("steps", 0)) < 1:
-            raise ConfigError(f"threat.key.train takes steps (>= 1), batch_size, noise, lr; got {train}")
+            raise ConfigError(f"threat.key.train takes steps (>= 1), batch_size, noise, lr, signal; got {train}")
         spec = {"net": plain(self.key_cfg.net), "seed": seed, **init, "train": train,
                 "auxiliary": self.data_spec()}
 

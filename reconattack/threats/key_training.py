@@ -37,6 +37,7 @@ class KeyDenoiser(pl.LightningModule):
         noise: the largest noise level σ, on the [0, 1] image scale (each image draws its own
             σ ~ U(0, noise)).
         lr, betas: Adam settings (pix2pix's 2e-4, (0.5, 0.999)).
+        signal: (lo, hi), or None: train on faint copies in uniform noise instead (:meth:`corrupt`).
     """
 
     def __init__(self, key: nn.Module, noise: float = 1.0, lr: float = 2e-4,
