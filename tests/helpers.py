@@ -55,6 +55,41 @@ def make_lmdb(path: Path, n: int = 10, size: int = 48, seed: int = 1) -> Path:
 
 
 FACE_TINY = {"layers": [1, 1], "widths": [4, 8], "embedding_size": 8, "input_size": 16}
+#: a TransReID of the real structure (overlapping patches, SIE, JPM), tiny
+REID_TINY = {"img_size": [32, 16], "patch": 8, "stride": 4, "dim": 16, "depth": 2, "heads": 2}
+#: the published configurations' SIE and heads (conf/reid/transreid_*_<dataset>.yaml)
+REID_DATASETS = {"market1501": {"cameras": 6, "views": 0, "shift": 5, "num_classes": 751},
+                 "veri": {"cameras": 20, "views": 8, "shift": 8, "num_classes": 576}}
+
+
+def make_reid_tree(root: Path, layout: str, seed: int = 0) -> Path:
+    """A Market-1501 or VeRi-776 tree with the published file names: 4 identities seen by 5
+    cameras in the gallery, one query each by a sixth camera, 2 distractors and a junk box (Market),
+    a train split, VeRi's keypoint files (views)."""
+    rng = np.random.default_rng(seed)
+    sub = {"market1501": ("bounding_box_test", "query", "bounding_box_train"),
+           "veri": ("image_test", "image_query", "image_train")}[layout]
+
+    def name(pid: int, cam: int, k: int) -> str:
+        if layout == "market1501":
+            return f"{pid:04d}_c{cam}s1_{k:06d}_01.jpg" if pid >= 0 else f"-1_c{cam}s1_{k:06d}_01.jpg"
+        return f"{pid:04d}_c{cam:03d}_{k:08d}_0.jpg"
+
+    files = {sub[0]: [name(p, c, 10 * p + c) for p in range(1, 5) for c in range(1, 6)],
+             sub[1]: [name(p, 6, 100 + p) for p in range(1, 5)], sub[2]: [name(p, 1, 200 + p) for p in (7, 8)]}
+    if layout == "market1501":
+        files[sub[0]] += [name(0, 2, 300), name(0, 4, 301), name(-1, 1, 302)]
+    keypoints = {}
+    for folder, names in files.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for f in names:
+            cv2.imwrite(str(root / folder / f), rng.integers(0, 256, (40, 20, 3), dtype=np.uint8))
+            keypoints[f"{folder}/{f}"] = int(rng.integers(0, 8))
+    if layout == "veri":
+        for split, folders in (("test", sub[:2]), ("train", sub[2:])):
+            (root / f"keypoint_{split}.txt").write_text("".join(
+                f"{k} 1 2 3 {v}\n" for k, v in keypoints.items() if k.split("/")[0] in folders))
+    return root
 
 
 def make_experiment_data(root: Path) -> Path:
@@ -87,6 +122,18 @@ def make_experiment_data(root: Path) -> Path:
         ada = AdaFaceIResNet(**FACE_TINY)
         torch.save({"state_dict": {f"model.{k}": v for k, v in ada.state_dict().items()}, "epoch": 3},
                    models / name)
+    from reconattack.models.reid import TransReID
+
+    for dataset, settings in REID_DATASETS.items():  # re-identification: data and TransReID checkpoints
+        make_reid_tree(root / dataset, dataset)
+        for backbone in ("vit", "deit"):  # as the official training saves them
+            folder = models / "transreid" / f"{dataset}_{backbone}_transreid_stride"
+            folder.mkdir(parents=True)
+            torch.save(TransReID(**REID_TINY, **settings).state_dict(), folder / "transformer_120.pth")
+    for aux in ("lpw/scen1/view1/0001", "stanford_cars/cars_train"):
+        (root / aux).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(root / aux / f"{i:05d}.jpg"), (rng.random((30, 24, 3)) * 255).astype(np.uint8))
     return root
 
 
@@ -111,6 +158,10 @@ TINY_THREAT = {
              "data.batch_size=4", "data.eval_batch_size=8", "threat.key_share=0.5",
              "threat.encrypt.iterations=3", "threat.encrypt.batch_size=16", "threat.key.net.base=4",
              "threat.key.net.depth=2", "threat.num_samples=2"],
+    "avih_reid": ["data.image_size=[32,16]", "data.gallery_size=16", "data.pool=6", "data.num_workers=0",
+                  "data.batch_size=4", "data.eval_batch_size=8", "threat.key_share=0.5",
+                  "threat.encrypt.iterations=3", "threat.encrypt.batch_size=16", "threat.key.net.base=4",
+                  "threat.key.net.depth=2", "threat.num_samples=2"],
 }
 def tiny_attack(cfg) -> list[str]:
     """The attack's tiny settings: ``tiny(cfg)`` of its test module ``tests/attacks/test_<name>.py``
@@ -130,6 +181,11 @@ def _face_tiny(cfg, role: str) -> list[str]:
             + ([f"threat.{role}.train.steps=2"] if cfg.threat[role].get("train") else []))
 
 
+def _reid_tiny(cfg, role: str) -> list[str]:
+    return ([f"threat.{role}.net.{k}={v}".replace(" ", "") for k, v in REID_TINY.items()]
+            + ([f"threat.{role}.train.steps=2"] if cfg.threat[role].get("train") else []))
+
+
 def tiny_overrides(cfg) -> list[str]:
     """Overrides that shrink the composed experiment ``cfg`` (threat, attack, networks)."""
     out = list(TINY_THREAT[cfg.threat.name])
@@ -138,6 +194,11 @@ def tiny_overrides(cfg) -> list[str]:
         if "DigitsFaces" in cfg.data.source._target_:
             out += ["data.source.split.models=60", "data.source.split.auxiliary=20",
                     "data.source.split.queries=30"]
+    if cfg.threat.name == "avih_reid":
+        out += _reid_tiny(cfg, "service") + _reid_tiny(cfg, "evaluation")
+        if "DigitPersons" in cfg.data.source._target_:
+            out += ["data.source.identities.models=10", "data.source.identities.test=8",
+                    "data.source.images_per_identity=8", "data.source.auxiliary=20"]
     if cfg.get("attack") is not None:
         out += tiny_attack(cfg)
     return out

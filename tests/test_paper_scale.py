@@ -3,7 +3,9 @@
 code paths run too: the CFGAN paper networks (76.6M coarse + 106.8M fine generator) at 256x256
 with both stages, and the AVIH face setting (IR-18 service and IR-101 evaluation models in their
 published checkpoint formats with random weights, 112x112 faces from a .bin, CelebA-style
-auxiliary folder, U-Net keys, the DR attacker)."""
+auxiliary folder, U-Net keys, the DR attacker), and the AVIH re-identification setting (TransReID
+ViT-B/16 service and evaluation models with SIE and JPM, official checkpoint layout, 256x128
+persons from a Market-1501 tree, an LPW-style folder)."""
 
 from __future__ import annotations
 
@@ -76,3 +78,29 @@ def test_avih_face_setting_at_112px(tmp_path):
     assert isinstance(metrics["encrypt/service_cos"], float)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["attack/leaked_images"] == 5
+
+
+def test_avih_reid_setting_at_256x128(tmp_path):
+    from reconattack.models.reid import TransReID
+    from tests.helpers import make_reid_tree
+
+    data = tmp_path / "data"
+    make_reid_tree(data / "market1501", "market1501")
+    make_image_folder(data / "lpw" / "scen1", n=6, size=96)
+    paper = compose_cfg(["+experiment=avih_attack_market1501"])
+    net = {k: v for k, v in paper.threat.service.net.items() if k != "_target_"}
+    net["img_size"] = list(net["img_size"])
+    torch.manual_seed(0)
+    for backbone in ("vit", "deit"):  # the official training's state dict, random weights
+        folder = data / "models" / "transreid" / f"market1501_{backbone}_transreid_stride"
+        folder.mkdir(parents=True)
+        torch.save(TransReID(**net).state_dict(), folder / "transformer_120.pth")
+    cfg = compose_cfg(["+experiment=avih_attack_market1501", *base_overrides(tmp_path, data),
+                       "data.gallery_size=16", "data.pool=6", "data.num_workers=0", "data.batch_size=2",
+                       "data.eval_batch_size=4", "threat.key_share=0.5", "threat.encrypt.iterations=1",
+                       "threat.encrypt.batch_size=4", "attack.steps.attack=1", "metrics.metrics=[mse,psnr,ssim]"])
+    assert list(cfg.data.image_size) == [256, 128] and cfg.threat.service.net.dim == 768
+    metrics = run(cfg)
+    for row in ("ours", "original", "protected", "key_model", "random"):
+        assert isinstance(metrics[f"{row}/rank1"], float) and isinstance(metrics[f"{row}/map"], float), row
+    assert metrics["attack/leaked_images"] == 3 and metrics["ours/reid_gallery"] == 10

@@ -11,7 +11,7 @@ from tests.helpers import EXPERIMENTS, compose_cfg, experiment_overrides
 
 #: one experiment per threat x attack in the fast suite; every other experiment file with `slow`
 FAST = {"demo_avih", "demo_sift_baselines", "avih_encrypt_lfw", "cfgan_celebahq", "ivr_celebahq",
-        "inv_celebahq"}
+        "inv_celebahq", "demo_reid"}
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
@@ -21,7 +21,7 @@ def test_every_experiment_profiles(name, tmp_path):
     result = profile(cfg, torch.device("cpu"), repeats=1)
     rows = result["models"]
     assert rows and all(r["params"] > 0 and r["flops"] > 0 for r in rows.values()), rows
-    if cfg.threat.name == "avih":  # the threat's own networks
+    if cfg.threat.name.startswith("avih"):  # the threat's own networks
         assert any(k.startswith("service") for k in rows) and any(k.startswith("evaluation") for k in rows)
         assert "key model" in rows
     if cfg.attack is not None:
@@ -50,3 +50,13 @@ def test_cfgan_reference_figures_come_from_the_attack_config():
 
     ref = build_attack(cfg).reference
     assert (ref["params_M"], ref["gflops"], ref["networks"]["coarse"]) == (153.0, 148.0, 76.6)
+
+
+def test_paper_reid_setting_profile_at_real_size():
+    """avih_attack_market1501 at 256x128: TransReID ViT-B/16 (stride 12, JPM) as service and
+    evaluation models, on the non-square input; U-Net key and attacker, PatchGAN."""
+    cfg = compose_cfg(["+experiment=avih_attack_market1501", "trainer=cpu"])
+    rows = profile(cfg, torch.device("cpu"), repeats=1)["models"]
+    service = next(v for k, v in rows.items() if k.startswith("service"))
+    assert 90e6 < service["params"] < 130e6  # ViT-B/16 with the JPM branch's extra block
+    assert rows["key model"]["params"] > 0 and rows["discriminator"]["flops"] > 0

@@ -15,6 +15,7 @@ One stage (``attack``). Without the GAN loss (Table IV ablation) there is no dis
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,13 +35,15 @@ class DRStage(GANStage):
     """Attacker key model + PatchGAN trained against AVIH-encrypted images.
 
     Batches (the AVIH threat's): ``"input"`` (B, 3, H, W) leaked encrypted images and ``"aux"``
-    auxiliary images, both in [-1, 1].
+    auxiliary images, both in [-1, 1]; ``"side"`` (optional): the leaked images' side
+    information for the service model.
 
     Args:
         attacker: G_θ, (B, 3, H, W) in [-1, 1] → (B, 3, H, W) in [-1, 1].
         discriminator: PatchGAN with ``scores(x)`` (pre-tanh, (B, 1, h, w)), or None.
-        service: the white-box service model, (B, 3, H, W) in [-1, 1] → (B, E) unit embeddings
-            (attached: frozen, not in checkpoints).
+        service: the white-box service model, (B, 3, H, W) in [-1, 1] → (B, E) unit embeddings,
+            given the batch's side information as keywords (``batch["side"]``: a re-identification
+            model's cameras and views) (attached: frozen, not in checkpoints).
         weights: ``{identity, gan}`` loss weights (paper: 30 and 1).
         augment: :func:`reconattack.losses.identity.augment` arguments (``flip``, ``pad``,
             ``crop``), or None for the plain identity loss of eq. 6.
@@ -76,7 +79,8 @@ class DRStage(GANStage):
         return js_d_loss(self.discriminator.scores(batch["aux"]), self.discriminator.scores(fake))
 
     def generator_losses(self, batch: dict, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        service = self.attached("service")
+        side = batch.get("side") or {}
+        service = partial(self.attached("service"), **side) if side else self.attached("service")
         with torch.no_grad():
             target_emb = service(batch["input"])
         augment = self.augment or NO_AUGMENT  # eq. 6 (plain) or eq. 7 (augmented)

@@ -17,6 +17,13 @@ there (all are listed in one message before any work).
 
 Images are uint8 ``(N, H, W, 3)`` RGB numpy arrays at ``data.image_size`` in memory; every
 Dataset here yields float tensors ``(3, H, W)`` in [-1, 1], the package's image convention.
+
+**Side information.** A recognition model may take more than the image: TransReID takes each
+image's 0-based camera and view (``model(images, cams=..., views=...)``). An :class:`ImageSet`
+carries them as ``side`` (``{"cams": int64 (N,), "views": int64 (N,)}``; empty for faces), and
+every Dataset here passes an item's as ``"side": {"cams": int, "views": int}`` (batched by the
+default collate to (B,) tensors), so that the encryption and the attack call the service model
+as ``service(images, **batch["side"])``.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from reconattack.data.faces import IdentityFolderSource, build_pairs, digits_faces, load_bin
-from reconattack.data.images import DataNotFoundError, resize
+from reconattack.data.images import DataNotFoundError, read_image, resize
 from reconattack.errors import ConfigError
+from reconattack.utils.config import as_hw
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +76,14 @@ def _path(raw: str | os.PathLike | None, key: str) -> Path:
 
 @dataclass
 class ImageSet:
-    """In-memory images with identity labels (-1 = unknown) and names (provenance)."""
+    """In-memory images with identity labels (-1 = unknown), names (provenance) and the side
+information the recognition model takes (``{"cams": int64 (N,), "views": int64 (N,)}``, 0-based;
+empty for faces)."""
 
     images: np.ndarray  # uint8 (N, H, W, 3)
     labels: np.ndarray  # int64 (N,)
     names: list[str] = field(default_factory=list)
+    side: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -79,16 +91,29 @@ class ImageSet:
     def subset(self, idx: np.ndarray) -> ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
         names = [self.names[i] for i in idx] if self.names else []
-        return ImageSet(self.images[idx], self.labels[idx], names)
+        return ImageSet(self.images[idx], self.labels[idx], names, {k: v[idx] for k, v in self.side.items()})
+
+    def side_of(self, i: int) -> dict[str, int]:
+        """Image ``i``'s side information as plain ints (an item's ``"side"``)."""
+        return {k: int(v[i]) for k, v in self.side.items()}
+
+
+def side_item(side: dict[str, np.ndarray] | None, i: int) -> dict:
+    """``{"side": {name: int}}`` for item ``i`` of per-image side arrays, or ``{}`` without any."""
+    return {"side": {k: int(v[i]) for k, v in side.items()}} if side else {}
 
 
 class LazyImages(Dataset):
-    """An image source read on demand, centre-cropped to a square and resized to ``size``.
+    """An image source read on demand and brought to ``size`` (an int: square; or (H, W)):
+    ``crop`` True centre-crops each image to the target's aspect ratio first (faces), False
+    resizes it whole (re-identification crops, whose aspect is the model's).
 
-    Item: float32 (3, size, size) in [-1, 1]."""
+    Item: float32 (3, H, W) in [-1, 1]."""
 
-    def __init__(self, source, indices: np.ndarray, size: int, name: str) -> None:
-        self.source, self.indices, self.size, self.name = source, np.asarray(indices), int(size), name
+    def __init__(self, source, indices: np.ndarray, size: int | tuple[int, int], name: str,
+                 crop: bool = True) -> None:
+        self.source, self.indices, self.name = source, np.asarray(indices), name
+        self.hw, self.crop = as_hw(size), bool(crop)
         self._warned = False
 
     def __len__(self) -> int:
@@ -97,17 +122,21 @@ class LazyImages(Dataset):
     def load(self, i: int) -> np.ndarray:
         img = self.source.load(int(self.indices[i]))
         h, w = img.shape[:2]
-        if (h, w) != (self.size, self.size):
-            if not self._warned:
+        th, tw = self.hw
+        if (h, w) != (th, tw):
+            if not self._warned:  # resizing whole is the rule for re-identification crops: logged
                 self._warned = True
-                warnings.warn(f"{self.name}: images of {w}x{h} are centre-cropped to a square and "
-                              f"resized to {self.size}x{self.size} (data.image_size)",
-                              WrongSizeWarning, stacklevel=2)
-            s = min(h, w)
-            top, left = (h - s) // 2, (w - s) // 2
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = resize(np.ascontiguousarray(img[top:top + s, left:left + s]), self.size)
+                how = "centre-cropped to its aspect ratio and resized" if self.crop else "resized (not cropped)"
+                message = f"{self.name}: images of {w}x{h} are {how} to {tw}x{th} (data.image_size)"
+                if self.crop:
+                    warnings.warn(message, WrongSizeWarning, stacklevel=2)
+                else:
+                    log.info(message)
+            if self.crop:  # the largest centred box of the target's aspect ratio
+                ch, cw = min(h, round(w * th / tw)), min(w, round(h * tw / th))
+                top, left = (h - ch) // 2, (w - cw) // 2
+                img = img[top:top + ch, left:left + cw]
+            img = cv2.resize(np.ascontiguousarray(img), (tw, th), interpolation=cv2.INTER_LINEAR)
         return img
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -258,11 +287,14 @@ class IdentityFolderGallery:
 
 # ---------------------------------------------------------------------------- auxiliary sources
 class AuxiliaryFolder:
-    """Unrelated images of the gallery's category (CelebA for faces), flat or one sub-folder per
-    identity, read lazily; ``size`` draws that many with the seed (None: all)."""
+    """Unrelated images of the gallery's category (CelebA for faces, LPW for persons, Stanford
+    Cars for vehicles), flat or one sub-folder per identity (any depth of image files for
+    ``recursive``), read lazily; ``size`` draws that many with the seed (None: all); ``crop``:
+    images are centre-cropped to the gallery's aspect ratio before the resize (faces), or resized
+    whole (False: re-identification crops)."""
 
-    def __init__(self, path: str, size: int | None = None) -> None:
-        self.path, self.size = path, size
+    def __init__(self, path: str, size: int | None = None, crop: bool = True) -> None:
+        self.path, self.size, self.crop = path, size, bool(crop)
 
     def missing(self) -> list[str]:
         p = _path(self.path, "data.auxiliary")
@@ -270,15 +302,70 @@ class AuxiliaryFolder:
             f"data.auxiliary: a folder of images (one sub-folder per identity, or flat) at {p} "
             "(set data.auxiliary.path or RECONATTACK_DATA)"]
 
-    def load(self, size: int, seed: int) -> Dataset:
+    def load(self, size: int | tuple[int, int], seed: int) -> Dataset:
         path = _path(self.path, "data.auxiliary")
         src = IdentityFolderSource(path)
         n = len(src) if self.size in (None, "") else min(int(self.size), len(src))
         idx = np.sort(np.random.default_rng(seed + 1).choice(len(src), n, replace=False))
-        return LazyImages(src, idx, size, str(path))
+        return LazyImages(src, idx, size, str(path), crop=self.crop)
 
 
 # ------------------------------------------------------------------------------------ datasets
+class RowsOf:
+    """Rows ``rows`` of a tensor, taken one at a time when asked for (``len``, ``[k]``): a
+    memory-mapped encrypted gallery (``torch.load(mmap=True)``) stays on disk but for the rows a
+    batch reads (2,000 VeRi images at 256x256 are 1.5 GB a tensor)."""
+
+    def __init__(self, tensor: torch.Tensor, rows) -> None:
+        self.tensor, self.rows = tensor, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return self.tensor[int(self.rows[k])].clone()
+
+
+class ImageFiles:
+    """Image files as an array-like of uint8 (H, W, 3) RGB images at ``size`` = (H, W), read
+    (and resized whole, not cropped) when indexed: ``[i]`` one image, ``[idx]`` (N, H, W, 3);
+    ``len``, ``shape``. Stands in for an in-memory ``ImageSet.images`` where the images are many
+    or large (image memory O(batch))."""
+
+    def __init__(self, files: list, size: tuple[int, int]) -> None:
+        self.files, self.size = list(files), (int(size[0]), int(size[1]))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), *self.size, 3)
+
+    dtype = np.dtype(np.uint8)
+
+    def load(self, i: int) -> np.ndarray:
+        img = read_image(self.files[i])
+        h, w = self.size
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        return img
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            return self.load(int(idx))
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        if idx.ndim == 0:
+            return self.load(int(idx))
+        return ImageFiles([self.files[int(i)] for i in idx], self.size)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.stack([self.load(i) for i in range(len(self))]) if len(self) else np.zeros(self.shape, np.uint8)
+        return out if dtype is None else out.astype(dtype)
+
+
 class EncryptionJobs(Dataset):
     """One item per encryption job (gallery image × key model).
 
@@ -286,21 +373,22 @@ class EncryptionJobs(Dataset):
     number}`` and, when ``encrypted`` is given (a stored gallery, or the jobs an interrupted
     encryption finished), ``"encrypted": (3, H, W) in [-1, 1]`` and ``"done"``: whether that
     encryption is there (``done`` (M,) bool; default every job); when ``decoy`` (M,) bool is
-    given, ``"decoy"``: the job is a decoy (reported apart).
+    given, ``"decoy"``: the job is a decoy (reported apart); with ``side`` (per gallery image,
+    see the module docstring) the image's ``"side"``.
     """
 
     def __init__(self, gallery: np.ndarray, index: np.ndarray, key_id: np.ndarray,
                  encrypted: torch.Tensor | None = None, done: torch.Tensor | None = None,
-                 decoy: np.ndarray | None = None) -> None:
+                 decoy: np.ndarray | None = None, side: dict[str, np.ndarray] | None = None) -> None:
         self.gallery, self.index, self.key_id, self.encrypted = gallery, index, key_id, encrypted
-        self.done, self.decoy = done, decoy
+        self.done, self.decoy, self.side = done, decoy, side
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, slot: int) -> dict:
         item = {"image": to_tensor(self.gallery[self.index[slot]]), "index": int(self.index[slot]),
-                "key_id": int(self.key_id[slot]), "slot": slot}
+                "key_id": int(self.key_id[slot]), "slot": slot, **side_item(self.side, int(self.index[slot]))}
         if self.encrypted is not None:
             item["encrypted"] = self.encrypted[slot]
             item["done"] = bool(self.done[slot]) if self.done is not None else True
@@ -314,30 +402,35 @@ class LeakedWithAuxiliary(Dataset):
     image, both drawn at random (seeded per item, so any sampler or process split is
     reproducible).
 
-    Item: ``{"input": (3, H, W) in [-1, 1] (encrypted), "aux": (3, H, W) in [-1, 1]}``."""
+    Item: ``{"input": (3, H, W) in [-1, 1] (encrypted), "aux": (3, H, W) in [-1, 1]}`` and, with
+    ``side`` (per leaked image), the leaked image's ``"side"``."""
 
-    def __init__(self, leaked: torch.Tensor, auxiliary: Dataset, length: int, seed: int) -> None:
+    def __init__(self, leaked: torch.Tensor, auxiliary: Dataset, length: int, seed: int,
+                 side: dict[str, np.ndarray] | None = None) -> None:
         self.leaked, self.auxiliary, self.length, self.seed = leaked, auxiliary, int(length), int(seed)
+        self.side = side
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng((self.seed, i))
-        return {"input": self.leaked[int(rng.integers(len(self.leaked)))],
-                "aux": self.auxiliary[int(rng.integers(len(self.auxiliary)))]}
+        j = int(rng.integers(len(self.leaked)))
+        return {"input": self.leaked[j], "aux": self.auxiliary[int(rng.integers(len(self.auxiliary)))],
+                **side_item(self.side, j)}
 
 
 class HeldOutRows(Dataset):
     """Evaluation items over the held-out gallery images encrypted with the target key.
 
-    Item: ``{"index", "target" (original), "input" (encrypted), "key_recovered", "random":
-    (3, H, W) in [-1, 1], "query": (P, 3, H, W), "is_same": (P,) bool, "pair_valid": (P,) bool}``
-    where P is the largest number of pairs of one gallery image (padding has ``pair_valid``
-    False).
+    Item: ``{"index", "label" (identity), "target" (original), "input" (encrypted),
+    "key_recovered", "random": (3, H, W) in [-1, 1], "query": (P, 3, H, W), "is_same": (P,)
+    bool, "pair_valid": (P,) bool}`` where P is the largest number of pairs of one gallery image
+    (padding has ``pair_valid`` False; no pairs: P = 0, as for retrieval), and the gallery
+    image's ``"side"`` when the gallery has side information.
     """
 
-    def __init__(self, gallery: ImageSet, queries: ImageSet, pairs: tuple[np.ndarray, ...],
+    def __init__(self, gallery: ImageSet, queries: ImageSet | None, pairs: tuple[np.ndarray, ...],
                  auxiliary: Dataset, index: np.ndarray, encrypted: torch.Tensor,
                  key_recovered: torch.Tensor, random_idx: np.ndarray) -> None:
         self.gallery, self.queries, self.auxiliary = gallery, queries, auxiliary
@@ -353,26 +446,28 @@ class HeldOutRows(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         i = int(self.index[k])
-        size = self.gallery.images.shape[1]
-        query = torch.zeros(self.P, 3, size, size)
+        query = torch.zeros(self.P, 3, *self.gallery.images.shape[1:3])
         is_same = torch.zeros(self.P, dtype=torch.bool)
         valid = torch.zeros(self.P, dtype=torch.bool)
         for j, (q, s) in enumerate(self.pairs.get(i, [])):
             query[j] = to_tensor(self.queries.images[q])
             is_same[j], valid[j] = s, True
-        return {"index": i, "target": to_tensor(self.gallery.images[i]),
+        return {"index": i, "label": int(self.gallery.labels[i]), **side_item(self.gallery.side, i),
+                "target": to_tensor(self.gallery.images[i]),
                 "input": self.encrypted[k], "key_recovered": self.key_recovered[k],
                 "random": self.auxiliary[int(self.random_idx[k])],
                 "query": query, "is_same": is_same, "pair_valid": valid}
 
 
 class LabelledImages(Dataset):
-    """uint8 (N, H, W, 3) images and int labels → ``{"image": (3, H, W) in [-1, 1], "label"}``,
-    drawn at random with replacement for ``length`` items (seeded per item)."""
+    """uint8 (N, H, W, 3) images and int labels → ``{"image": (3, H, W) in [-1, 1], "label"}``
+    (and the image's ``"side"`` with ``side``), drawn at random with replacement for ``length``
+    items (seeded per item)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, length: int, seed: int) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, length: int, seed: int,
+                 side: dict[str, np.ndarray] | None = None) -> None:
         self.images, self.labels = to_tensor(images), torch.as_tensor(labels, dtype=torch.long)
-        self.length, self.seed = int(length), int(seed)
+        self.length, self.seed, self.side = int(length), int(seed), side
 
     def __len__(self) -> int:
         return self.length
@@ -380,7 +475,7 @@ class LabelledImages(Dataset):
     def __getitem__(self, i: int) -> dict:
         j = int(torch.randint(len(self.images), (1,), generator=torch.Generator().manual_seed(
             self.seed * 1_000_003 + i)))
-        return {"image": self.images[j], "label": self.labels[j]}
+        return {"image": self.images[j], "label": self.labels[j], **side_item(self.side, j)}
 
 
 __all__ = ["ArrayImages", "AuxiliaryFolder", "BinGallery", "DataNotFoundError", "DigitsFaces",

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from reconattack.errors import ConfigError, UserError
+from reconattack.utils.config import as_hw  # noqa: F401  (re-exported: data sources take sizes)
 
 __all__ = [
     "IMAGE_EXTENSIONS",

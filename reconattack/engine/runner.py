@@ -312,7 +312,9 @@ class Evaluator(pl.LightningModule):
             return
         names = list(self.columns)
         save_grid([torch.stack(self.columns[n]) for n in names], path, max_rows=self.num_samples)
-        path.with_suffix(".txt").write_text(" | ".join(names) + "\n")
+        h, w = self.columns[names[0]][0].shape[-2:]
+        # the column names, then the tile size (the report cuts the tiles back out of the PNG)
+        path.with_suffix(".txt").write_text(" | ".join(names) + f"\ntile: {h}x{w}\n")
 
 
 class ReleaseFreedMemory(pl.Callback):

@@ -6,6 +6,9 @@ Contract with LightningModules: ``validation_step`` / ``test_step`` return a dic
 - ``"target"``: (B, 3, H, W) ground truth in [-1, 1] (detached),
 - optionally ``"scores"`` (N,) similarity scores and ``"is_same"`` (N,) bool labels of
   verification pairs, for TPR@FAR;
+- optionally ``"retrieval"``: ``{"features", "ids", "cams", "index", "queries"}``, the gallery
+  side of a re-identification retrieval (:meth:`MetricSuite.update_retrieval`: ``rank1``,
+  ``rank5``, ``map``);
 - optionally ``"groups"``: ``{prefix: {"pred", "target", "scores", "is_same"}}`` — several
   named evaluations in one pass (e.g. the AVIH rows ``"ours/"``, ``"protected/"``,
   ``"key_model/"`` over the same held-out images). Each prefix gets its own suite and its
@@ -101,6 +104,8 @@ class ReconstructionMetrics(pl.Callback):
             suite.update(outputs["pred"], outputs["target"])
         if outputs.get("scores") is not None and outputs.get("is_same") is not None:
             suite.update_verification(outputs["scores"], outputs["is_same"])
+        if outputs.get("retrieval") is not None:
+            suite.update_retrieval(**outputs["retrieval"])
 
     def _batch(self, stage: str, trainer: pl.Trainer, outputs: Any) -> None:
         if stage not in self.suites or trainer.sanity_checking or not isinstance(outputs, Mapping):

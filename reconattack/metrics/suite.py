@@ -47,6 +47,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -182,6 +183,7 @@ class MetricSuite:
             (x, y), both (B, 3, H, W) in [-1, 1] → (B,) distances; ``"clip"``: module
             (B, 3, H, W) in [0, 1] → (B, D) embeddings (cosine taken here).
         far: false-accept rate of TPR@FAR (paper: 0.01).
+        ranks: the CMC ranks of re-identification retrieval (``rank1``, ``rank5``; paper: 1, 5).
         protocol: how TPR@FAR is read off the scores
             (:data:`~reconattack.metrics.functional.VERIFICATION_PROTOCOLS`): ``"per_row"`` (this
             suite's own ROC), ``"fixed"`` (at a threshold given to :meth:`compute`, set on a
@@ -213,6 +215,7 @@ class MetricSuite:
         download: bool = True,
         feature_nets: Mapping[str, nn.Module] | None = None,
         far: float = 0.01,
+        ranks: Iterable[int] = (1, 5),
         protocol: str = "per_row",
         folds: int = 10,
         reset_real_features: bool = False,
@@ -250,6 +253,9 @@ class MetricSuite:
         if not 0.0 <= far <= 1.0:
             raise ConfigError(f"far must be in [0, 1], got {far}")
         self.far = float(far)
+        self.ranks = tuple(int(k) for k in ranks)
+        if not self.ranks or min(self.ranks) < 1:
+            raise ConfigError(f"ranks must be CMC ranks >= 1, got {list(ranks)}")
         if protocol not in MF.VERIFICATION_PROTOCOLS:
             raise ConfigError(f"metrics.verification.protocol must be one of "
                               f"{sorted(MF.VERIFICATION_PROTOCOLS)}, got {protocol!r}")
@@ -275,6 +281,9 @@ class MetricSuite:
         self._values: dict[str, _Collect] = {m: _Collect() for m in per_image}
         self._ver_scores = _Collect()
         self._ver_labels = _Collect()
+        # retrieval: the gallery side per item (gathered), the queries once (the same everywhere)
+        self._ret = {k: _Collect() for k in ("features", "ids", "cams", "index")}
+        self._queries: tuple[Tensor, Tensor, Tensor] | None = None
         self._nets: dict[str, nn.Module] = {}
         self._missing: dict[str, str] = {}  # network name (or "ssim") → reason
         # FID: feature moments of each side, created at the first batch (feature size known)
@@ -464,6 +473,41 @@ class MetricSuite:
         self._ver_scores.update(scores.to(device))
         self._ver_labels.update(labels.to(device))
 
+    @torch.no_grad()
+    def update_retrieval(self, features: Tensor, ids: Tensor, cams: Tensor, index: Tensor,
+                         queries: tuple[Tensor, Tensor, Tensor]) -> None:
+        """Add gallery items of a re-identification retrieval (the Market-1501 protocol,
+        :func:`~reconattack.metrics.functional.reid_metrics`: ``rank<k>`` and ``map``).
+
+        Args:
+            features: (B, D) gallery features (any scale: normalised there).
+            ids, cams: (B,) int identity and camera of each gallery item.
+            index: (B,) int gallery index of each item: an item seen twice (a DDP sampler's
+                padding) counts once.
+            queries: ``(features (Q, D), ids (Q,), cams (Q,))``, the whole query set: the same
+                in every batch and on every process; kept, not accumulated.
+        """
+        device = self._device or features.device
+        for key, value in (("features", features.float()), ("ids", ids), ("cams", cams), ("index", index)):
+            self._ret[key].update(torch.as_tensor(value).detach().to(device))
+        self._queries = queries
+
+    def _retrieval(self) -> dict[str, float | str]:
+        feats = _compute(self._ret["features"])
+        if not feats.numel() or self._queries is None:
+            return {}
+        ids, cams, index = (_compute(self._ret[k]).flatten() for k in ("ids", "cams", "index"))
+        feats = feats.reshape(index.numel(), -1)
+        _, first = np.unique(index.cpu().numpy(), return_index=True)  # DDP padding repeats items
+        keep = torch.as_tensor(np.sort(first), device=feats.device)
+        qf, qi, qc = self._queries
+        try:
+            out = MF.reid_metrics(qf, feats[keep], qi, ids[keep], qc, cams[keep], ranks=self.ranks)
+        except ValueError as exc:
+            return {f"rank{k}": f"{MISSING_PREFIX}{exc}" for k in self.ranks} | {"map": f"{MISSING_PREFIX}{exc}"}
+        return {**{f"rank{k}": out[f"rank{k}"] for k in self.ranks}, "map": out["map"],
+                "reid_queries": out["queries"], "reid_gallery": int(keep.numel())}
+
     # ------------------------------------------------------------------------------ results
     def _fid_results(self) -> dict[str, float | int | str]:
         """``{"fid", "fid_n"}``, or ``{"fid": "missing: ..."}`` with fewer than 2 images."""
@@ -566,7 +610,8 @@ class MetricSuite:
             ``{name: value}`` in the order of ``metrics``, each FID followed by ``fid_n`` and
             each KID by ``kid_std`` and ``kid_n``, ``fid_cfgan`` by ``fid_cfgan_n`` (counts are
             ints), plus ``"tpr@far"`` when
-            verification data was given; strings ``"missing: <reason>"`` for metrics whose
+            verification data was given, ``"rank<k>"``, ``"map"`` (with ``reid_queries`` and
+            ``reid_gallery``, the counts) when retrieval data was given; strings ``"missing: <reason>"`` for metrics whose
             weights are missing or that could not be computed. Empty for metrics without
             data. Called on every process under DDP (gathers; same result everywhere).
         """
@@ -589,6 +634,7 @@ class MetricSuite:
             # FID / KID real statistics are complete after the first evaluated epoch
             self._real_frozen = not self.reset_real_features
         out.update(self._verification(threshold))
+        out.update(self._retrieval())
         return out
 
     def reset(self) -> None:
@@ -598,6 +644,8 @@ class MetricSuite:
             m.reset()
         self._ver_scores.reset()
         self._ver_labels.reset()
+        for m in self._ret.values():
+            m.reset()
         sides = ("fake", "real") if self.reset_real_features else ("fake",)
         for side in sides:
             if self._fid[side] is not None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from reconattack.errors import ConfigError
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
+from reconattack.utils.config import as_hw
 from reconattack.utils.seeding import seeded
 
 NORMS = ("batch", "instance", "none")
@@ -80,8 +81,10 @@ def init_weights_kaiming(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(module: nn.Module, size: int, batches: int = 4, batch_size: int = 32) -> None:
+def calibrate_batchnorm(module: nn.Module, size: int | tuple[int, int], batches: int = 4,
+                        batch_size: int = 32) -> None:
     """Set every BatchNorm's running statistics to those of uniform noise images of ``size``
+    (an int: square; or (H, W))
     (global torch RNG), so a random network keeps normalised activations in eval mode. The noise
     covers the package's image range [-1, 1] (what a :class:`KeyModel` receives)."""
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -94,7 +97,7 @@ def calibrate_batchnorm(module: nn.Module, size: int, batches: int = 4, batch_si
         m.momentum = None  # cumulative average over the calibration batches
     module.train()
     for _ in range(batches):
-        module(torch.rand(batch_size, 3, size, size) * 2 - 1)
+        module(torch.rand(batch_size, 3, *as_hw(size)) * 2 - 1)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     module.train(was_training)
@@ -346,7 +349,7 @@ KEY_INITS = ("pix2pix", "kaiming")
 
 
 def make_key_model(make_net: Callable[[], nn.Module], seed: int | None = None, init: str = "pix2pix",
-                   calibrate_size: int | None = None,
+                   calibrate_size: int | tuple[int, int] | None = None,
                    checkpoint: str | os.PathLike | None = None) -> KeyModel:
     """A :class:`KeyModel` around ``make_net()`` (e.g. a Hydra ``_target_`` factory of
     :class:`UNet` or :class:`ResnetGenerator`).
@@ -364,7 +367,7 @@ def make_key_model(make_net: Callable[[], nn.Module], seed: int | None = None, i
         if init == "kaiming":
             init_weights_kaiming(model.net)
             if calibrate_size:
-                calibrate_batchnorm(model, int(calibrate_size))
+                calibrate_batchnorm(model, calibrate_size)
     if checkpoint is not None:
         load_key_checkpoint(model.net, checkpoint)
     return model

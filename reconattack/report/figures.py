@@ -102,29 +102,36 @@ def _fallback_series(report: Report) -> dict[str, list[Series]]:
 
 # ------------------------------------------------------------------------------ sample grids
 
-def read_grid(run_dir: Path) -> tuple[dict[str, np.ndarray], int] | None:
-    """The tiles of a run's ``samples/test_grid.png`` (names from ``test_grid.txt``):
-    ``({column: (rows, S, S, 3) uint8}, S)``, or None when absent or not a grid of square tiles."""
+def read_grid(run_dir: Path) -> tuple[dict[str, np.ndarray], tuple[int, int]] | None:
+    """The tiles of a run's ``samples/test_grid.png`` (names from the first line of
+    ``test_grid.txt``, the tile size ``tile: HxW`` from its second; runs written before it had
+    square tiles): ``({column: (rows, H, W, 3) uint8}, (H, W))``, or None when absent or not a
+    grid of such tiles."""
     from PIL import Image
 
     png, txt = run_dir / "samples" / "test_grid.png", run_dir / "samples" / "test_grid.txt"
     if not (png.is_file() and txt.is_file()):
         return None
-    names = [n.strip() for n in txt.read_text().strip().split("|")]
+    lines = txt.read_text().strip().splitlines()
+    names = [n.strip() for n in lines[0].split("|")]
     with Image.open(png) as im:
         img = np.asarray(im.convert("RGB"))
     h, w = img.shape[:2]
-    size = (w - GRID_PAD) / len(names) - GRID_PAD
-    rows = (h - GRID_PAD) / (size + GRID_PAD) if size > 0 else 0
-    if size != int(size) or size <= 0 or rows != int(rows) or rows < 1:
+    tw = (w - GRID_PAD) / len(names) - GRID_PAD
+    tile = re.fullmatch(r"tile:\s*(\d+)x(\d+)", lines[1].strip()) if len(lines) > 1 else None
+    th = int(tile.group(1)) if tile else tw
+    if tile and int(tile.group(2)) != tw:
         return None
-    size, rows = int(size), int(rows)
-    step = size + GRID_PAD
+    rows = (h - GRID_PAD) / (th + GRID_PAD) if tw > 0 else 0
+    if tw != int(tw) or tw <= 0 or rows != int(rows) or rows < 1:
+        return None
+    th, tw, rows = int(th), int(tw), int(rows)
     cols = {}
     for j, name in enumerate(names):
-        cols[name] = np.stack([img[GRID_PAD + i * step:GRID_PAD + i * step + size,
-                                   GRID_PAD + j * step:GRID_PAD + j * step + size] for i in range(rows)])
-    return cols, size
+        cols[name] = np.stack([img[GRID_PAD + i * (th + GRID_PAD):GRID_PAD + i * (th + GRID_PAD) + th,
+                                   GRID_PAD + j * (tw + GRID_PAD):GRID_PAD + j * (tw + GRID_PAD) + tw]
+                               for i in range(rows)])
+    return cols, (th, tw)
 
 
 def write_grids(report: Report) -> list[tuple[Path, list[str]]]:
@@ -168,12 +175,13 @@ def write_grids(report: Report) -> list[tuple[Path, list[str]]]:
                 g = r.groups[block]
                 columns.append(tiles[layout.attack_row][:n])
                 titles.append(with_overrides(g.label, extra[id(g)], rename))
-            step = size + GRID_PAD
-            canvas = np.full((GRID_PAD + n * step, GRID_PAD + len(columns) * step, 3), 255, np.uint8)
+            th, tw = size
+            canvas = np.full((GRID_PAD + n * (th + GRID_PAD), GRID_PAD + len(columns) * (tw + GRID_PAD), 3),
+                             255, np.uint8)
             for j, col in enumerate(columns):
                 for i in range(n):
-                    canvas[GRID_PAD + i * step:GRID_PAD + i * step + size,
-                           GRID_PAD + j * step:GRID_PAD + j * step + size] = col[i]
+                    top, left = GRID_PAD + i * (th + GRID_PAD), GRID_PAD + j * (tw + GRID_PAD)
+                    canvas[top:top + th, left:left + tw] = col[i]
             suffix = "".join("_" + re.sub(r"[^A-Za-z0-9.-]+", "_", v) for v in (*table.value, block) if v and v != "null")
             path = report.root / f"report_grid{suffix}.png"
             buf = io.BytesIO()
@@ -191,7 +199,7 @@ def figure_path(grid: Path) -> Path:
 
 def _grid_figure(columns: list[np.ndarray], titles: list[str], n: int) -> bytes:
     """The sample grid as a figure: a column per title (titled), ``n`` rows, tiles of any size
-    drawn at about an inch each without smoothing. ``columns``: ``(>= n, S, S, 3)`` uint8."""
+    drawn at about an inch each without smoothing. ``columns``: ``(>= n, H, W, 3)`` uint8."""
     plt = _pyplot()
     fig, axes = plt.subplots(n, len(columns), figsize=(1.1 * len(columns), 1.1 * n + 0.4), squeeze=False)
     for j, col in enumerate(columns):

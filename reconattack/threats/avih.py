@@ -48,6 +48,7 @@ from reconattack.data.avih import (
     GalleryParts,
     HeldOutRows,
     LeakedWithAuxiliary,
+    RowsOf,
     to_tensor,
 )
 from reconattack.data.images import DataNotFoundError
@@ -60,13 +61,13 @@ from reconattack.data.sampling import (
 )
 from reconattack.errors import ConfigError
 from reconattack.metrics.functional import SAVED_FORMATS, as_saved
-from reconattack.models.face import FaceEmbedder, make_face_model
+from reconattack.models.face import make_face_model
 from reconattack.models.keys import make_key_model
 from reconattack.threats.avih_encryption import AVIHEncryptor, load_chunks
 from reconattack.threats.base import Artifacts, Reconstruct, ThreatEvaluation, ThreatModel
-from reconattack.threats.face_classifier import FaceClassifier, train_loader
+from reconattack.threats.identity_classifier import IdentityClassifier, train_loader
 from reconattack.threats.key_training import KeyDenoiser, key_train_loader
-from reconattack.utils.config import build, factory, plain
+from reconattack.utils.config import as_hw, build, factory, plain
 from reconattack.utils.distributed import per_process_batch, world_size_of
 from reconattack.utils.files import file_fingerprint
 from reconattack.utils.grids import save_grid
@@ -74,8 +75,9 @@ from reconattack.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
-#: configuration keys that decide a face model's weights (artifact specs); not the description
-FACE_SPEC_KEYS = ("net", "channel_order", "format", "train")
+#: configuration keys that decide a recognition model's weights and inputs (artifact specs); not
+#: the description
+MODEL_SPEC_KEYS = ("net", "channel_order", "mean", "std", "format", "train")
 
 
 class Role(enum.IntEnum):
@@ -250,7 +252,7 @@ class AVIHThreat(ThreatModel):
         self.target_key = int(target_key)
         self.reuse_artifacts = bool(reuse_artifacts)
         self.num_samples = int(num_samples)
-        self.image_size = int(data.image_size)
+        self.image_size = as_hw(data.image_size)  # (H, W)
         self.selection_seed = int(data.get("selection_seed", 0))
         self.source = build(data.source)
         self.auxiliary_source = build(data.auxiliary) if data.get("auxiliary") else None
@@ -285,8 +287,8 @@ class AVIHThreat(ThreatModel):
     def prepare(self, ctx) -> dict:
         store = ctx.artifacts(self.reuse_artifacts)
         self.parts = self._load_data()
-        self.service, service_spec = self._face_model("service", store, ctx)
-        self.evaluation_model, _ = self._face_model("evaluation", store, ctx)
+        self.service, service_spec = self._recognition_model("service", store, ctx)
+        self.evaluation_model, _ = self._recognition_model("evaluation", store, ctx)
         self.keys, keys_spec = self._key_models(store, ctx)
         gallery, metrics = self._encrypted_gallery(ctx, store, service_spec, keys_spec)
         self._select(gallery)
@@ -301,7 +303,10 @@ class AVIHThreat(ThreatModel):
         return metrics
 
     def _load_data(self) -> GalleryParts:
-        parts = self.source.load(self.image_size, self.gallery_size, self.selection_seed)
+        h, w = self.image_size
+        if h != w:
+            raise ConfigError(f"data.image_size: the face sources are square, got {h}x{w}")
+        parts = self.source.load(h, self.gallery_size, self.selection_seed)
         if self.auxiliary_source is not None:
             parts.auxiliary = self.auxiliary_source.load(self.image_size, self.selection_seed)
         if parts.auxiliary is None:
@@ -325,45 +330,60 @@ class AVIHThreat(ThreatModel):
                 part["file"] = file_fingerprint(path)
         return spec
 
-    # ------------------------------------------------------------------------ face models
-    def _face_model(self, role: str, store: Artifacts, ctx) -> tuple[FaceEmbedder, dict]:
+    # ------------------------------------------------------------------ recognition models
+    #: artifact kind of the demo's trained recognition models
+    model_kind = "face_model"
+
+    def make_model(self, m: Any, checkpoint: str | None = None, seed: int | None = None,
+                   published: bool = True) -> nn.Module:
+        """A recognition model from its config ``m`` (``conf/face/*``): (B, 3, H, W) in [-1, 1] →
+        (B, E) unit embeddings; loaded from ``checkpoint`` — a published one in ``m.format``, or
+        (``published=False``) the weights a demo training saved (:meth:`trained_weights`) — or
+        built from ``seed``."""
+        fmt = build(m.format) if checkpoint and published and m.get("format") else None
+        return make_face_model(factory(m.net), str(m.get("channel_order", "rgb")),
+                               checkpoint=checkpoint, format=fmt, seed=seed)
+
+    @staticmethod
+    def trained_weights(model: nn.Module) -> dict:
+        """What a demo-trained model keeps (loaded back by :meth:`make_model` with no format)."""
+        return model.backbone.state_dict()
+
+    def _recognition_model(self, role: str, store: Artifacts, ctx) -> tuple[nn.Module, dict]:
         """``threat.<role>`` frozen in eval mode: loaded from its checkpoint, or (embedded demo)
         trained as an identity classifier on the demo's model split once, kept as an artifact."""
-        m = self.face_cfg(role)
-        spec = {k: plain(m.get(k)) for k in FACE_SPEC_KEYS if m.get(k) is not None}
-        fmt = build(m.format) if m.get("format") else None
+        m = self.model_cfg(role)
+        spec = {k: plain(m.get(k)) for k in MODEL_SPEC_KEYS if m.get(k) is not None}
         if m.get("checkpoint"):
-            model = make_face_model(factory(m.net), str(m.get("channel_order", "rgb")),
-                                    checkpoint=str(m.checkpoint), format=fmt)
+            model = self.make_model(m, checkpoint=str(m.checkpoint))
             spec["checkpoint"] = file_fingerprint(m.checkpoint)
             return model, spec
         train = m.train
         if self.parts.models_train is None:
-            raise ConfigError(f"threat.{role}.train needs data with a split for the demo's face "
-                              "models (the embedded digits)")
+            raise ConfigError(f"threat.{role}.train needs data with a split for the demo's "
+                              "recognition models (the embedded demos)")
         spec["data"] = self.data_spec()
 
         def build_model(tmp: Path) -> None:
             with seeded(int(train.seed), all_devices=True):  # the same model whatever ran before
-                embedder = make_face_model(factory(m.net), str(m.get("channel_order", "rgb")),
-                                           seed=int(train.seed))
-                images, labels = self.parts.models_train.images, self.parts.models_train.labels
-                module = FaceClassifier(embedder, int(labels.max()) + 1, lr=float(train.lr),
-                                        weight_decay=float(train.weight_decay), scale=float(train.scale),
-                                        margin=float(train.margin), shift=int(train.shift),
-                                        color=float(train.get("color", 0.0)))
+                embedder = self.make_model(m, seed=int(train.seed))
+                models_train = self.parts.models_train
+                images, labels = models_train.images, models_train.labels
+                module = IdentityClassifier(embedder, int(labels.max()) + 1, lr=float(train.lr),
+                                            weight_decay=float(train.weight_decay), scale=float(train.scale),
+                                            margin=float(train.margin), shift=int(train.shift),
+                                            color=float(train.get("color", 0.0)))
                 trainer = ctx.trainer(f"{role}_model", int(train.steps), single_device=True,
                                       logger=False)
-                trainer.fit(module, train_loader(images, labels, int(train.steps),
-                                                 int(train.batch_size), int(train.seed)))
-            torch.save(embedder.backbone.state_dict(), tmp / "backbone.pt")
+                trainer.fit(module, train_loader(images, labels, int(train.steps), int(train.batch_size),
+                                                 int(train.seed), side=models_train.side or None))
+            torch.save(self.trained_weights(embedder), tmp / "backbone.pt")
 
-        path = store.get("face_model", spec, build_model, what=f"{role} model")
-        model = make_face_model(factory(m.net), str(m.get("channel_order", "rgb")),
-                                checkpoint=str(path / "backbone.pt"), format=None)
+        path = store.get(self.model_kind, spec, build_model, what=f"{role} model")
+        model = self.make_model(m, checkpoint=str(path / "backbone.pt"), published=False)
         return model, spec
 
-    def face_cfg(self, role: str) -> Any:
+    def model_cfg(self, role: str) -> Any:
         return self.service_cfg if role == "service" else self.evaluation_cfg
 
     # ------------------------------------------------------------------------- key models
@@ -452,7 +472,7 @@ class AVIHThreat(ThreatModel):
                 "encrypt": {k: v for k, v in plain(e).items() if k not in ("batch_size", "log_every")}}
         encryptor = self.encryptor()
         built: dict = {}
-        gallery_images = self.parts.gallery.images
+        gallery_images, side = self.parts.gallery.images, self.parts.gallery.side or None
         work = store.work_dir("encrypted_gallery", spec)
 
         def build_gallery(tmp: Path) -> None:
@@ -463,7 +483,8 @@ class AVIHThreat(ThreatModel):
                          "encrypted before", int(done.sum()), len(index))
             encryptor.chunk_dir, encryptor.curve, encryptor.keep = work, list(curve), True
             jobs = EncryptionJobs(gallery_images, index, key_id, encrypted=encrypted,
-                                  done=done if encrypted is not None else None, decoy=role == Role.DECOY)
+                                  done=done if encrypted is not None else None, decoy=role == Role.DECOY,
+                                  side=side)
             built["metrics"] = self._encryption_test(ctx, encryptor, jobs)
             out = encryptor.collected()
             if not torch.equal(out["index"], torch.from_numpy(index)):
@@ -476,11 +497,14 @@ class AVIHThreat(ThreatModel):
             _write_curve(encryptor.curve, tmp / "curve.csv")
 
         path = store.get("encrypted_gallery", spec, build_gallery, what="encrypted gallery")
-        gallery = torch.load(path / "gallery.pt", map_location="cpu", weights_only=True)
+        # memory-mapped: a large gallery (2,000 VeRi images at 256x256 are 1.5 GB a tensor) is
+        # paged in as its rows are used
+        gallery = torch.load(path / "gallery.pt", map_location="cpu", weights_only=True, mmap=True)
         metrics = built.get("metrics")
         if metrics is None:  # reused: evaluate the stored encryption with this run's metric settings
             jobs = EncryptionJobs(gallery_images, gallery["index"].numpy(), gallery["key_id"].numpy(),
-                                  encrypted=gallery["encrypted"], decoy=gallery["role"].numpy() == Role.DECOY)
+                                  encrypted=gallery["encrypted"], decoy=gallery["role"].numpy() == Role.DECOY,
+                                  side=side)
             encryptor.keep = False
             metrics = self._encryption_test(ctx, encryptor, jobs)
         metrics["encrypt/images"] = int(len(gallery["index"]))
@@ -517,16 +541,24 @@ class AVIHThreat(ThreatModel):
         batch = int(d.batch_size)
         train = None
         if iterations:
-            train = LeakedWithAuxiliary(g["encrypted"][self.leaked], self.parts.auxiliary,
-                                        int(iterations) * batch, seed=self.seed)
+            gallery_side = self.parts.gallery.side
+            leaked_index = g["index"][self.leaked].numpy()
+            train = LeakedWithAuxiliary(RowsOf(g["encrypted"], self.leaked), self.parts.auxiliary,
+                                        int(iterations) * batch, seed=self.seed,
+                                        side={k: v[leaked_index] for k, v in gallery_side.items()} or None)
         random_idx = np.random.default_rng(self.selection_seed + 2).integers(
             len(self.parts.auxiliary), size=len(self.held))
-        test = HeldOutRows(self.parts.gallery, self.parts.queries,
-                           (self.parts.pair_gallery, self.parts.pair_query, self.parts.pair_same),
-                           self.parts.auxiliary, g["index"][self.held].numpy(), g["encrypted"][self.held],
-                           g["recovered"][self.held], random_idx)
+        test = HeldOutRows(self.parts.gallery, *self.verification_pairs(),
+                           self.parts.auxiliary, g["index"][self.held].numpy(), RowsOf(g["encrypted"], self.held),
+                           RowsOf(g["recovered"], self.held), random_idx)
         return AVIHDataModule(train, test, batch_size=batch, eval_batch_size=int(d.eval_batch_size),
                               num_workers=int(d.num_workers))
+
+    def verification_pairs(self) -> tuple[Any, tuple[np.ndarray, ...]]:
+        """The query images and the ``(gallery index, query index, is_same)`` pairs the held-out
+        rows carry (face verification)."""
+        p = self.parts
+        return p.queries, (p.pair_gallery, p.pair_query, p.pair_same)
 
     def evaluation(self) -> AVIHEvaluation:
         return AVIHEvaluation(self.evaluation_model, self.service, self.saved_format, self.saved_quality)
@@ -536,13 +568,13 @@ class AVIHThreat(ThreatModel):
         return None  # the leak is the protected image: the grid shows it as a control
 
     def input_example(self, batch_size: int = 1) -> torch.Tensor:
-        return torch.zeros(batch_size, 3, self.image_size, self.image_size)
+        return torch.zeros(batch_size, 3, *self.image_size)
 
     def profile_models(self) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
         out = {}
         for role in ("service", "evaluation"):
-            m = self.face_cfg(role)
-            model = make_face_model(factory(m.net), str(m.get("channel_order", "rgb"))).eval()
+            m = self.model_cfg(role)
+            model = self.make_model(m).eval()
             out[f"{role} ({m.get('description', role)})"] = (model, (self.input_example(),))
         key = make_key_model(factory(self.key_cfg.net)).eval()
         out["key model"] = (key, (self.input_example(),))

@@ -108,7 +108,9 @@ class AVIHEncryptor(pl.LightningModule):
     """Encrypt gallery images with AVIH.
 
     Args:
-        service: service face model, (B, 3, H, W) in [-1, 1] → (B, E) unit embeddings (frozen).
+        service: the service recognition model, (B, 3, H, W) in [-1, 1] (and an item's side
+            information as keywords: ``service(x, **batch["side"])``, e.g. a re-identification
+            model's cameras and views) → (B, E) unit embeddings (frozen).
         keys: the key models, (B, 3, H, W) in [-1, 1] → same (frozen); ``key_id`` indexes them.
         weights: loss weights ``{task, diff, rec, vc}``.
         vc_kernel: VC-loss patch size (paper: 4 for faces).
@@ -179,17 +181,21 @@ class AVIHEncryptor(pl.LightningModule):
         return torch.stack(out).to(x01)
 
     def losses(self, x_enc01: torch.Tensor, x01: torch.Tensor, emb_orig: torch.Tensor,
-               key_id: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-image AVIH loss (B,) and its terms (each (B,)), images on the [0, 1] scale."""
+               key_id: torch.Tensor, side: Mapping[str, torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-image AVIH loss (B,) and its terms (each (B,)), images on the [0, 1] scale;
+        ``side``: the images' side information for the service model ((B,) tensors)."""
         x_enc = x_enc01 * 2 - 1
         recovered = (self.recover(x_enc, key_id) + 1) / 2 if self.weights["rec"] else x_enc01
-        return avih_loss(self.service(x_enc), emb_orig, x_enc01, x01, recovered, self.weights,
+        return avih_loss(self.service(x_enc, **(side or {})), emb_orig, x_enc01, x01, recovered, self.weights,
                          vc_kernel=self.vc_kernel, task_distance=self.distances["task"],
                          diff_distance=self.distances["diff"], rec_distance=self.distances["rec"])
 
     @torch.enable_grad()
-    def encrypt(self, x: torch.Tensor, key_id: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Encrypt a batch. x (B, 3, H, W) in [-1, 1], key_id / slot (B,) → x' (B, 3, H, W) in [-1, 1].
+    def encrypt(self, x: torch.Tensor, key_id: torch.Tensor, slot: torch.Tensor,
+                side: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Encrypt a batch. x (B, 3, H, W) in [-1, 1], key_id / slot (B,), side: the service
+        model's side information ((B,) tensors, or None) → x' (B, 3, H, W) in [-1, 1].
 
         Runs in float32 with autocast off: the pixels are optimised, and under mixed precision
         their small steps would be lost (SPEC §8)."""
@@ -197,11 +203,11 @@ class AVIHEncryptor(pl.LightningModule):
         with torch.autocast(device_type=device_type, enabled=False):
             x01 = (x.float() + 1) / 2
             with torch.no_grad():
-                emb_orig = self.service(x.float()).float()
+                emb_orig = self.service(x.float(), **(side or {})).float()
             x_enc = self.initial(x01, slot).requires_grad_(True)
             opt = self.optimizer_factory([x_enc])
             for it in range(self.iterations):
-                total, terms = self.losses(x_enc, x01, emb_orig, key_id)
+                total, terms = self.losses(x_enc, x01, emb_orig, key_id, side)
                 grad, = torch.autograd.grad(total.sum(), x_enc)  # sum: images independent
                 x_enc.grad = grad
                 opt.step(lambda total=total: total.detach())
@@ -220,6 +226,7 @@ class AVIHEncryptor(pl.LightningModule):
     # ------------------------------------------------------------------------ Lightning
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         x, key_id, slot = batch["image"].float(), batch["key_id"], batch["slot"]
+        side = batch.get("side") or {}
         if "encrypted" in batch:  # stored encryptions (all, or those an interrupted build finished)
             x_enc = batch["encrypted"].float().clone()
             todo = ~batch["done"].bool() if "done" in batch else torch.zeros_like(slot, dtype=torch.bool)
@@ -227,11 +234,12 @@ class AVIHEncryptor(pl.LightningModule):
             x_enc, todo = torch.empty_like(x), torch.ones_like(slot, dtype=torch.bool)
         if todo.any():
             curve_from = len(self.curve)
-            x_enc[todo] = self.encrypt(x[todo], key_id[todo], slot[todo]).to(x_enc.dtype)
+            x_enc[todo] = self.encrypt(x[todo], key_id[todo], slot[todo],
+                                       {k: v[todo] for k, v in side.items()}).to(x_enc.dtype)
             self._save_chunk(slot[todo], x_enc[todo], self.curve[curve_from:])
         with torch.no_grad():
             recovered = self.recover(x_enc, key_id)
-            cos = F.cosine_similarity(self.service(x_enc).float(), self.service(x).float(), dim=-1)
+            cos = F.cosine_similarity(self.service(x_enc, **side).float(), self.service(x, **side).float(), dim=-1)
             wrong = self.recover(x_enc, (key_id + 1) % len(self.keys)) if len(self.keys) > 1 else None
             decoy = batch["decoy"].bool() if "decoy" in batch else torch.zeros_like(slot, dtype=torch.bool)
             groups: dict[str, dict] = {}

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reconattack.errors import ConfigError
 
 #: the checkout that holds the ``reconattack`` package and ``conf/`` (an editable install)
@@ -112,3 +114,21 @@ def plain(node: Any) -> Any:
 def factory(cfg: Any, **kwargs: Any):
     """A zero-argument callable that builds ``cfg`` (e.g. a network inside a seeded block)."""
     return lambda: build(cfg, **kwargs)
+
+
+def as_hw(size) -> tuple[int, int]:
+    """An image size as ``(H, W)``: an int is square; a pair (list, tuple, ListConfig) is (H, W).
+
+    Raises:
+        ConfigError: anything else, or a side below 1.
+    """
+    if isinstance(size, int | np.integer) and not isinstance(size, bool):
+        hw = (int(size), int(size))
+    else:
+        try:
+            hw = () if isinstance(size, str | bool) else tuple(int(s) for s in size)
+        except (TypeError, ValueError):
+            hw = ()
+    if len(hw) != 2 or min(hw) < 1:
+        raise ConfigError(f"an image size is an int or [H, W] of positive ints, got {size!r}")
+    return hw

@@ -320,3 +320,13 @@ def test_lfw_faces():
     assert len(lfw_faces(10)) == 10
     with pytest.raises(ValueError):
         lfw_faces(101)
+
+
+def test_image_sizes_are_an_int_or_h_w():
+    from reconattack.errors import ConfigError
+    from reconattack.utils.config import as_hw
+
+    assert as_hw(112) == (112, 112) and as_hw([256, 128]) == (256, 128) and as_hw((32, 16)) == (32, 16)
+    for bad in ([1, 2, 3], 0, [0, 4], "big", True):
+        with pytest.raises(ConfigError, match=r"\[H, W\]"):
+            as_hw(bad)

@@ -78,3 +78,52 @@ def test_missing_folders_and_bad_names_are_named(tmp_path):
     with pytest.raises(DataNotFoundError, match="person_01.jpg: not a market1501 file name"):
         read_reid(root, "market1501")
     assert "veri" in missing(tmp_path / "nothing", "veri")[0]
+
+
+# ------------------------------------------------------------------- the AVIH threat's sources
+def test_reid_gallery_draws_resizes_and_gives_zero_based_side_information(tmp_path):
+    from reconattack.data.reid import ReidGallery
+    from tests.helpers import make_reid_tree
+
+    for layout in ("market1501", "veri"):
+        root = make_reid_tree(tmp_path / layout, layout)
+        source = ReidGallery(str(root), layout)
+        assert source.missing() == []
+        parts = source.load((32, 16), 12, seed=0)
+        g = parts.gallery
+        assert g.images.shape == (12, 32, 16, 3) and g.images.dtype == np.uint8  # resized, not cropped
+        # read when indexed (image memory O(batch)): one image, a subset, all of them
+        assert g.images[3].shape == (32, 16, 3) and g.images[np.array([1, 3])].shape == (2, 32, 16, 3)
+        assert np.array_equal(np.asarray(g.images)[3], g.images[3])
+        assert np.array_equal(np.asarray(g.subset(np.array([3])).images)[0], g.images[3])
+        assert set(g.side) == {"cams", "views"} and g.side["cams"].min() >= 0 and g.side["cams"].max() <= 4
+        assert -1 not in g.labels  # junk left out
+        assert parts.queries.cams.tolist() == [5] * 4 and parts.queries.ids.tolist() == [1, 2, 3, 4]
+        item = parts.queries[0]
+        assert item["image"].shape == (3, 32, 16) and item["side"]["cams"] == 5 and item["label"] == 1
+        again = source.load((32, 16), 12, seed=0)
+        assert g.names == again.gallery.names and np.array_equal(g.images, again.gallery.images)
+        assert g.names != source.load((32, 16), 12, seed=1).gallery.names
+    views = ReidGallery(str(tmp_path / "veri"), "veri").load((32, 16), 20, seed=0).gallery.side["views"]
+    assert views.max() > 0  # from keypoint_test.txt
+    with pytest.raises(ValueError, match="gallery smaller than requested"):
+        ReidGallery(str(tmp_path / "veri"), "veri").load((32, 16), 21, seed=0)
+    assert "data.source" in ReidGallery(str(tmp_path / "none"), "veri").missing()[0]
+
+
+def test_digit_persons_give_every_role_with_disjoint_identities():
+    from reconattack.data.reid import DigitPersons, digit_persons
+
+    images, ids, cams = digit_persons((32, 16), 6, 5, 3, seed=0)
+    assert images.shape == (30, 32, 16, 3) and ids.tolist() == sorted(ids.tolist()) and set(cams) <= {0, 1, 2}
+    parts = DigitPersons({"models": 10, "test": 8}, images_per_identity=8, cameras=4, auxiliary=20).load(
+        (32, 16), 24, seed=0)
+    train_ids, gallery_ids = set(parts.models_train.labels + 1), set(parts.gallery.labels)
+    assert not train_ids & gallery_ids and len(parts.auxiliary) == 20
+    assert parts.gallery.images.shape == (24, 32, 16, 3) and len(parts.queries) > 0
+    assert set(parts.queries.ids) <= gallery_ids | set(range(11, 19))
+    gallery_names = set(parts.gallery.names)
+    assert len(gallery_names) == 24  # no image twice
+    # a query's identity is in the test identities, its image is not in the gallery
+    for i in range(len(parts.queries)):
+        assert 10 < parts.queries.ids[i] <= 18

@@ -86,3 +86,36 @@ def test_ties_skipped_queries_junk_and_distractors():
     assert got == pytest.approx(ref)
     with pytest.raises(ValueError, match="no query has a true match"):
         reid_metrics(query[1:2], gallery, q_ids[1:2], g_ids, q_cams[1:2], g_cams)
+
+
+def test_the_suite_gathers_the_gallery_counts_repeats_once_and_matches_the_function():
+    """Batches of gallery items through MetricSuite.update_retrieval (one item repeated, as a DDP
+    sampler pads) give the function's numbers on the whole gallery."""
+    from reconattack.metrics.suite import MetricSuite
+
+    g = torch.Generator().manual_seed(3)
+    qf, gf = torch.randn(12, 8, generator=g), torch.randn(20, 8, generator=g)
+    q_ids, g_ids = torch.arange(12) % 5, torch.arange(20) % 6
+    q_cams, g_cams = torch.arange(12) % 2, torch.arange(20) % 3
+    suite = MetricSuite(metrics=["mse"], ranks=(1, 3))
+    order = torch.cat([torch.arange(20), torch.tensor([4])])  # item 4 twice
+    for chunk in order.split(6):
+        suite.update_retrieval(gf[chunk], g_ids[chunk], g_cams[chunk], chunk, (qf, q_ids, q_cams))
+    got = suite.compute()
+    want = reid_metrics(qf, gf, q_ids, g_ids, q_cams, g_cams, ranks=(1, 3))
+    assert {k: got[k] for k in ("rank1", "rank3", "map")} == pytest.approx(
+        {k: want[k] for k in ("rank1", "rank3", "map")})
+    assert got["reid_gallery"] == 20 and got["reid_queries"] == want["queries"]
+    suite.reset()
+    assert "rank1" not in suite.compute()
+
+
+def test_a_gallery_without_true_matches_is_reported_missing_not_zero():
+    from reconattack.metrics.suite import MetricSuite
+
+    suite = MetricSuite(metrics=["mse"])
+    feats = torch.eye(3)
+    suite.update_retrieval(feats, torch.tensor([1, 2, 3]), torch.zeros(3), torch.arange(3),
+                           (feats, torch.tensor([7, 8, 9]), torch.ones(3)))
+    out = suite.compute()
+    assert out["rank1"].startswith("missing: ") and out["map"].startswith("missing: ")

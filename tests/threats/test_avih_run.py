@@ -51,8 +51,8 @@ def test_demo_pipeline_reports_every_row_and_encryption_metric(tmp_path):
     assert saved["ours/psnr"] == pytest.approx(metrics["ours/psnr"])
     for name in ("samples/test_grid.png", "samples/encrypt_grid.png", "checkpoints/attack.ckpt"):
         assert (run_dir / name).is_file(), name
-    assert (run_dir / "samples" / "test_grid.txt").read_text().strip().split(" | ") == [
-        "target", "ours", "original", "protected", "key_model", "random"]
+    assert (run_dir / "samples" / "test_grid.txt").read_text().splitlines() == [
+        "target | ours | original | protected | key_model | random", "tile: 16x16"]
     art, = (tmp_path / "cache" / "artifacts" / "encrypted_gallery").glob("[!.]*")
     gallery = torch.load(art / "gallery.pt", weights_only=True)
     # lossless float32 storage in [-1, 1], per-image key ids and the originals' indices: the 12
@@ -219,7 +219,7 @@ def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
     models = []
     for i in (1, 2):
         torch.manual_seed(i)  # another global RNG state, e.g. the service model was built or not
-        model, _ = threat._face_model("evaluation", ArtifactStore(tmp_path / f"store{i}"),
+        model, _ = threat._recognition_model("evaluation", ArtifactStore(tmp_path / f"store{i}"),
                                       RunContext(cfg, tmp_path / f"run{i}"))
         models.append(model.state_dict())
     for k in models[0]:

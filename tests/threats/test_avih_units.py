@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -379,3 +380,18 @@ def test_key_share_and_pool_are_checked_when_the_threat_is_built():
         build_threat(compose_cfg(["+experiment=demo_avih", "threat.key_share=0.001"]))
     with pytest.raises(ConfigError, match="threat.saved_as.format must be one of"):
         build_threat(compose_cfg(["+experiment=demo_avih", "threat.saved_as.format=bmp"]))
+
+
+def test_auxiliary_images_are_cropped_to_the_aspect_or_resized_whole(tmp_path):
+    from reconattack.data.avih import AuxiliaryFolder
+
+    aux = tmp_path / "aux"
+    aux.mkdir()
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[:, :10] = 255  # a white band on the left quarter
+    cv2.imwrite(str(aux / "a.png"), img)
+    whole = AuxiliaryFolder(str(aux), crop=False).load((32, 16), seed=0)[0]
+    assert whole.shape == (3, 32, 16) and whole[:, :, :4].mean() > 0.9  # the band kept, squeezed
+    with pytest.warns(UserWarning, match="centre-cropped"):
+        cropped = AuxiliaryFolder(str(aux)).load((32, 16), seed=0)[0]
+    assert cropped.shape == (3, 32, 16) and cropped.max() < -0.9  # the centre 20 px column: no band

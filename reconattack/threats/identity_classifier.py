@@ -1,9 +1,11 @@
-"""Training a face-recognition model as an identity classifier (the AVIH threat's embedded demo
-builds its service and evaluation models this way; real runs load published checkpoints).
+"""Training a recognition model (face or re-identification) as an identity classifier (the AVIH
+threat's embedded demos build their service and evaluation models this way; real runs load
+published checkpoints).
 
 The embedder's unit embeddings feed a CosFace head (normalised class weights, scale ``s``,
 additive margin ``m``), the usual way face models are trained so that cosine similarity of
-embeddings separates identities.
+embeddings separates identities (re-identification models are trained with an ID loss too,
+TransReID's beside a triplet loss; for the demo's few identities the margin does the same).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from reconattack.data.avih import LabelledImages
 from reconattack.losses.identity import augment as random_shift
 
 
-class FaceClassifier(pl.LightningModule):
+class IdentityClassifier(pl.LightningModule):
     """Embedder + CosFace head.
 
     Args:
-        embedder: (B, 3, H, W) in [-1, 1] → (B, E) unit embeddings (``embed_dim`` attribute).
+        embedder: (B, 3, H, W) in [-1, 1] (and a batch's ``"side"`` as keywords: a
+            re-identification model's cameras and views) → (B, E) unit embeddings
+            (``embed_dim`` attribute).
         num_classes: identities.
         lr, weight_decay: AdamW settings.
         scale, margin: CosFace s and m.
@@ -59,7 +63,7 @@ class FaceClassifier(pl.LightningModule):
             gain = 1 + self.color * (2 * torch.rand(b, 3, 1, 1, device=x.device) - 1)
             offset = self.color * (torch.rand(b, 3, 1, 1, device=x.device) - 0.5)
             x = (((x + 1) / 2 * gain + offset).clamp(0, 1)) * 2 - 1
-        logits = self.logits(self.embedder(x), batch["label"])
+        logits = self.logits(self.embedder(x, **(batch.get("side") or {})), batch["label"])
         loss = F.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(-1) == batch["label"]).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=False,
@@ -71,7 +75,8 @@ class FaceClassifier(pl.LightningModule):
 
 
 def train_loader(images, labels, steps: int, batch_size: int, seed: int,
-                 num_workers: int = 0) -> DataLoader:
-    """A loader of exactly ``steps`` batches of random labelled images."""
-    return DataLoader(LabelledImages(images, labels, steps * batch_size, seed), batch_size=batch_size,
+                 num_workers: int = 0, side=None) -> DataLoader:
+    """A loader of exactly ``steps`` batches of random labelled images (with their ``side``
+    information, per image, when given)."""
+    return DataLoader(LabelledImages(images, labels, steps * batch_size, seed, side), batch_size=batch_size,
                       shuffle=False, drop_last=True, num_workers=num_workers)
