@@ -85,6 +85,8 @@ def format_table(result: dict, device: torch.device, label: str = "") -> str:
     if ref.get("params_M") is not None:
         lines.append(f"| paper Table II ({label}{', ' + ref['device'] if ref.get('device') else ''}) | "
                      f"{ref['params_M']:.0f} | | {ref.get('gflops', '')} | {ref.get('latency_s', '')} s |")
+    if ref.get("note"):  # why ours and the paper's figures differ, as far as is known
+        lines += ["", str(ref["note"]).strip()]
     return "\n".join(lines)
 
 

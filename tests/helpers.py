@@ -164,11 +164,14 @@ TINY_THREAT = {
                   "threat.key.net.depth=2", "threat.num_samples=2"],
 }
 def tiny_attack(cfg) -> list[str]:
-    """The attack's tiny settings: ``tiny(cfg)`` of its test module ``tests/attacks/test_<name>.py``
-    (a new attack brings them with its tests; a test checks every attack config has them)."""
+    """The attack's tiny settings: ``tiny(cfg)`` of the test module of its class's module,
+    ``reconattack.attacks.<module>`` → ``tests/attacks/test_<module>.py`` (a new attack brings them
+    with its tests; a test checks every attack config has them; variants such as SLI-B share
+    their attack's)."""
     import importlib
 
-    return list(importlib.import_module(f"tests.attacks.test_{cfg.attack.name}").tiny(cfg))
+    module = str(cfg.attack._target_).split(".")[-2]
+    return list(importlib.import_module(f"tests.attacks.test_{module}").tiny(cfg))
 
 
 def _face_tiny(cfg, role: str) -> list[str]:

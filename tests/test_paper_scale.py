@@ -48,6 +48,29 @@ def test_cfgan_paper_networks_at_256px_both_stages(tmp_path):
     assert _params(fine, "coarse.") == pytest.approx(76.6, abs=0.05)  # the frozen trained coarse net
 
 
+def test_sli_official_networks_at_256px_both_stages(tmp_path):
+    """sli_celebahq at its real sizes: the uncompressed 256x256 map with SLI's collision rule,
+    the official LBP (39.3M) and image (54.5M) generators and PatchGANs, one step each; the image
+    checkpoint holds the frozen, trained LBP generator."""
+    data = tmp_path / "data"
+    make_image_folder(data / "celebahq", n=6, size=260)
+    cfg = compose_cfg(["+experiment=sli_celebahq", *base_overrides(tmp_path, data),
+                       "attack.steps.lbp=1", "attack.steps.image=1", "data.batch_size=1",
+                       "data.eval_batch_size=2", "data.num_workers=0", "data.val=0", "data.test=2",
+                       "metrics.metrics=[mse,psnr,ssim]",
+                       # the perceptual and style losses need pretrained VGG19 (no download here)
+                       "loss.lbp.per=0", "loss.image.per=0", "loss.image.style=0"])
+    assert cfg.data.image_size == 256 and not cfg.threat.compress and cfg.threat.placement == "sli"
+    metrics = run(cfg)
+    assert isinstance(metrics["test/psnr"], float)
+    ckpts = tmp_path / "run" / "checkpoints"
+    lbp = torch.load(ckpts / "lbp.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    image = torch.load(ckpts / "image.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert _params(lbp, "net.") * 1e6 == pytest.approx(39_279_105) and _params(image, "net.") * 1e6 == pytest.approx(54_538_627)
+    assert _params(image, "lbp_net.") == _params(lbp, "net.")  # the trained LBP generator, frozen
+    assert _params(image, "discriminator.") * 1e6 == pytest.approx(2_764_737)
+
+
 def test_avih_face_setting_at_112px(tmp_path):
     from reconattack.data.faces import make_bin
     from reconattack.models.face import AdaFaceIResNet, IResNet

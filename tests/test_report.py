@@ -476,6 +476,11 @@ def test_the_paper_files_named_by_the_threats_load(name):
     (["+experiment=cfgan_celebahq_no_compression"], "test", {}),  # the paper's was without sift loss
     (["+experiment=ivr_lsun_bird"], "test", {"Table I": "0.3867"}),
     (["+experiment=inv_celebahq"], "test", {"Table I": "0.6497"}),
+    (["+experiment=sli_celebahq"], "test", {"Table I": "0.6869"}),
+    (["+experiment=sli_lsun_dining_room"], "test", {"Table I": "0.5885"}),
+    (["+experiment=sli_celebahq", "threat.placement=first"], "test", {}),  # not SLI's map
+    (["+experiment=glead_lsun_bird"], "test", {"Table I": "0.5214"}),
+    (["+experiment=evdvae_ffhq_eval"], "test", {"Table I": "0.6531"}),
     ([], "test", {}),  # the CPU demo
     # re-identification (Tables V-VI): Rank-1 first; VeRi with the vehicles' VC kernel 8
     (["+experiment=avih_attack_market1501", "threat.key_share=0.03"], "ours", {"Tables V-VI": "0.147 ± 0.033"}),

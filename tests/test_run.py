@@ -61,7 +61,7 @@ def test_paper_experiment_settings():
 
 
 def test_every_attack_config_has_tiny_test_settings():
-    """A new attack brings ``tiny(cfg)`` in tests/attacks/test_<name>.py, else its experiments
+    """A new attack brings ``tiny(cfg)`` in tests/attacks/test_<module>.py, else its experiments
     could not be run by the tests."""
     for name in ATTACK_CONFIGS:
         cfg = compose_cfg([f"attack={name}"])

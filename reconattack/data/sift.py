@@ -18,6 +18,17 @@ Placement rules (official CFGAN code, except where noted):
   (smallest OpenCV index among the block's pixel winners) when no generator is given, else
   one chosen uniformly at random with the generator. (The official code keeps a fixed pixel
   of a window shifted by one pixel; that bug is not reproduced.)
+
+Other ways systems or attacks lay out the same features (``build_maps`` arguments):
+
+- ``placement="sli"`` (SLI, Wu & Zhou 2021; official ``main.py`` ``load_sift``): the pixel
+  winners as above, then every keypoint whose pixel was taken, in OpenCV's order, goes to the
+  first free pixel of its 3x3 neighbourhood in scan order — rows -1, 0, +1, columns -1, 0, +1,
+  inside the image — else it is dropped. (The official second pass writes the descriptor of
+  another keypoint, indexing the descriptors with the position in the list of the moved ones: a
+  bug, not reproduced.)
+- ``positions_only``: a 1-channel occupancy map (1 at a kept keypoint, 0 elsewhere): what is
+  left when a system shares where its keypoints are but not their descriptors (SLI-B).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from reconattack.utils.files import atomic_write_bytes
 
 __all__ = [
     "DESC_DIM",
+    "PLACEMENTS",
     "SiftCache",
     "build_maps",
     "extract",
@@ -208,6 +220,8 @@ def build_maps(
     compress: bool,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    placement: str = "first",
+    positions_only: bool = False,
 ) -> torch.Tensor:
     """Dense SIFT descriptor maps of a batch, vectorised (no Python loop over keypoints).
 
@@ -232,17 +246,26 @@ def build_maps(
         generator: random block choice (on any device; the permutation is drawn on the
             generator's device and moved); None → first-placed keypoint.
         device: where to build the maps (default: CPU).
+        placement: ``"first"`` (the first keypoint of a pixel wins, the others are dropped) or
+            ``"sli"`` (the others move to a free neighbour; module docstring). The moves depend on
+            one another, so ``"sli"`` loops over the keypoints that collided (a few per image) on
+            the CPU.
+        positions_only: a 1-channel occupancy map instead of the descriptors (SLI-B).
 
     Returns:
-        float32 ``(B, 128, S, S)`` contiguous on ``device``, ``S = size // 2 if compress else
-        size``; values ``desc / 127.5 - 1`` in ``[-1, 1]`` at kept keypoints, 0 elsewhere.
+        float32 ``(B, C, S, S)`` contiguous on ``device``, ``C = 1 if positions_only else 128``,
+        ``S = size // 2 if compress else size``; values ``desc / 127.5 - 1`` in ``[-1, 1]`` (or 1
+        for ``positions_only``) at kept keypoints, 0 elsewhere.
     """
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if len(xys) != len(descs):
         raise ValueError(f"{len(xys)} keypoint arrays but {len(descs)} descriptor arrays")
     out_size = _check_size(size, compress)
     device = torch.device("cpu") if device is None else torch.device(device)
     batch = len(xys)
-    shape = (batch, DESC_DIM, out_size, out_size)
+    channels = 1 if positions_only else DESC_DIM
+    shape = (batch, channels, out_size, out_size)
     if device.type == "cpu":
         out = torch.from_numpy(np.zeros(shape, dtype=np.float32))
     else:
@@ -278,6 +301,8 @@ def build_maps(
     first = torch.ones_like(sorted_pixel, dtype=torch.bool)
     first[1:] = sorted_pixel[1:] != sorted_pixel[:-1]
     sel = order[first]  # (P,) global indices of the pixel winners
+    if placement == "sli" and not bool(first.all()):
+        sel, rows, cols = _sli_moves(order[~first], sel, pixel[sel], bidx, rows, cols, size)
 
     # 2. compression: one pixel winner per aligned 2x2 block, the one with the smallest key
     if compress:
@@ -296,11 +321,49 @@ def build_maps(
 
     # 3. write: flat index of (b, channel, row, col) for every kept keypoint and channel
     plane = out_size * out_size
-    base = bidx[sel] * (DESC_DIM * plane) + rows[sel] * out_size + cols[sel]  # (K,)
+    base = bidx[sel] * (channels * plane) + rows[sel] * out_size + cols[sel]  # (K,)
+    if positions_only:
+        out.view(-1).index_put_((base,), torch.ones_like(base, dtype=torch.float32))
+        return out
     flat_index = torch.arange(DESC_DIM, device=device).mul_(plane).unsqueeze(1) + base  # (128, K)
     values = desc[sel].t().contiguous().to(torch.float32).div_(127.5).sub_(1.0)  # (128, K)
     out.view(-1).index_put_((flat_index.view(-1),), values.view(-1))
     return out
+
+
+#: ways of placing keypoints whose pixel is taken (:func:`build_maps`)
+PLACEMENTS = ("first", "sli")
+#: SLI's search order around a taken pixel: rows -1, 0, +1, columns -1, 0, +1
+SLI_NEIGHBOURHOOD = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+
+
+def _sli_moves(losers: torch.Tensor, sel: torch.Tensor, taken_pixels: torch.Tensor, bidx: torch.Tensor,
+               rows: torch.Tensor, cols: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SLI's second pass: each keypoint of ``losers`` (global indices whose pixel was taken), in
+    OpenCV's order, to the first free pixel of its 3x3 neighbourhood, else dropped. Returns
+    ``sel`` with the moved keypoints appended and ``rows`` / ``cols`` with their new places."""
+    losers = torch.sort(losers).values.cpu().tolist()
+    taken = set(taken_pixels.cpu().tolist())
+    b_all, r_all, c_all = bidx.cpu(), rows.cpu(), cols.cpu()
+    moved, new_rows, new_cols = [], [], []
+    for i in losers:
+        b, r, c = int(b_all[i]), int(r_all[i]), int(c_all[i])
+        for dr, dc in SLI_NEIGHBOURHOOD:
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < size and 0 <= cc < size and (b * size + rr) * size + cc not in taken:
+                taken.add((b * size + rr) * size + cc)
+                moved.append(i)
+                new_rows.append(rr)
+                new_cols.append(cc)
+                break
+    if not moved:
+        return sel, rows, cols
+    device = rows.device
+    idx = torch.tensor(moved, device=device)
+    rows, cols = rows.clone(), cols.clone()
+    rows[idx] = torch.tensor(new_rows, device=device)
+    cols[idx] = torch.tensor(new_cols, device=device)
+    return torch.cat([sel, idx]), rows, cols
 
 
 # --------------------------------------------------------------------------------------------

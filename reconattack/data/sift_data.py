@@ -207,6 +207,10 @@ class SiftDataModule(pl.LightningDataModule):
             after the shift). Not in the paper (default 0).
         name: the dataset's short name (``celebahq``, ``lsun_bird``); read by reports (the
             columns of CFGAN Table I), not here.
+        placement: where a keypoint whose pixel is taken goes (threat setting):
+            :data:`~reconattack.data.sift.PLACEMENTS` (``first``: dropped, CFGAN; ``sli``: to a
+            free neighbour, SLI).
+        positions_only: share keypoint positions only, a 1-channel occupancy map (SLI-B).
     """
 
     def __init__(self, source: Any, image_size: int = 256, compress: bool = True,
@@ -214,8 +218,10 @@ class SiftDataModule(pl.LightningDataModule):
                  max_images: int | None = None, split_file: str | None = None,
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
-                 hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None):
+                 hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None,
+                 placement: str = "first", positions_only: bool = False):
         super().__init__()
+        self.placement, self.positions_only = str(placement), bool(positions_only)
         self.name = name
         self.source_cfg = source
         self.image_size, self.compress = int(image_size), bool(compress)
@@ -366,12 +372,13 @@ class SiftDataModule(pl.LightningDataModule):
     def device_batch(self, batch: dict, device: torch.device | str,
                      generator: torch.Generator | None = None) -> dict:
         """The batch as attacks read it (see the module docstring), built on ``device``."""
+        layout = {"placement": self.placement, "positions_only": self.positions_only}
         out = {"target": batch["image"].to(device).float() / 127.5 - 1, "index": batch["index"],
                "input": build_maps(batch["xy"], batch["desc"], self.image_size, self.compress,
-                                   generator=generator, device=device)}
+                                   generator=generator, device=device, **layout)}
         if "other_xy" in batch:
             out["shuffled_input"] = build_maps(batch["other_xy"], batch["other_desc"], self.image_size,
-                                               self.compress, device=device)
+                                               self.compress, device=device, **layout)
         return out
 
     def mean_train_image(self, limit: int | None = None) -> torch.Tensor | None:

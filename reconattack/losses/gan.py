@@ -57,3 +57,22 @@ def js_g_loss(fake_scores: torch.Tensor, mode: str = "minimax") -> torch.Tensor:
     if mode == "non_saturating":
         return F.softplus(-2 * fake_scores).mean()
     raise ConfigError(f"js_g_loss mode must be 'minimax' or 'non_saturating', got {mode!r}")
+
+
+# --- SLI's relativistic losses (official ``main.py``: GANLoss('re_avg_gan'), SPEC §2.5) ---
+#
+# D outputs d (patch maps; the official discriminator ends in a sigmoid, and these losses then
+# take its probabilities as logits: BCE-with-logits of differences of probabilities). The
+# discriminator's is the relativistic standard form, patch by patch; the generator's the
+# relativistic average form, halved.
+
+
+def sli_d_loss(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss: BCE-with-logits(d(real) - d(fake), 1), patch by patch. Scalar."""
+    return _bce(real_out - fake_out, 1.0)
+
+
+def sli_g_loss(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+    """Generator adversarial loss: [BCE(d(real) - mean d(fake), 0) + BCE(d(fake) - mean d(real), 1)]
+    / 2 (the weight, official 0.2, is applied by the caller). Scalar."""
+    return (_bce(real_out - fake_out.mean(), 0.0) + _bce(fake_out - real_out.mean(), 1.0)) / 2

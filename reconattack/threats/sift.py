@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from reconattack.data.images import DataNotFoundError
+from reconattack.data.sift import DESC_DIM, PLACEMENTS
 from reconattack.data.sift_data import SiftDataModule
+from reconattack.errors import ConfigError
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.utils.config import build
 
@@ -73,21 +75,31 @@ class SiftThreat(ThreatModel):
         contrast_threshold: OpenCV SIFT contrast threshold (paper 0.03).
         compress: 2x2 block compression of the map (paper; Table III ablation: false).
         cache_dir: the sparse keypoint cache (shared by runs, keyed by image content + settings).
+        placement: a keypoint whose pixel is taken is dropped (``first``, CFGAN) or moved to a free
+            neighbour (``sli``, SLI's map; :func:`reconattack.data.sift.build_maps`).
+        positions_only: the system shares where its keypoints are, not their descriptors: a
+            1-channel occupancy map (SLI-B).
     """
 
     provides = frozenset({"sift_map", "paired_images"})
     control_names = ("mean_image", "shuffled_input")
 
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
-                 compress: bool = True, cache_dir: str = "./cache/sift", **base: Any) -> None:
+                 compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
+                 positions_only: bool = False, **base: Any) -> None:
         super().__init__(data, seed=seed, **base)
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"threat.placement must be one of {PLACEMENTS}, got {placement!r}")
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
+        self.placement, self.positions_only = str(placement), bool(positions_only)
+        self.channels = 1 if self.positions_only else DESC_DIM
         self.cache_dir = str(cache_dir)
         self.image_size = int(data.image_size)
         self.map_size = self.image_size // 2 if self.compress else self.image_size
         self.dm: SiftDataModule = build(data, _recursive_=False, compress=self.compress,
                                         contrast_threshold=self.contrast_threshold,
-                                        cache_dir=self.cache_dir, map_seed=self.seed)
+                                        cache_dir=self.cache_dir, map_seed=self.seed,
+                                        placement=self.placement, positions_only=self.positions_only)
         self.mean_image: torch.Tensor | None = None
 
     def missing_inputs(self) -> list[str]:
@@ -117,4 +129,4 @@ class SiftThreat(ThreatModel):
         return sift_visualisation(batch["input"], batch["target"].shape[-1])
 
     def input_example(self, batch_size: int = 1) -> torch.Tensor:
-        return torch.zeros(batch_size, 128, self.map_size, self.map_size)
+        return torch.zeros(batch_size, self.channels, self.map_size, self.map_size)

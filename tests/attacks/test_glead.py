@@ -1,0 +1,99 @@
+"""GleaD (Bai et al. 2023), SIFT-conditioned, on the SIFT threat: the modulated convolution, the
+generator-leading task (D's features decoded by G's synthesis; G fixed for it), the R1 penalty,
+a short run with a strict checkpoint, the paper-size generator against Table II, and its tiny
+test settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reconattack.attacks.glead import GleaDStage, leading_loss
+from reconattack.models.common import count_parameters
+from reconattack.models.glead import GleaDDiscriminator, GleaDGenerator, ModulatedConv2d
+from reconattack.run import run
+from tests.helpers import compose_cfg, experiment_overrides
+
+
+def tiny(cfg) -> list[str]:
+    """Settings that make any GleaD experiment run in seconds on CPU (used by tests.helpers): the
+    configured depths, narrow."""
+    g, d = cfg.model.generator, cfg.model.discriminator
+    widths = lambda n: "[" + ",".join(["4"] * n) + "]"  # noqa: E731
+    return ["attack.num_samples=2", "loss.per=0", f"model.generator.encoder={widths(len(g.encoder))}",
+            f"model.generator.synthesis={widths(len(g.synthesis))}", "model.generator.w_dim=8",
+            f"model.discriminator.widths={widths(len(d.widths))}"]
+
+
+def test_modulated_convolution_is_a_per_sample_demodulated_convolution():
+    conv = ModulatedConv2d(3, 5, 3, w_dim=4)
+    torch.nn.init.normal_(conv.affine.weight)
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(2, 4)
+    out = conv(x, w)
+    for b in range(2):  # the same as an ordinary convolution with that sample's weights
+        weight = conv.weight * conv.affine(w[b:b + 1])[0][None, :, None, None]
+        weight = weight / weight.pow(2).sum((1, 2, 3), keepdim=True).add(1e-8).sqrt()
+        torch.testing.assert_close(out[b:b + 1], torch.nn.functional.conv2d(x[b:b + 1], weight, padding=1))
+    assert ModulatedConv2d(3, 5, 3, 4, up=True)(x, w).shape == (2, 5, 16, 16)
+
+
+def _nets():
+    g = GleaDGenerator(8, encoder=(4, 8), synthesis=(8, 8, 4, 4), w_dim=6)
+    d = GleaDDiscriminator(widths=(4, 4, 8, 8, 8), lead_at=3, spatial_ch=8, num_ws=4, w_dim=6, image_size=64)
+    return g, d
+
+
+def test_the_discriminator_leads_what_the_generator_decodes():
+    g, d = _nets()
+    sift = torch.randn(2, 8, 16, 16)
+    fake = g(sift)
+    assert fake.shape == (2, 3, 64, 64) and fake.abs().max() <= 1
+    logits, spatial, ws = d.leading(fake)
+    assert logits.shape == (2,) and spatial.shape == (2, 8, 8, 8) and ws.shape == (2, 4, 6)
+    # the reconstruction loss reaches the discriminator's heads through the generator's synthesis
+    loss = leading_loss(g, d, fake.detach())
+    loss.backward()
+    assert d.to_spatial.weight.grad is not None and d.to_ws.weight.grad is not None
+    assert g.synthesis.blocks[0].conv0.conv.weight.grad is not None  # (fixed by the optimiser toggle)
+
+
+def test_the_discriminator_step_leaves_the_generator_and_the_r1_penalty_counts():
+    g, d = _nets()
+    stage = GleaDStage(g, d, {"l1": 1, "adv": 1, "r1": 10, "lead": 1}, r1_every=1,
+                       optimizer=lambda p: torch.optim.Adam(p, 1e-3), iterations=1)
+    batch = {"input": torch.randn(2, 8, 16, 16), "target": torch.rand(2, 3, 64, 64) * 2 - 1}
+    with_r1 = stage.discriminator_loss(batch, g(batch["input"]).detach())
+    stage.w["r1"] = 0
+    without = stage.discriminator_loss(batch, g(batch["input"]).detach())
+    assert with_r1 > without
+    terms = stage.generator_losses(batch, g(batch["input"]))
+    assert set(terms) == {"l1", "adv", "total"}
+
+
+def test_glead_demo_runs_and_its_checkpoint_loads_strictly(tmp_path):
+    over = [*experiment_overrides(None, tmp_path, extra=["attack=glead_demo"]), "attack.steps.glead=2",
+            "model.generator.encoder=[4,4,8]", "model.generator.synthesis=[8,8,4,4]", "model.generator.w_dim=8",
+            "model.discriminator.widths=[4,4,8,8,8]", "metrics.metrics=[mse,psnr,ssim]"]
+    metrics = run(compose_cfg(over))
+    assert isinstance(metrics["test/psnr"], float)
+    ckpt = tmp_path / "run" / "checkpoints" / "glead.ckpt"
+    again = run(compose_cfg([*over, f"paths.output_dir={tmp_path / 'again'}", "attack.test_only=true",
+                             f"attack.checkpoints.glead={ckpt}"]))
+    assert again["test/psnr"] == pytest.approx(metrics["test/psnr"])  # noise only in training
+    with pytest.raises(Exception, match="does not fit GleaDStage"):
+        run(compose_cfg([*over, f"paths.output_dir={tmp_path / 'other'}", "attack.test_only=true",
+                         f"attack.checkpoints.glead={ckpt}", "model.generator.w_dim=16"]))
+
+
+def test_the_paper_generator_is_sized_to_table_ii():
+    cfg = compose_cfg(["+experiment=glead_celebahq"])
+    g = cfg.model.generator
+    with torch.device("meta"):
+        net = GleaDGenerator(128, list(g.encoder), list(g.synthesis), int(g.w_dim))
+    assert count_parameters(net) == pytest.approx(147e6, rel=0.01)
+
+
+def test_a_map_the_generator_cannot_scale_is_refused(tmp_path):
+    cfg = compose_cfg([*experiment_overrides(None, tmp_path, extra=["attack=glead_demo"]), "threat.compress=false"])
+    with pytest.raises(Exception, match="change model.generator"):
+        run(cfg)
