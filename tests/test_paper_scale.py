@@ -5,7 +5,8 @@ with both stages, and the AVIH face setting (IR-18 service and IR-101 evaluation
 published checkpoint formats with random weights, 112x112 faces from a .bin, CelebA-style
 auxiliary folder, U-Net keys, the DR attacker), and the AVIH re-identification setting (TransReID
 ViT-B/16 service and evaluation models with SIE and JPM, official checkpoint layout, 256x128
-persons from a Market-1501 tree, an LPW-style folder)."""
+persons from a Market-1501 tree, an LPW-style folder), and the SIFT baselines SLI (the official
+networks), GleaD and EVDVAE (sized to the CFGAN paper's Table II) at 256 px."""
 
 from __future__ import annotations
 
@@ -69,6 +70,24 @@ def test_sli_official_networks_at_256px_both_stages(tmp_path):
     assert _params(lbp, "net.") * 1e6 == pytest.approx(39_279_105) and _params(image, "net.") * 1e6 == pytest.approx(54_538_627)
     assert _params(image, "lbp_net.") == _params(lbp, "net.")  # the trained LBP generator, frozen
     assert _params(image, "discriminator.") * 1e6 == pytest.approx(2_764_737)
+
+
+@pytest.mark.parametrize("name,stage,params_m", [("glead_celebahq", "glead", 147.8), ("evdvae_celebahq", "evdvae", 201.6)])
+def test_sift_conditioned_baselines_at_their_paper_sizes(name, stage, params_m, tmp_path):
+    """GleaD (147.8M generator) and EVDVAE (201.6M) at 256 px on the compressed map, one step,
+    evaluated, their checkpoint holding the paper-size networks."""
+    data = tmp_path / "data"
+    make_image_folder(data / "celebahq", n=5, size=260)
+    cfg = compose_cfg([f"+experiment={name}", *base_overrides(tmp_path, data), f"attack.steps.{stage}=1",
+                       "data.batch_size=1", "data.eval_batch_size=1", "data.num_workers=0", "data.val=0",
+                       "data.test=1", "metrics.metrics=[mse,psnr,ssim]", "++loss.per=0"])
+    assert cfg.data.image_size == 256
+    metrics = run(cfg)
+    assert isinstance(metrics["test/psnr"], float)
+    state = torch.load(tmp_path / "run" / "checkpoints" / f"{stage}.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    prefix = "generator." if stage == "glead" else "vae."
+    assert _params(state, prefix) == pytest.approx(params_m, abs=0.05)
 
 
 def test_avih_face_setting_at_112px(tmp_path):

@@ -86,16 +86,72 @@ def _detector(contrast_threshold: float) -> cv2.SIFT:
     return det
 
 
-def extract(image: np.ndarray, contrast_threshold: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    """Run OpenCV SIFT on an RGB image, as given (no resize).
+#: the SIFT implementations a threat can share (``threat.features``)
+FEATURES = ("opencv", "colmap")
 
-    The image is converted with ``cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)`` and passed to
+
+def _colmap_extractor(options: str):
+    """A pycolmap CPU SIFT extractor with COLMAP's default extraction options updated by
+    ``options`` (JSON of ``FeatureExtractionOptions`` fields, nested ``sift`` as a dict), created
+    once per process and thread."""
+    import pycolmap
+
+    pid = os.getpid()
+    cache = getattr(_local, "colmap", None)
+    if cache is None or getattr(_local, "colmap_pid", None) != pid:
+        cache = _local.colmap = {}
+        _local.colmap_pid = pid
+    ex = cache.get(options)
+    if ex is None:
+        opts = pycolmap.FeatureExtractionOptions()
+        if options != "{}":
+            opts.mergedict(json.loads(options))
+        ex = cache[options] = pycolmap.FeatureExtractor.create(opts, device=pycolmap.Device.cpu)
+    return ex
+
+
+def colmap_options_key(options: dict | None) -> str:
+    """``threat.colmap`` (COLMAP extraction options overrides) as sorted JSON: hashable."""
+    return json.dumps(dict(options or {}), sort_keys=True)
+
+
+def extract_colmap(image: np.ndarray, options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """COLMAP's SIFT (pycolmap, CPU) on an RGB image, as given: what a structure-from-motion or
+    localisation system stores in its database. The grey image is OpenCV's ``RGB2GRAY``;
+    ``FeatureExtractor.create(FeatureExtractionOptions(), device=cpu).extract_from_uint8_array``
+    with COLMAP's defaults (updated by ``options``: ``FeatureExtractionOptions`` fields, e.g.
+    ``{"sift": {"max_num_features": 4096}}``). COLMAP puts the centre of the top-left pixel at
+    (0.5, 0.5), OpenCV at (0, 0): 0.5 is subtracted so that the coordinates follow OpenCV's, as
+    :func:`build_maps` places them. Returns ``(xy, desc)`` as :func:`extract` (COLMAP's uint8
+    descriptors as stored)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"extract expects a uint8 (H, W, 3) RGB image, got {image.dtype} {tuple(image.shape)}")
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    keypoints, descriptors = _colmap_extractor(colmap_options_key(options)).extract_from_uint8_array(grey)
+    if len(keypoints) == 0:
+        return np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8)
+    xy = np.asarray([(k.x, k.y) for k in keypoints], dtype=np.float32).reshape(-1, 2) - 0.5
+    desc = np.asarray(descriptors.data)
+    if desc.dtype != np.uint8:  # float descriptors (other options): COLMAP's own uint8 conversion
+        desc = np.clip(np.rint(desc * 512), 0, 255).astype(np.uint8)
+    return xy, np.array(desc.reshape(-1, DESC_DIM), dtype=np.uint8)  # a writable copy
+
+
+def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str = "opencv",
+            colmap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run SIFT on an RGB image, as given (no resize): OpenCV's (``features="opencv"``, the CFGAN
+    paper's) or COLMAP's (``"colmap"``, :func:`extract_colmap` with the ``colmap`` options).
+
+    OpenCV: the image is converted with ``cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)`` and passed to
     ``cv2.SIFT_create(contrastThreshold=contrast_threshold).detectAndCompute(grey, None)``
     (other parameters default).
 
     Args:
         image: uint8 ``(H, W, 3)`` RGB in ``[0, 255]``.
-        contrast_threshold: SIFT contrast threshold (CFGAN: 0.03).
+        contrast_threshold: OpenCV SIFT contrast threshold (CFGAN: 0.03).
+        features: ``"opencv"`` or ``"colmap"``.
+        colmap: COLMAP extraction options overrides (``features="colmap"``).
 
     Returns:
         ``(xy, desc)``: ``xy`` float32 ``(N, 2)``, OpenCV keypoint coordinates ``(x, y)`` in
@@ -103,6 +159,10 @@ def extract(image: np.ndarray, contrast_threshold: float = 0.03) -> tuple[np.nda
         ``(N, 128)`` in ``[0, 255]`` (OpenCV's float descriptors, rounded and clipped).
         ``N`` may be 0: shapes ``(0, 2)`` and ``(0, 128)``.
     """
+    if features == "colmap":
+        return extract_colmap(image, colmap)
+    if features != "opencv":
+        raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
@@ -415,19 +475,35 @@ class SiftCache:
 
     Args:
         root: cache root folder (created on demand).
-        contrast_threshold: SIFT contrast threshold passed to :func:`extract`.
+        contrast_threshold: SIFT contrast threshold passed to :func:`extract` (OpenCV).
+        features: ``"opencv"`` or ``"colmap"`` (:func:`extract`); COLMAP's entries live in their own
+            folder (``sift-colmap-<hash>``), keyed by the pycolmap version and ``colmap`` options.
+        colmap: COLMAP extraction options overrides.
     """
 
-    def __init__(self, root: str | os.PathLike, contrast_threshold: float = 0.03) -> None:
+    def __init__(self, root: str | os.PathLike, contrast_threshold: float = 0.03, features: str = "opencv",
+                 colmap: dict | None = None) -> None:
+        if features not in FEATURES:
+            raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
         self.root = Path(os.path.expanduser(str(root)))
         self.contrast_threshold = float(contrast_threshold)
-        self.settings = {
-            "contrast_threshold": repr(self.contrast_threshold),
-            "opencv": cv2.__version__,
-            "format": CACHE_FORMAT_VERSION,
-        }
+        self.features, self.colmap = str(features), dict(colmap or {})
+        if self.features == "opencv":  # (the keys of caches made before COLMAP features, unchanged)
+            self.settings = {
+                "contrast_threshold": repr(self.contrast_threshold),
+                "opencv": cv2.__version__,
+                "format": CACHE_FORMAT_VERSION,
+            }
+            name = f"sift-ct{self.contrast_threshold:g}"
+        else:
+            import pycolmap
+
+            self.settings = {"features": "colmap", "pycolmap": pycolmap.__version__, "opencv_grey": cv2.__version__,
+                             "colmap": json.loads(json.dumps(self.colmap, sort_keys=True, default=str)),
+                             "format": CACHE_FORMAT_VERSION}
+            name = "sift-colmap"
         digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
-        self.dir = self.root / f"sift-ct{self.contrast_threshold:g}-{digest[:12]}"
+        self.dir = self.root / f"{name}-{digest[:12]}"
         self._dir_ready = False
 
     # -- keys and paths ------------------------------------------------------------------
@@ -472,8 +548,12 @@ class SiftCache:
             atomic_write_bytes(info, json.dumps(self.settings, indent=2).encode())
         self._dir_ready = True
 
+    def extract(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`extract` with this cache's settings (not cached)."""
+        return extract(image, self.contrast_threshold, self.features, self.colmap)
+
     def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        xy, desc = extract(image, self.contrast_threshold)
+        xy, desc = self.extract(image)
         self._ensure_dir()
         atomic_write_bytes(path, _encode_entry(xy, desc), durable=False)
         return xy, desc

@@ -40,7 +40,7 @@ from reconattack.data.sampling import (
     loader_generator,
     trainer_rank_and_world,
 )
-from reconattack.data.sift import SiftCache, build_maps, extract
+from reconattack.data.sift import SiftCache, build_maps
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
 from reconattack.utils.distributed import per_process_batch
@@ -140,7 +140,7 @@ class SiftImageDataset(Dataset):
                   if self.shift else (0, 0))
         if dy or dx:
             img = _translate(img, dy, dx)
-            xy, desc = extract(img, self.cache.contrast_threshold)
+            xy, desc = self.cache.extract(img)
         else:
             xy, desc = self.cache.get(img)
         item = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
@@ -207,6 +207,9 @@ class SiftDataModule(pl.LightningDataModule):
             after the shift). Not in the paper (default 0).
         name: the dataset's short name (``celebahq``, ``lsun_bird``); read by reports (the
             columns of CFGAN Table I), not here.
+        features: the SIFT implementation (threat setting): ``opencv`` (the paper's) or ``colmap``
+            (COLMAP's, through pycolmap: what SfM / localisation systems store); ``colmap``: its
+            extraction options overrides.
         placement: where a keypoint whose pixel is taken goes (threat setting):
             :data:`~reconattack.data.sift.PLACEMENTS` (``first``: dropped, CFGAN; ``sli``: to a
             free neighbour, SLI).
@@ -219,7 +222,8 @@ class SiftDataModule(pl.LightningDataModule):
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
                  hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None,
-                 placement: str = "first", positions_only: bool = False):
+                 placement: str = "first", positions_only: bool = False, features: str = "opencv",
+                 colmap: dict | None = None):
         super().__init__()
         self.placement, self.positions_only = str(placement), bool(positions_only)
         self.name = name
@@ -229,7 +233,8 @@ class SiftDataModule(pl.LightningDataModule):
         self.contrast_threshold = contrast_threshold
         self.val, self.test, self.max_images = val, test, max_images
         self.split_file, self.run_dir = split_file, Path(run_dir) if run_dir else None
-        self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold)
+        self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold, features=features,
+                               colmap=dict(colmap or {}))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.hflip, self.shift = num_workers, hflip, int(shift)

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from reconattack.data.images import DataNotFoundError
-from reconattack.data.sift import DESC_DIM, PLACEMENTS
+from reconattack.data.sift import DESC_DIM, FEATURES, PLACEMENTS
 from reconattack.data.sift_data import SiftDataModule
 from reconattack.errors import ConfigError
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
-from reconattack.utils.config import build
+from reconattack.utils.config import build, plain
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class SiftThreat(ThreatModel):
             neighbour (``sli``, SLI's map; :func:`reconattack.data.sift.build_maps`).
         positions_only: the system shares where its keypoints are, not their descriptors: a
             1-channel occupancy map (SLI-B).
+        features: whose SIFT the system shares: ``opencv`` (the CFGAN paper's) or ``colmap``
+            (COLMAP's, what structure-from-motion and localisation databases hold); ``colmap``:
+            COLMAP extraction options overrides (default: COLMAP's defaults).
     """
 
     provides = frozenset({"sift_map", "paired_images"})
@@ -86,12 +89,16 @@ class SiftThreat(ThreatModel):
 
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
-                 positions_only: bool = False, **base: Any) -> None:
+                 positions_only: bool = False, features: str = "opencv", colmap: Any = None,
+                 **base: Any) -> None:
         super().__init__(data, seed=seed, **base)
         if placement not in PLACEMENTS:
             raise ConfigError(f"threat.placement must be one of {PLACEMENTS}, got {placement!r}")
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
         self.placement, self.positions_only = str(placement), bool(positions_only)
+        if features not in FEATURES:
+            raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
+        self.features, self.colmap = str(features), plain(colmap) or {}
         self.channels = 1 if self.positions_only else DESC_DIM
         self.cache_dir = str(cache_dir)
         self.image_size = int(data.image_size)
@@ -99,7 +106,8 @@ class SiftThreat(ThreatModel):
         self.dm: SiftDataModule = build(data, _recursive_=False, compress=self.compress,
                                         contrast_threshold=self.contrast_threshold,
                                         cache_dir=self.cache_dir, map_seed=self.seed,
-                                        placement=self.placement, positions_only=self.positions_only)
+                                        placement=self.placement, positions_only=self.positions_only,
+                                        features=self.features, colmap=self.colmap)
         self.mean_image: torch.Tensor | None = None
 
     def missing_inputs(self) -> list[str]:

@@ -99,3 +99,22 @@ def test_paper_reid_settings():
     assert m.threat.evaluation.checkpoint.endswith("market1501_deit_transreid_stride/transformer_120.pth")
     assert m.data.auxiliary.path.endswith("lpw") and not m.data.auxiliary.crop
     assert list(m.metrics.ranks) == [1, 5]
+
+
+@pytest.mark.slow
+def test_retrieval_under_ddp_gathers_the_whole_gallery(data_dir, tmp_path):
+    """Two CPU processes: each evaluates half of the held-out gallery; the rows that do not depend
+    on the training (Original, Protected, Key model, Random) score exactly as in one process."""
+    import json
+
+    over = [o for o in experiment_overrides("avih_attack_market1501", tmp_path, data_dir)
+            if not o.startswith(("paths.output_dir", "trainer="))] + ["attack.steps.attack=2"]
+    single = run(compose_cfg([*over, f"paths.output_dir={tmp_path / 'one'}", "trainer=cpu"]))
+    res = subprocess.run([sys.executable, "-m", "reconattack.run", "trainer=ddp_cpu", *over,
+                          f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    for row in ("original", "protected", "key_model", "random"):
+        assert ddp[f"{row}/reid_gallery"] == 10
+        for m in ("rank1", "rank5", "map"):
+            assert ddp[f"{row}/{m}"] == pytest.approx(single[f"{row}/{m}"]), (row, m)
