@@ -11,10 +11,10 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "reconattack"
 #: what the package root may hold: the commands (``python -m reconattack.<name>``), errors, __init__
-COMMANDS = {"run", "profile", "report"}
+COMMANDS = {"run", "profile", "report", "invert"}
 ROOT_MODULES = {"__init__", "errors"}
 #: top-level parts from the top floor down; a part imports only parts below it (and itself)
-FLOORS = [{"run", "profile", "report"}, {"engine"}, {"threats"}, {"attacks"}, {"data", "metrics"},
+FLOORS = [{"run", "profile", "report", "invert"}, {"engine"}, {"threats"}, {"attacks"}, {"data", "metrics"},
           {"models", "losses"}, {"utils"}, {"errors"}]
 
 

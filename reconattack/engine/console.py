@@ -438,3 +438,19 @@ def pytest_filters() -> list[str]:
             raise ValueError(f"a warning regex for pytest cannot hold a colon: {pattern!r}")
         lines.append(f"ignore:{pattern}:{category.__module__}.{category.__qualname__}")
     return lines
+
+
+def iter_progress(items, total: int, desc: str, every_percent: float = 10.0):
+    """``items`` with their progress shown: a bar in a terminal, else a log line every
+    ``every_percent`` (SLURM logs), as the training stages show theirs."""
+    if is_terminal():
+        from rich.progress import track
+
+        yield from track(items, total=total, description=desc)
+        return
+    step = max(1, int(total * every_percent / 100))
+    logger = logging.getLogger("reconattack.progress")
+    for i, item in enumerate(items, start=1):
+        yield item
+        if i % step == 0 or i == total:
+            logger.info("%s %d/%d (%d%%)", desc, i, total, round(100 * i / max(total, 1)))

@@ -1,0 +1,152 @@
+"""``python -m reconattack.invert``: reconstruct from a COLMAP database (built here with pycolmap
+from images the test makes: several sizes, an image without keypoints) or from OpenCV-style
+``.npz`` files, with a tiny trained run; the files, names, refusals and messages."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reconattack.data.sift import build_maps, extract
+from reconattack.invert import InvertInputError, grid_xy, invert
+from reconattack.run import run
+from tests.helpers import coarse_only, compose_cfg
+
+pycolmap = pytest.importorskip("pycolmap")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CFGAN coarse-only run on COLMAP features, and one on OpenCV's."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for kind in ("colmap", "opencv"):
+        tmp = tmp_path_factory.mktemp(kind)
+        cfg = compose_cfg(coarse_only(tmp, f"threat.features={kind}"))
+        run(cfg)
+        (tmp / "run" / ".hydra").mkdir()
+        OmegaConf.save(cfg, tmp / "run" / ".hydra" / "config.yaml")  # as the command line's run keeps it
+        out[kind] = tmp / "run"
+    return out
+
+
+def _photos(tmp: Path) -> dict[str, np.ndarray]:
+    from skimage import data
+
+    return {"shots/astronaut.jpg": cv2.resize(data.astronaut(), (160, 120)),
+            "shots/coffee.png": cv2.resize(data.coffee(), (90, 140)),
+            "blank.jpg": np.full((50, 70, 3), 128, np.uint8)}  # no keypoints
+
+
+def make_database(path: Path, photos: dict[str, np.ndarray]) -> Path:
+    db = pycolmap.Database.open(str(path))
+    for name, img in photos.items():
+        h, w = img.shape[:2]
+        cam = db.write_camera(pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[w, w / 2, h / 2, 0]))
+        image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam))
+        xy, desc = extract(img, features="colmap")
+        kp = np.zeros((len(xy), 6), np.float32)
+        kp[:, :2] = xy + 0.5  # back to COLMAP's convention, as a database stores them
+        kp[:, 2] = kp[:, 5] = 1
+        db.write_keypoints(image_id, kp)
+        db.write_descriptors(image_id, pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT, desc))
+    db.close()
+    return path
+
+
+def test_grid_mapping_is_that_of_resizing_the_whole_image():
+    """A keypoint at a pixel centre lands where cv2.resize takes that pixel's value from."""
+    xy = np.array([[0.0, 0.0], [159.0, 119.0], [79.5, 59.5]], np.float32)
+    g = grid_xy(xy, (120, 160), 64)
+    np.testing.assert_allclose(g[2], [31.5, 31.5], atol=1e-5)  # the centre stays the centre
+    assert g[0, 0] < 0 < g[1, 0] < 64 and g[1, 1] < 64
+
+
+def test_inverting_a_colmap_database(trained, tmp_path):
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    out = tmp_path / "out"
+    summary = invert(trained["colmap"], out, colmap=db, batch_size=2, device="cpu")
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["blank.png", "invert.json", "shots_astronaut.png", "shots_coffee.png"]
+    saved = json.loads((out / "invert.json").read_text())
+    assert saved == summary and saved["features"] == "colmap" and not saved["forced"]
+    rows = {r["name"]: r for r in saved["images"]}
+    assert rows["shots/coffee.png"]["original_size"] == [140, 90] and rows["blank.jpg"]["keypoints"] == 0
+    assert 0 < rows["shots/astronaut.jpg"]["placed"] <= rows["shots/astronaut.jpg"]["keypoints"]
+    img = cv2.imread(str(out / "shots_astronaut.png"))
+    assert img.shape == (64, 64, 3)  # the model's size
+    only = invert(trained["colmap"], tmp_path / "one", colmap=db, images=["blank.jpg"], device="cpu")
+    assert [r["name"] for r in only["images"]] == ["blank.jpg"]
+
+
+def test_a_database_image_at_the_models_size_gives_trainings_own_map(trained, tmp_path):
+    """Extracted at the model's 64x64, the database's keypoints (COLMAP's convention) are placed
+    exactly where training places COLMAP's keypoints of the same image."""
+    photo = cv2.resize(_photos(tmp_path)["shots/astronaut.jpg"], (64, 64), interpolation=cv2.INTER_LINEAR)
+    db = make_database(tmp_path / "database.db", {"small.png": photo})
+    summary = invert(trained["colmap"], tmp_path / "out", colmap=db, device="cpu")
+    xy, desc = extract(photo, features="colmap")
+    np.testing.assert_allclose(grid_xy(xy, (64, 64), 64), xy, atol=1e-5)
+    training = build_maps([xy], [desc], 64, compress=True)
+    assert summary["images"][0]["placed"] == int((training != 0).any(1).sum()) > 0
+
+
+def test_inverting_npz_files_and_the_placement_matches_training(trained, tmp_path):
+    img = _photos(tmp_path)["shots/astronaut.jpg"]
+    xy, desc = extract(img)
+    np.savez(tmp_path / "astro.npz", keypoints=xy, descriptors=desc, image_size=np.array(img.shape[:2]))
+    summary = invert(trained["opencv"], tmp_path / "out", npz=[tmp_path / "astro.npz"], device="cpu")
+    assert summary["images"][0]["file"] == "astro.png" and summary["features"] == "opencv"
+    maps = build_maps([grid_xy(xy, img.shape[:2], 64)], [desc], 64, compress=True)
+    assert summary["images"][0]["placed"] == int((maps != 0).any(1).sum())
+
+
+def test_features_of_another_kind_are_refused_unless_forced(trained, tmp_path):
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    res = subprocess.run([sys.executable, "-m", "reconattack.invert", str(trained["opencv"]), "--colmap", str(db),
+                          "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "trained on opencv SIFT, the input holds colmap SIFT" in res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    forced = invert(trained["opencv"], tmp_path / "out", colmap=db, force=True, device="cpu")
+    assert forced["forced"] and forced["trained_on"] == "opencv"
+
+
+def _corrupt(db: Path, sql: str, *args) -> Path:
+    con = sqlite3.connect(db)
+    con.execute(sql, args)
+    con.commit()
+    con.close()
+    return db
+
+
+@pytest.mark.parametrize("break_it,message", [
+    (lambda db: _corrupt(db, "UPDATE keypoints SET rows = rows + 1 WHERE image_id = 2"), "shots/coffee.png.*blob"),
+    (lambda db: _corrupt(db, "DELETE FROM cameras WHERE camera_id = 1"), "shots/astronaut.jpg.*camera 1"),
+    (lambda db: db.write_bytes(b"not a database at all" * 10) and db, "not a COLMAP database"),
+])
+def test_bad_databases_end_in_a_message_naming_the_image_and_nothing_is_written(break_it, message, trained, tmp_path):
+    db = break_it(make_database(tmp_path / "database.db", _photos(tmp_path)))
+    out = tmp_path / "out"
+    with pytest.raises(InvertInputError, match=message):
+        invert(trained["colmap"], out, colmap=db, batch_size=1, device="cpu")
+    assert not any(out.iterdir()) if out.exists() else True
+
+
+def test_bad_coordinates_are_refused(trained, tmp_path):
+    xy = np.array([[1.0, np.nan]], np.float32)
+    np.savez(tmp_path / "nan.npz", keypoints=xy, descriptors=np.zeros((1, 128), np.uint8), image_size=np.array([10, 10]))
+    with pytest.raises(InvertInputError, match="nan.*not finite"):
+        invert(trained["opencv"], tmp_path / "o", npz=[tmp_path / "nan.npz"], device="cpu")
+    np.savez(tmp_path / "neg.npz", keypoints=np.array([[-3.0, 1.0]], np.float32),
+             descriptors=np.zeros((1, 128), np.uint8), image_size=np.array([10, 10]))
+    with pytest.raises(InvertInputError, match="neg.*negative"):
+        invert(trained["opencv"], tmp_path / "o", npz=[tmp_path / "neg.npz"], device="cpu")
