@@ -55,7 +55,7 @@ def test_colmap_entries_have_their_own_cache_folder_keyed_by_the_options(tmp_pat
 
 def test_an_attack_trains_on_colmap_features(tmp_path):
     from reconattack.run import run
-    from tests.helpers import compose_cfg, coarse_only
+    from tests.helpers import coarse_only, compose_cfg
 
     metrics = run(compose_cfg([*coarse_only(tmp_path, "threat.features=colmap")]))
     assert isinstance(metrics["test/psnr"], float)
