@@ -43,7 +43,7 @@ DEMO = Scale(
           "100 LFW faces of scikit-image (64x64, 80 train / 20 test; SLI on its own uncompressed map), "
           "one report. It stands in for the CelebA-HQ column only (no second face set or LSUN ships "
           "offline). Measured on two CPU cores, one at a time: CFGAN 5 min 36 s, IVR 1 min 25 s, INV "
-          "3 min 58 s, SLI 3 min 50 s, GleaD 2 min 9 s, EVDVAE about 3 minutes.",
+          "3 min 58 s, SLI 3 min 50 s, GleaD 2 min 9 s; EVDVAE 3 min 51 s with a test run sharing the cores.",
 )
 
 RECIPE = Recipe(
