@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sift.py --threads $$(nproc)
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_lbp.py
+	$(PY) benchmarks/bench_invert.py
 	$(PY) benchmarks/bench_avih.py
 	$(PY) benchmarks/eval_memory.py
 
