@@ -93,10 +93,6 @@ empty for faces)."""
         names = [self.names[i] for i in idx] if self.names else []
         return ImageSet(self.images[idx], self.labels[idx], names, {k: v[idx] for k, v in self.side.items()})
 
-    def side_of(self, i: int) -> dict[str, int]:
-        """Image ``i``'s side information as plain ints (an item's ``"side"``)."""
-        return {k: int(v[i]) for k, v in self.side.items()}
-
 
 def side_item(side: dict[str, np.ndarray] | None, i: int) -> dict:
     """``{"side": {name: int}}`` for item ``i`` of per-image side arrays, or ``{}`` without any."""

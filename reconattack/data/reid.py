@@ -23,12 +23,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reconattack.data.avih import ImageFiles, ImageSet, to_tensor
+from reconattack.data.avih import ArrayImages, ImageFiles, ImageSet, side_item, to_tensor
 from reconattack.data.images import IMAGE_EXTENSIONS, DataNotFoundError
+from reconattack.errors import ConfigError
 
 #: split -> sub-folder, per dataset layout
 LAYOUTS = {
@@ -186,7 +188,7 @@ class QuerySet(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = to_tensor(self.images[i] if self.images is not None else ImageFiles([self.files[i]], self.size)[0])
-        return {"image": image, "label": int(self.ids[i]), "side": {k: int(v[i]) for k, v in self.side.items()}}
+        return {"image": image, "label": int(self.ids[i]), **side_item(self.side, i)}
 
 
 class ReidGallery:
@@ -210,8 +212,6 @@ class ReidGallery:
                 for line in missing(self.root, self.layout)]
 
     def load(self, size: tuple[int, int], n_gallery: int, seed: int) -> RetrievalParts:
-        from reconattack.errors import ConfigError
-
         sets = read_reid(self.root, self.layout)
         gal, qry = sets["gallery"], sets["query"]
         if len(gal) < n_gallery:
@@ -247,8 +247,6 @@ def digit_persons(size: tuple[int, int], identities: int, images_per_identity: i
     """
     from sklearn.datasets import load_digits
 
-    from reconattack.errors import ConfigError
-
     h, w = int(size[0]), int(size[1])
     if h % 2 or h < 4 or w < 2:
         raise ConfigError(f"digit persons need an even height >= 4, got {h}x{w}")
@@ -272,8 +270,6 @@ def digit_persons(size: tuple[int, int], identities: int, images_per_identity: i
     images = np.empty((n, h, w, 3), np.uint8)
     ids = np.repeat(np.arange(1, identities + 1), images_per_identity).astype(np.int64)
     cams = rng.integers(cameras, size=n).astype(np.int64)
-    import cv2
-
     for k in range(n):
         a, b, ca, cb = picked[k // images_per_identity]
         cam = cams[k]
@@ -314,9 +310,6 @@ class DigitPersons:
         return []
 
     def load(self, size: tuple[int, int], n_gallery: int, seed: int) -> RetrievalParts:
-        from reconattack.data.avih import ArrayImages
-        from reconattack.errors import ConfigError
-
         total = self.identities["models"] + self.identities["test"]
         images, ids, cams = digit_persons(size, total, self.per_identity, self.cameras, seed)
         views = np.zeros_like(cams)

@@ -115,6 +115,17 @@ def colmap_options_key(options: dict | None) -> str:
     return json.dumps(dict(options or {}), sort_keys=True)
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """The grey image both extractors read: uint8 (H, W, 3) RGB → ``cv2.COLOR_RGB2GRAY``;
+    ValueError for anything else."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"extract expects a uint8 (H, W, 3) RGB image, got {image.dtype} {tuple(image.shape)}"
+        )
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+
 def extract_colmap(image: np.ndarray, options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """COLMAP's SIFT (pycolmap, CPU) on an RGB image, as given: what a structure-from-motion or
     localisation system stores in its database. The grey image is OpenCV's ``RGB2GRAY``;
@@ -124,10 +135,7 @@ def extract_colmap(image: np.ndarray, options: dict | None = None) -> tuple[np.n
     (0.5, 0.5), OpenCV at (0, 0): 0.5 is subtracted so that the coordinates follow OpenCV's, as
     :func:`build_maps` places them. Returns ``(xy, desc)`` as :func:`extract` (COLMAP's uint8
     descriptors as stored)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"extract expects a uint8 (H, W, 3) RGB image, got {image.dtype} {tuple(image.shape)}")
-    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    grey = _grey(image)
     keypoints, descriptors = _colmap_extractor(colmap_options_key(options)).extract_from_uint8_array(grey)
     if len(keypoints) == 0:
         return np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8)
@@ -163,12 +171,7 @@ def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str =
         return extract_colmap(image, colmap)
     if features != "opencv":
         raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"extract expects a uint8 (H, W, 3) RGB image, got {image.dtype} {tuple(image.shape)}"
-        )
-    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    grey = _grey(image)
     keypoints, desc = _detector(contrast_threshold).detectAndCompute(grey, None)
     if not keypoints or desc is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8)

@@ -56,6 +56,18 @@ def _levels(levels: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
     return out
 
 
+def descend(h: torch.Tensor, blocks: nn.ModuleList, moves: nn.ModuleList, sides: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Down a pyramid: at each level the level's block, its output kept under its side, then a
+    2x average pooling and the 1x1 move to the next level's width."""
+    out = {}
+    for i, block in enumerate(blocks):
+        h = block(h)
+        out[sides[i]] = h
+        if i < len(moves):
+            h = moves[i](F.avg_pool2d(h, 2))
+    return out
+
+
 class BottomUp(nn.Module):
     """The image (B, 3, H, W) → ``{side: activation (B, width, side, side)}`` at every level."""
 
@@ -69,14 +81,7 @@ class BottomUp(nn.Module):
         self.sides = [s for s, _, _ in lv]
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        h = self.stem(x)
-        out = {}
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            out[self.sides[i]] = h
-            if i < len(self.moves):
-                h = self.moves[i](F.avg_pool2d(h, 2))
-        return out
+        return descend(self.stem(x), self.stages, self.moves, self.sides)
 
 
 class ConditionPyramid(nn.Module):
@@ -96,13 +101,7 @@ class ConditionPyramid(nn.Module):
         self.up = nn.ModuleDict({str(s): nn.Conv2d(below[0][1], w, 1) for s, w, _ in levels if s > map_side})
 
     def forward(self, sift: torch.Tensor) -> dict[int, torch.Tensor]:
-        h = self.stem(sift)
-        out = {}
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            out[self.sides[i]] = h
-            if i < len(self.moves):
-                h = self.moves[i](F.avg_pool2d(h, 2))
+        out = descend(self.stem(sift), self.blocks, self.moves, self.sides)
         finest = out[self.map_side]
         for side, proj in self.up.items():
             out[int(side)] = proj(F.interpolate(finest, size=int(side), mode="nearest"))

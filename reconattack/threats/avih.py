@@ -180,8 +180,12 @@ class AVIHEvaluation(ThreatEvaluation):
         return {"original": batch["target"], "protected": batch["input"],
                 "key_model": batch["key_recovered"], "random": batch["random"]}
 
+    def saved(self, rows: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every row's images as written to image files and read back (``saved_as``)."""
+        return {name: as_saved(images, self.saved_format, self.saved_quality) for name, images in rows.items()}
+
     def groups(self, batch: dict, rows: Mapping[str, torch.Tensor]) -> dict[str, dict]:
-        rows = {name: as_saved(images, self.saved_format, self.saved_quality) for name, images in rows.items()}
+        rows = self.saved(rows)
         groups = super().groups(batch, rows)
         valid = batch["pair_valid"]
         if not valid.any():

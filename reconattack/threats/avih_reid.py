@@ -39,17 +39,16 @@ from torch.utils.data import DataLoader
 
 from reconattack.data.reid import QuerySet, RetrievalParts
 from reconattack.errors import ConfigError
-from reconattack.metrics.functional import as_saved
 from reconattack.models.reid import make_reid_model
-from reconattack.threats.avih import AVIHThreat
-from reconattack.threats.base import Reconstruct, ThreatEvaluation
+from reconattack.threats.avih import AVIHEvaluation, AVIHThreat
+from reconattack.threats.base import ThreatEvaluation
 from reconattack.utils.config import build, factory
 
 log = logging.getLogger(__name__)
 
 
-class ReidEvaluation(ThreatEvaluation):
-    """The re-identification rows: controls from the batch; per row, the gallery side of the
+class ReidEvaluation(AVIHEvaluation):
+    """The re-identification rows: the face threat's controls and saved images; per row, the gallery side of the
     retrieval (the evaluation model's features of that row's images, with the images' identities
     and cameras) against the original queries; the service model's retrieval with the original and
     the encrypted gallery (``service/original/``, ``service/protected/``).
@@ -62,19 +61,11 @@ class ReidEvaluation(ThreatEvaluation):
         saved_format, saved_quality: as :class:`~reconattack.threats.avih.AVIHEvaluation`.
     """
 
-    SERVICE_ROWS = ("original", "protected")
-
     def __init__(self, evaluation: nn.Module, service: nn.Module | None, queries: QuerySet,
                  batch_size: int = 64, saved_format: str | None = None, saved_quality: int = 95) -> None:
-        super().__init__()
-        self.evaluation, self.service = evaluation, service
+        super().__init__(evaluation, service, saved_format, saved_quality)
         self.queries, self.batch_size = queries, int(batch_size)
-        self.saved_format, self.saved_quality = saved_format, int(saved_quality)
         self._query_features: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def controls(self, batch: dict, reconstruct: Reconstruct | None) -> dict[str, torch.Tensor]:
-        return {"original": batch["target"], "protected": batch["input"],
-                "key_model": batch["key_recovered"], "random": batch["random"]}
 
     @torch.no_grad()
     def query_features(self, role: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,8 +82,8 @@ class ReidEvaluation(ThreatEvaluation):
         return self._query_features[role]
 
     def groups(self, batch: dict, rows: Mapping[str, torch.Tensor]) -> dict[str, dict]:
-        rows = {name: as_saved(images, self.saved_format, self.saved_quality) for name, images in rows.items()}
-        groups = super().groups(batch, rows)
+        rows = self.saved(rows)
+        groups = ThreatEvaluation.groups(self, batch, rows)  # pixel metrics; retrieval, not pairs
         side = batch["side"]
         device = batch["target"].device
         gallery = {"ids": batch["label"], "cams": side["cams"], "index": batch["index"]}

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from reconattack.data.images import DataNotFoundError
-from reconattack.data.sift import DESC_DIM, FEATURES, PLACEMENTS
+from reconattack.data.sift import DESC_DIM, PLACEMENTS
 from reconattack.data.sift_data import SiftDataModule
 from reconattack.errors import ConfigError
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
@@ -96,8 +96,6 @@ class SiftThreat(ThreatModel):
             raise ConfigError(f"threat.placement must be one of {PLACEMENTS}, got {placement!r}")
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
         self.placement, self.positions_only = str(placement), bool(positions_only)
-        if features not in FEATURES:
-            raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
         self.features, self.colmap = str(features), plain(colmap) or {}
         self.channels = 1 if self.positions_only else DESC_DIM
         self.cache_dir = str(cache_dir)
