@@ -97,7 +97,8 @@ def colmap_images(path: Path, names: list[str] | None = None) -> tuple[int, Iter
         unknown = [n for n in names if n not in known]
         if unknown:
             raise InvertInputError(f"{path}: no image named {unknown} (it has {len(rows)} images)")
-        rows = [r for r in rows if r[1] in set(names)]
+        wanted = set(names)
+        rows = [r for r in rows if r[1] in wanted]
     cameras = {r[0]: (int(r[2]), int(r[1])) for r in con.execute("SELECT camera_id, width, height FROM cameras")}
 
     def read() -> Iterator[Features]:

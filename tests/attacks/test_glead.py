@@ -97,3 +97,12 @@ def test_a_map_the_generator_cannot_scale_is_refused(tmp_path):
     cfg = compose_cfg([*experiment_overrides(None, tmp_path, extra=["attack=glead_demo"]), "threat.compress=false"])
     with pytest.raises(Exception, match="change model.generator"):
         run(cfg)
+
+
+def test_a_perceptual_loss_without_vgg19_weights_is_refused_not_faked(tmp_path):
+    from reconattack.utils.weights import MissingWeightsError
+
+    cfg = compose_cfg([*experiment_overrides(None, tmp_path, extra=["attack=glead_demo"]), "loss.per=1",
+                       f"loss.perceptual.weights_path={tmp_path / 'vgg19.pth'}"])
+    with pytest.raises(MissingWeightsError, match="refusing to train with random ones"):
+        run(cfg)

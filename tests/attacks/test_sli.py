@@ -107,3 +107,13 @@ def test_settings_sli_cannot_take_are_refused(extra, match, tmp_path):
     cfg = compose_cfg([*experiment_overrides(None, tmp_path, extra=["attack=sli_demo"]), *extra])
     with pytest.raises(Exception, match=match):
         run(cfg)
+
+
+def test_perceptual_losses_without_vgg19_weights_are_refused_not_faked(tmp_path):
+    from reconattack.utils.weights import MissingWeightsError
+
+    cfg = compose_cfg([*experiment_overrides(None, tmp_path, extra=["attack=sli_demo"]), "loss.image.per=1",
+                       f"loss.vgg.weights_path={tmp_path / 'vgg19.pth'}"])
+    with pytest.raises(MissingWeightsError, match="refusing to train with random ones"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
