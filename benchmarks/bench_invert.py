@@ -72,9 +72,9 @@ def make_database(path: Path, n: int) -> None:
 
 
 def main() -> None:
-    from reconattack.data.sift import build_maps
+    from reconattack.data.sift import build_maps, grid_xy
     from reconattack.engine.console import quiet
-    from reconattack.invert import colmap_images, grid_xy, invert
+    from reconattack.invert import colmap_images, invert
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=48)

@@ -189,16 +189,6 @@ def load_run(run_dir: Path, device: torch.device):
     return cfg, threat, module, ckpt
 
 
-def grid_xy(xy: np.ndarray, size: tuple[int, int], side: int) -> np.ndarray:
-    """Keypoints (OpenCV's pixel convention) of an image of ``size`` = (H, W) on the model's
-    ``side`` x ``side`` grid, as ``cv2.resize`` of the whole image maps pixel centres."""
-    h, w = size
-    out = np.empty_like(xy, dtype=np.float32)
-    out[:, 0] = (xy[:, 0] + 0.5) * side / w - 0.5
-    out[:, 1] = (xy[:, 1] + 0.5) * side / h - 0.5
-    return out
-
-
 def safe_filename(name: str, taken: set[str]) -> str:
     """An image name as a PNG file name: path separators and odd characters as ``_``, unique."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
@@ -217,7 +207,7 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
     content."""
     import cv2
 
-    from reconattack.data.sift import build_maps
+    from reconattack.data.sift import build_maps, grid_xy
     from reconattack.engine.console import iter_progress
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

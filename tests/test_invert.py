@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from reconattack.data.sift import build_maps, extract
-from reconattack.invert import InvertInputError, grid_xy, invert
+from reconattack.data.sift import build_maps, extract, grid_xy
+from reconattack.invert import InvertInputError, invert
 from reconattack.run import run
 from tests.helpers import coarse_only, compose_cfg
 

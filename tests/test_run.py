@@ -366,12 +366,15 @@ def test_cli_multirun_sweep(tmp_path):
     for job in ("0", "1"):
         m = json.loads((tmp_path / job / "metrics.json").read_text())
         assert isinstance(m["test/psnr"], float)
+        # the stored-features rows of conf/threat/sift.yaml (issue 21): COLMAP's SIFT, the images' own size
+        assert all(isinstance(m[f"stored/{row}/psnr"], float) for row in ("colmap", "native", "colmap_native"))
     from reconattack.report import write_reports
 
     written = write_reports(tmp_path)
     table = (tmp_path / "report.md").read_text()
     assert "test/psnr" in table and "±" in table and "| 2 |" in table  # 2 seeds, one row
     assert "## Paper layout" in table and "| CFGAN | " in table and "| mean training image |" in table
+    assert "| COLMAP SIFT, extracted at the test images' own size (a real database) (CFGAN) |" in table
     assert "psnr ↑" in table
     assert not any(p.suffix == ".png" for p in written)  # only the seed varies: nothing to plot
 
@@ -396,6 +399,7 @@ def test_cli_ddp_cpu_two_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert isinstance(m["test/psnr"], float) and isinstance(m["baseline/shuffled_sift/psnr"], float)
+    assert isinstance(m["stored/colmap_native/psnr"], float)
 
 
 def test_slurm_launcher_preset_composes():

@@ -55,6 +55,7 @@ __all__ = [
     "SiftCache",
     "build_maps",
     "extract",
+    "grid_xy",
     "to_map",
 ]
 
@@ -391,6 +392,16 @@ def build_maps(
     flat_index = torch.arange(DESC_DIM, device=device).mul_(plane).unsqueeze(1) + base  # (128, K)
     values = desc[sel].t().contiguous().to(torch.float32).div_(127.5).sub_(1.0)  # (128, K)
     out.view(-1).index_put_((flat_index.view(-1),), values.view(-1))
+    return out
+
+
+def grid_xy(xy: np.ndarray, size: tuple[int, int], side: int) -> np.ndarray:
+    """Keypoints (OpenCV's pixel convention) of an image of ``size`` = (H, W) on the model's
+    ``side`` x ``side`` grid, as ``cv2.resize`` of the whole image maps pixel centres."""
+    h, w = size
+    out = np.empty_like(xy, dtype=np.float32)
+    out[:, 0] = (xy[:, 0] + 0.5) * side / w - 0.5
+    out[:, 1] = (xy[:, 1] + 0.5) * side / h - 0.5
     return out
 
 

@@ -9,7 +9,10 @@ DataModule's ``on_after_batch_transfer``. Batches on the device are what an atta
 - ``"input"``: (B, 128, S, S) SIFT descriptor maps in [-1, 1] (0 = no keypoint);
 - ``"target"``: (B, 3, H, H) RGB images in [-1, 1];
 - at evaluation also ``"shuffled_input"``: the map of the previous test image (cyclically), the
-  input of the shuffled-SIFT control.
+  input of the shuffled-SIFT control;
+- in test batches with ``threat.stored`` also ``"stored"``: ``{name: (B, 128, S, S)}``, the same
+  images' maps as another system stores their SIFT (another extractor, another resolution),
+  keypoints mapped onto the model's grid (:class:`StoredVariant`).
 
 Image sources are named in the config with ``_target_`` (:class:`~reconattack.data.images.
 ImageFolderSource`, :class:`~reconattack.data.images.LMDBSource`, :func:`~reconattack.data.
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,7 @@ from reconattack.data.sampling import (
     loader_generator,
     trainer_rank_and_world,
 )
-from reconattack.data.sift import SiftCache, build_maps
+from reconattack.data.sift import FEATURES, SiftCache, build_maps, grid_xy
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
 from reconattack.utils.distributed import per_process_batch
@@ -84,6 +88,55 @@ def make_split(names: Sequence[str], val: float, test: float, seed: int,
             "test": picked[n_train + n_val:]}
 
 
+#: where a stored-features row extracts the test image: at the model's size, at the size its
+#: source stores it, or at a factor of the model's size (:func:`stored_variants`)
+STORED_SIZES = ("model", "native")
+
+
+@dataclass(frozen=True)
+class StoredVariant:
+    """One way another system may have stored the held-out images' SIFT (``threat.stored``):
+    ``features`` (``opencv`` | ``colmap``) extracted from the image at ``size`` (``"model"``: the
+    model's ``data.image_size``; ``"native"``: as its source stores it; a float: that factor of
+    the model's size, the source image resized to it), then mapped onto the model's grid."""
+
+    name: str
+    features: str
+    size: str | float
+
+    def describe(self) -> str:
+        size = self.size if isinstance(self.size, str) else f"{self.size:g}x the model's size"
+        return f"{self.features} SIFT at {size}"
+
+
+def stored_variants(spec: Any, own_features: str) -> list[StoredVariant]:
+    """``threat.stored`` (``{row name: {features: opencv | colmap | null, size: model | native |
+    factor}}``, ``features: null`` = the threat's own) as variants, in order. A variant that is
+    the training features themselves (own features at the model's size), or repeats an earlier one,
+    is left out with a log line: its row would be ``test`` or that one again."""
+    out: list[StoredVariant] = []
+    seen = {(own_features, "model"): "test"}
+    for name, v in dict(spec or {}).items():
+        v = dict(v or {})
+        unknown = set(v) - {"features", "size"}
+        if unknown:
+            raise ConfigError(f"threat.stored.{name}: unknown key(s) {sorted(unknown)}; expected features, size")
+        features = str(v.get("features") or own_features)
+        if features not in FEATURES:
+            raise ConfigError(f"threat.stored.{name}.features must be one of {FEATURES} or null, got {features!r}")
+        size = v.get("size", "model")
+        if not (size in STORED_SIZES or (isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0)):
+            raise ConfigError(f"threat.stored.{name}.size must be model, native or a positive factor of "
+                              f"data.image_size, got {size!r}")
+        size = "model" if size == 1 else size if isinstance(size, str) else float(size)
+        if (features, size) in seen:
+            log.info("threat.stored.%s is the same extraction as %r; left out", name, seen[features, size])
+            continue
+        seen[features, size] = str(name)
+        out.append(StoredVariant(str(name), features, size))
+    return out
+
+
 _SCAN: dict = {}
 
 
@@ -116,13 +169,18 @@ class SiftImageDataset(Dataset):
     (borders replicated), *before* SIFT extraction, so keypoints always belong to the image that
     is shown (flips are cached; shifted images are extracted afresh, not cached). With ``neighbour`` the item also carries the
     keypoints of item ``k - 1`` (cyclically) as ``"other_xy"`` / ``"other_desc"`` (the
-    shuffled-SIFT control; independent of batching and of the process split).
+    shuffled-SIFT control; independent of batching and of the process split). With ``stored``
+    (``[(variant, its cache)]``, :func:`stored_variants`) the item also carries ``"stored"``:
+    ``{name: (xy, desc)}``, the image's SIFT as that variant extracts it, ``xy`` mapped onto the
+    ``image_size`` grid (:func:`~reconattack.data.sift.grid_xy`, as ``invert`` maps a database's).
     """
 
     def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache,
-                 hflip: bool = False, neighbour: bool = False, shift: int = 0):
+                 hflip: bool = False, neighbour: bool = False, shift: int = 0,
+                 stored: Sequence[tuple[StoredVariant, SiftCache]] = ()):
         self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
         self.hflip, self.neighbour, self.shift = hflip, neighbour, int(shift)
+        self.stored = list(stored)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -133,7 +191,8 @@ class SiftImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         k, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        img = resize(self.source.load(self.indices[k]), self.image_size)
+        raw = self.source.load(self.indices[k])
+        img = resize(raw, self.image_size)
         if self.hflip and torch.rand((), generator=gen) < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
         dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,), generator=gen).tolist()
@@ -150,7 +209,24 @@ class SiftImageDataset(Dataset):
         if self.neighbour:
             oxy, odesc = self._keypoints((k - 1) % len(self))
             item.update(other_xy=torch.from_numpy(oxy), other_desc=torch.from_numpy(odesc))
+        if self.stored:
+            item["stored"] = {v.name: self._stored(v, cache, raw, img) for v, cache in self.stored}
         return item
+
+    def _stored(self, variant: StoredVariant, cache: SiftCache, raw: np.ndarray,
+                img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SIFT of item image ``raw`` (as its source stores it; ``img``: at the model's size)
+        as ``variant`` extracts it, keypoints on the model's grid."""
+        if variant.size == "model":
+            xy, desc = cache.get(img)
+            return torch.from_numpy(xy), torch.from_numpy(desc)
+        if variant.size == "native":
+            image = raw
+        else:
+            side = max(int(round(variant.size * self.image_size)), 1)
+            image = resize(raw, side, source=f"threat.stored.{variant.name}")
+        xy, desc = cache.get(image)
+        return torch.from_numpy(grid_xy(xy, image.shape[:2], self.image_size)), torch.from_numpy(desc)
 
 
 def _translate(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -172,6 +248,9 @@ def collate_sift(items: list[dict]) -> dict:
     if "other_xy" in items[0]:
         out["other_xy"] = [it["other_xy"] for it in items]
         out["other_desc"] = [it["other_desc"] for it in items]
+    if "stored" in items[0]:  # {name: ([xy (N_i, 2)], [desc (N_i, 128)])}
+        out["stored"] = {name: ([it["stored"][name][0] for it in items], [it["stored"][name][1] for it in items])
+                         for name in items[0]["stored"]}
     return out
 
 
@@ -214,6 +293,9 @@ class SiftDataModule(pl.LightningDataModule):
             :data:`~reconattack.data.sift.PLACEMENTS` (``first``: dropped, CFGAN; ``sli``: to a
             free neighbour, SLI).
         positions_only: share keypoint positions only, a 1-channel occupancy map (SLI-B).
+        stored: more test rows: the held-out images' SIFT as other systems store it (another
+            extractor, the photos' own resolution), ``{name: {features, size}}``
+            (:func:`stored_variants`); test batches then carry ``"stored": {name: map}``.
     """
 
     def __init__(self, source: Any, image_size: int = 256, compress: bool = True,
@@ -223,7 +305,7 @@ class SiftDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
                  hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None,
                  placement: str = "first", positions_only: bool = False, features: str = "opencv",
-                 colmap: dict | None = None):
+                 colmap: dict | None = None, stored: dict | None = None):
         super().__init__()
         self.placement, self.positions_only = str(placement), bool(positions_only)
         self.name = name
@@ -235,6 +317,9 @@ class SiftDataModule(pl.LightningDataModule):
         self.split_file, self.run_dir = split_file, Path(run_dir) if run_dir else None
         self.cache = SiftCache(cache_dir, contrast_threshold=contrast_threshold, features=features,
                                colmap=dict(colmap or {}))
+        self.stored = [(v, SiftCache(cache_dir, contrast_threshold=contrast_threshold, features=v.features,
+                                     colmap=dict(colmap or {})))
+                       for v in stored_variants(stored, self.cache.features)]
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.hflip, self.shift = num_workers, hflip, int(shift)
@@ -326,7 +411,9 @@ class SiftDataModule(pl.LightningDataModule):
                                                 self.image_size, self.cache,
                                                 hflip=self.hflip and part == "train",
                                                 shift=self.shift if part == "train" else 0,
-                                                neighbour=part != "train") for part in split}
+                                                neighbour=part != "train",
+                                                stored=self.stored if part == "test" else ())
+                         for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
 
     # -- loaders --------------------------------------------------------------------------
@@ -384,6 +471,9 @@ class SiftDataModule(pl.LightningDataModule):
         if "other_xy" in batch:
             out["shuffled_input"] = build_maps(batch["other_xy"], batch["other_desc"], self.image_size,
                                                self.compress, device=device, **layout)
+        if "stored" in batch:
+            out["stored"] = {name: build_maps(xys, descs, self.image_size, self.compress, device=device, **layout)
+                             for name, (xys, descs) in batch["stored"].items()}
         return out
 
     def mean_train_image(self, limit: int | None = None) -> torch.Tensor | None:
@@ -400,4 +490,5 @@ class SiftDataModule(pl.LightningDataModule):
         return (acc / max(n, 1) / 127.5 - 1).float()
 
 
-__all__ = ["SiftDataModule", "SiftImageDataset", "collate_sift", "make_split", "split_counts"]
+__all__ = ["SiftDataModule", "SiftImageDataset", "StoredVariant", "collate_sift", "make_split", "split_counts",
+           "stored_variants"]

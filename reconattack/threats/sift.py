@@ -15,6 +15,12 @@ Controls:
   map of image i - 1, cyclically): what the attack reconstructs from the category alone.
 
 The attack reads the features when it beats both.
+
+Stored features (``threat.stored``): rows ``stored/<name>/*`` of the trained attack on the same
+held-out images with their SIFT as another system stores it — COLMAP's instead of OpenCV's, or
+extracted at the photos' own resolution and mapped onto the model's grid as ``python -m
+reconattack.invert`` maps a database's (:class:`~reconattack.data.sift_data.StoredVariant`): how far
+the attack carries over to a real database.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ def sift_visualisation(sift: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SiftEvaluation(ThreatEvaluation):
-    """Mean-image and shuffled-SIFT controls (see the module docstring)."""
+    """Mean-image and shuffled-SIFT controls, and the stored-features rows ``stored_<name>`` (see
+    the module docstring)."""
 
     def __init__(self, mean_image: torch.Tensor | None) -> None:
         super().__init__()
@@ -63,6 +70,9 @@ class SiftEvaluation(ThreatEvaluation):
             out["mean_image"] = self.mean_image.to(batch["target"]).expand_as(batch["target"])
         if reconstruct is not None and "shuffled_input" in batch:
             out["shuffled_input"] = reconstruct({**batch, "input": batch["shuffled_input"]})
+        if reconstruct is not None:
+            for name, stored in batch.get("stored", {}).items():
+                out[f"stored_{name}"] = reconstruct({**batch, "input": stored})
         return out
 
 
@@ -82,6 +92,9 @@ class SiftThreat(ThreatModel):
         features: whose SIFT the system shares: ``opencv`` (the CFGAN paper's) or ``colmap``
             (COLMAP's, what structure-from-motion and localisation databases hold); ``colmap``:
             COLMAP extraction options overrides (default: COLMAP's defaults).
+        stored: more test rows, ``{name: {features: opencv | colmap | null, size: model | native |
+            factor}}``: the trained attack on the held-out images' SIFT as another system stores
+            it (module docstring); metrics ``stored/<name>/*``.
     """
 
     provides = frozenset({"sift_map", "paired_images"})
@@ -90,7 +103,7 @@ class SiftThreat(ThreatModel):
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
                  positions_only: bool = False, features: str = "opencv", colmap: Any = None,
-                 **base: Any) -> None:
+                 stored: Any = None, **base: Any) -> None:
         super().__init__(data, seed=seed, **base)
         if placement not in PLACEMENTS:
             raise ConfigError(f"threat.placement must be one of {PLACEMENTS}, got {placement!r}")
@@ -105,7 +118,8 @@ class SiftThreat(ThreatModel):
                                         contrast_threshold=self.contrast_threshold,
                                         cache_dir=self.cache_dir, map_seed=self.seed,
                                         placement=self.placement, positions_only=self.positions_only,
-                                        features=self.features, colmap=self.colmap)
+                                        features=self.features, colmap=self.colmap,
+                                        stored=plain(stored) or {})
         self.mean_image: torch.Tensor | None = None
 
     def missing_inputs(self) -> list[str]:
@@ -129,6 +143,10 @@ class SiftThreat(ThreatModel):
 
     def evaluation(self) -> SiftEvaluation:
         return SiftEvaluation(self.mean_image)
+
+    def control_rows(self) -> dict[str, str]:
+        """The report's controls, and ``stored_<name>: stored/<name>`` per stored-features row."""
+        return {**super().control_rows(), **{f"stored_{v.name}": f"stored/{v.name}" for v, _ in self.dm.stored}}
 
     # ------------------------------------------------------------------------------- display
     def visualise(self, batch: Mapping) -> torch.Tensor:

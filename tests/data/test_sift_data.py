@@ -1,13 +1,21 @@
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from reconattack.data.images import DataNotFoundError
-from reconattack.data.sift import build_maps
-from reconattack.data.sift_data import SiftDataModule, collate_sift, make_split, split_counts
-from tests.helpers import make_image_folder
+from reconattack.data.images import DataNotFoundError, resize
+from reconattack.data.sift import build_maps, extract, grid_xy
+from reconattack.data.sift_data import (
+    SiftDataModule,
+    collate_sift,
+    make_split,
+    split_counts,
+    stored_variants,
+)
+from reconattack.errors import ConfigError
+from tests.helpers import make_image_folder, textured_images
 
 
 def _dm(tmp_path, root, **kw):
@@ -173,3 +181,49 @@ def test_training_draws_are_functions_of_the_item_seeds(tmp_path):
     torch.testing.assert_close(again, first)  # same items, same seeds: same images and maps
     other = collate_sift([ds[(i, s + 1)] for i, s in keys])
     assert not torch.equal(dm.on_after_batch_transfer(other, 0)["input"], first)
+
+
+def test_stored_variants_parse_dedupe_and_refuse():
+    """``threat.stored``: own features at the model's size is ``test`` itself and a repeat is the
+    earlier row: both left out; a factor of 1 is the model's size; bad entries are refused."""
+    got = stored_variants({"own": {"size": "model"}, "colmap": {"features": "colmap"},
+                           "native": {"features": None, "size": "native"}, "again": {"features": "opencv", "size": "native"},
+                           "one": {"features": "colmap", "size": 1}, "x2": {"size": 2}}, "opencv")
+    assert [(v.name, v.features, v.size) for v in got] == [
+        ("colmap", "colmap", "model"), ("native", "opencv", "native"), ("x2", "opencv", 2.0)]
+    for bad in ({"a": {"features": "vlfeat"}}, {"a": {"size": 0}}, {"a": {"size": "huge"}}, {"a": {"scale": 2}},
+                {"a": {"size": True}}):
+        with pytest.raises(ConfigError):
+            stored_variants(bad, "opencv")
+
+
+def test_stored_rows_extract_at_their_size_and_map_onto_the_model_grid(tmp_path):
+    """Each stored row holds the test image's SIFT as its variant extracts it: from the image as
+    its source stores it (``native``, 120x90 here), from the source resized to a factor of the
+    model's size, or by another extractor at the model's size; the keypoints mapped onto the
+    model's grid with ``grid_xy`` and the map built as training builds its own."""
+    pytest.importorskip("pycolmap")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, img in enumerate(textured_images(5, 120, seed=3)):
+        cv2.imwrite(str(root / f"p{i}.png"), np.ascontiguousarray(img[:, 15:105, ::-1]))  # 120 high, 90 wide
+    dm = _dm(tmp_path, root, image_size=48, val=0, test=2, eval_batch_size=2,
+             stored={"native": {"size": "native"}, "x2": {"size": 2}, "colmap": {"features": "colmap"}})
+    dm.prepare_data()
+    dm.setup()
+    ds = dm.datasets["test"]
+    batch = collate_sift([ds[0], ds[1]])
+    maps = dm.device_batch(batch, "cpu")["stored"]
+    assert set(maps) == {"native", "x2", "colmap"} and "stored" not in dm.datasets["train"][0]
+    for k in range(2):
+        raw = ds.source.load(ds.indices[k])
+        assert raw.shape == (120, 90, 3)
+        expect = {"native": (extract(raw), raw.shape[:2]),
+                  "x2": (extract(resize(raw, 96)), (96, 96)),
+                  "colmap": (extract(resize(raw, 48), features="colmap"), (48, 48))}
+        for name, ((xy, desc), size) in expect.items():
+            want_xy = grid_xy(xy, size, 48)
+            np.testing.assert_allclose(batch["stored"][name][0][k].numpy(), want_xy, atol=1e-5)
+            np.testing.assert_array_equal(batch["stored"][name][1][k].numpy(), desc)
+            torch.testing.assert_close(maps[name][k], build_maps([want_xy], [desc], 48, True)[0])
+    assert len(batch["stored"]["native"][0][0]) != len(batch["stored"]["x2"][0][0])  # other sizes, other keypoints
