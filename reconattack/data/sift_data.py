@@ -113,11 +113,14 @@ def stored_variants(spec: Any, own_features: str) -> list[StoredVariant]:
     """``threat.stored`` (``{row name: {features: opencv | colmap | null, size: model | native |
     factor}}``, ``features: null`` = the threat's own) as variants, in order. A variant that is
     the training features themselves (own features at the model's size), or repeats an earlier one,
-    is left out with a log line: its row would be ``test`` or that one again."""
+    is left out with a log line: its row would be ``test`` or that one again; a ``null`` entry is left
+    out (an experiment drops a default row so)."""
     out: list[StoredVariant] = []
     seen = {(own_features, "model"): "test"}
     for name, v in dict(spec or {}).items():
-        v = dict(v or {})
+        if v is None:
+            continue
+        v = dict(v)
         unknown = set(v) - {"features", "size"}
         if unknown:
             raise ConfigError(f"threat.stored.{name}: unknown key(s) {sorted(unknown)}; expected features, size")

@@ -238,8 +238,8 @@ def _table(layout: Layout, value: tuple, members: list[Group], paper: dict | Non
     cols = [c for c, _ in layout.columns]
     label_order = list(dict.fromkeys(g.label for g in members))
 
-    def has(g: Group, prefix: str) -> bool:
-        return any(f"{prefix}/{c}" in g.stats for c in cols)
+    def has(g: Group, prefix: str) -> bool:  # a row another group's runs have is no row of this one
+        return any(reported(g.stats.get(f"{prefix}/{c}", EMPTY)) for c in cols)
 
     def cells(g: Group, prefix: str) -> dict[str, Stat]:
         return {c: g.stats.get(f"{prefix}/{c}", EMPTY) for c in cols}

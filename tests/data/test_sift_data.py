@@ -188,7 +188,7 @@ def test_stored_variants_parse_dedupe_and_refuse():
     earlier row: both left out; a factor of 1 is the model's size; bad entries are refused."""
     got = stored_variants({"own": {"size": "model"}, "colmap": {"features": "colmap"},
                            "native": {"features": None, "size": "native"}, "again": {"features": "opencv", "size": "native"},
-                           "one": {"features": "colmap", "size": 1}, "x2": {"size": 2}}, "opencv")
+                           "one": {"features": "colmap", "size": 1}, "x2": {"size": 2}, "dropped": None}, "opencv")
     assert [(v.name, v.features, v.size) for v in got] == [
         ("colmap", "colmap", "model"), ("native", "opencv", "native"), ("x2", "opencv", 2.0)]
     for bad in ({"a": {"features": "vlfeat"}}, {"a": {"size": 0}}, {"a": {"size": "huge"}}, {"a": {"scale": 2}},
