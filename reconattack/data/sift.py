@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 DESC_DIM = 128
 #: bump when the on-disk format or the extraction procedure changes
-CACHE_FORMAT_VERSION = 2  # 2: CRC-32 of the payload in the header
+CACHE_FORMAT_VERSION = 3  # 2: CRC-32 of the payload in the header; 3: each keypoint's strength
 
 _local = threading.local()
 
@@ -127,7 +127,8 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-def extract_colmap(image: np.ndarray, options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def extract_colmap(image: np.ndarray, options: dict | None = None,
+                   with_strength: bool = False) -> tuple[np.ndarray, ...]:
     """COLMAP's SIFT (pycolmap, CPU) on an RGB image, as given: what a structure-from-motion or
     localisation system stores in its database. The grey image is OpenCV's ``RGB2GRAY``;
     ``FeatureExtractor.create(FeatureExtractionOptions(), device=cpu).extract_from_uint8_array``
@@ -135,20 +136,29 @@ def extract_colmap(image: np.ndarray, options: dict | None = None) -> tuple[np.n
     ``{"sift": {"max_num_features": 4096}}``). COLMAP puts the centre of the top-left pixel at
     (0.5, 0.5), OpenCV at (0, 0): 0.5 is subtracted so that the coordinates follow OpenCV's, as
     :func:`build_maps` places them. Returns ``(xy, desc)`` as :func:`extract` (COLMAP's uint8
-    descriptors as stored)."""
+    descriptors as stored; with ``with_strength`` also each keypoint's scale, what COLMAP keeps
+    first when it limits the number of features: it stores no detector response)."""
     grey = _grey(image)
     keypoints, descriptors = _colmap_extractor(colmap_options_key(options)).extract_from_uint8_array(grey)
     if len(keypoints) == 0:
-        return np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8)
+        return _empty(with_strength)
     xy = np.asarray([(k.x, k.y) for k in keypoints], dtype=np.float32).reshape(-1, 2) - 0.5
     desc = np.asarray(descriptors.data)
     if desc.dtype != np.uint8:  # float descriptors (other options): COLMAP's own uint8 conversion
         desc = np.clip(np.rint(desc * 512), 0, 255).astype(np.uint8)
-    return xy, np.array(desc.reshape(-1, DESC_DIM), dtype=np.uint8)  # a writable copy
+    out = (xy, np.array(desc.reshape(-1, DESC_DIM), dtype=np.uint8))  # a writable copy
+    if with_strength:
+        out += (np.asarray([k.compute_scale() for k in keypoints], dtype=np.float32),)
+    return out
+
+
+def _empty(with_strength: bool) -> tuple[np.ndarray, ...]:
+    out = (np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8))
+    return out + (np.zeros(0, np.float32),) if with_strength else out
 
 
 def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str = "opencv",
-            colmap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+            colmap: dict | None = None, with_strength: bool = False) -> tuple[np.ndarray, ...]:
     """Run SIFT on an RGB image, as given (no resize): OpenCV's (``features="opencv"``, the CFGAN
     paper's) or COLMAP's (``"colmap"``, :func:`extract_colmap` with the ``colmap`` options).
 
@@ -161,6 +171,9 @@ def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str =
         contrast_threshold: OpenCV SIFT contrast threshold (CFGAN: 0.03).
         features: ``"opencv"`` or ``"colmap"``.
         colmap: COLMAP extraction options overrides (``features="colmap"``).
+        with_strength: also return each keypoint's strength, float32 ``(N,)``: OpenCV's detector
+            response (``KeyPoint.response``); COLMAP's scale (:func:`extract_colmap`). What a
+            system keeps when it shares its strongest keypoints (``defence.select=response``).
 
     Returns:
         ``(xy, desc)``: ``xy`` float32 ``(N, 2)``, OpenCV keypoint coordinates ``(x, y)`` in
@@ -169,15 +182,17 @@ def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str =
         ``N`` may be 0: shapes ``(0, 2)`` and ``(0, 128)``.
     """
     if features == "colmap":
-        return extract_colmap(image, colmap)
+        return extract_colmap(image, colmap, with_strength)
     if features != "opencv":
         raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
     grey = _grey(image)
     keypoints, desc = _detector(contrast_threshold).detectAndCompute(grey, None)
     if not keypoints or desc is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8)
+        return _empty(with_strength)
     xy = np.asarray(cv2.KeyPoint_convert(keypoints), dtype=np.float32).reshape(-1, 2)
     desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
+    if with_strength:
+        return xy, desc, np.asarray([k.response for k in keypoints], dtype=np.float32)
     return xy, desc
 
 
@@ -444,18 +459,19 @@ def _sli_moves(losers: torch.Tensor, sel: torch.Tensor, taken_pixels: torch.Tens
 # cache
 # --------------------------------------------------------------------------------------------
 
-_MAGIC = b"RASIFT02"
+_MAGIC = b"RASIFT03"
 _HEADER = np.dtype([("magic", "S8"), ("n", "<u4"), ("dim", "<u4"), ("crc", "<u4")])
 
 
-def _encode_entry(xy: np.ndarray, desc: np.ndarray) -> bytes:
+def _encode_entry(xy: np.ndarray, desc: np.ndarray, strength: np.ndarray) -> bytes:
     payload = (np.ascontiguousarray(xy, dtype="<f4").tobytes()
+               + np.ascontiguousarray(strength, dtype="<f4").tobytes()
                + np.ascontiguousarray(desc, dtype=np.uint8).tobytes())
     header = np.array([(_MAGIC, len(xy), DESC_DIM, zlib.crc32(payload))], dtype=_HEADER).tobytes()
     return header + payload
 
 
-def _decode_entry(buf: bytearray) -> tuple[np.ndarray, np.ndarray]:
+def _decode_entry(buf: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse a cache entry; ValueError when it is malformed."""
     hsize = _HEADER.itemsize
     if len(buf) < hsize:
@@ -464,13 +480,14 @@ def _decode_entry(buf: bytearray) -> tuple[np.ndarray, np.ndarray]:
     n, dim = int(header["n"]), int(header["dim"])
     if header["magic"] != _MAGIC or dim != DESC_DIM:
         raise ValueError("bad magic or descriptor size")
-    if len(buf) != hsize + n * 8 + n * dim:
+    if len(buf) != hsize + n * 12 + n * dim:
         raise ValueError(f"size {len(buf)} does not match {n} keypoints")
     if zlib.crc32(memoryview(buf)[hsize:]) != int(header["crc"]):
         raise ValueError("checksum mismatch")
     xy = np.frombuffer(buf, dtype="<f4", count=2 * n, offset=hsize).reshape(n, 2)
-    desc = np.frombuffer(buf, dtype=np.uint8, count=n * dim, offset=hsize + 8 * n).reshape(n, dim)
-    return xy, desc
+    strength = np.frombuffer(buf, dtype="<f4", count=n, offset=hsize + 8 * n)
+    desc = np.frombuffer(buf, dtype=np.uint8, count=n * dim, offset=hsize + 12 * n).reshape(n, dim)
+    return xy, desc, strength
 
 
 class SiftCache:
@@ -480,7 +497,8 @@ class SiftCache:
     bytes, shape and dtype, and ``<settings>`` (``sift-ct<threshold>-<hash>``) is derived from
     the contrast threshold, the OpenCV version and :data:`CACHE_FORMAT_VERSION`; a
     ``settings.json`` in that folder says which. An entry holds a 20-byte header (with a CRC-32
-    of the rest), ``xy`` float32 ``(N, 2)`` and ``desc`` uint8 ``(N, 128)``: ``20 + 136 N`` bytes (≈ 70 KB for
+    of the rest), ``xy`` float32 ``(N, 2)``, the keypoints' strength float32 ``(N,)`` and ``desc`` uint8
+    ``(N, 128)``: ``20 + 140 N`` bytes (≈ 70 KB for
     500 keypoints). Writes go to a temporary file in the same folder followed by
     ``os.replace``, so several processes can fill the cache at once. A corrupt entry (wrong size, header
     or checksum) is recomputed (and rewritten), never trusted.
@@ -536,7 +554,7 @@ class SiftCache:
 
     # -- reading and writing -------------------------------------------------------------
     @staticmethod
-    def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Read an entry; None when missing, a warning and None when corrupt."""
         try:
             with open(path, "rb", buffering=0) as f:
@@ -562,31 +580,33 @@ class SiftCache:
             atomic_write_bytes(info, json.dumps(self.settings, indent=2).encode())
         self._dir_ready = True
 
-    def extract(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def extract(self, image: np.ndarray, with_strength: bool = False) -> tuple[np.ndarray, ...]:
         """:func:`extract` with this cache's settings (not cached)."""
-        return extract(image, self.contrast_threshold, self.features, self.colmap)
+        return extract(image, self.contrast_threshold, self.features, self.colmap, with_strength)
 
-    def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        xy, desc = self.extract(image)
+    def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        entry = self.extract(image, with_strength=True)
         self._ensure_dir()
-        atomic_write_bytes(path, _encode_entry(xy, desc), durable=False)
-        return xy, desc
+        atomic_write_bytes(path, _encode_entry(*entry), durable=False)
+        return entry
 
     # -- public API ----------------------------------------------------------------------
-    def get(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, image: np.ndarray, with_strength: bool = False) -> tuple[np.ndarray, ...]:
         """SIFT of ``image`` from the cache, computed and stored on a miss.
 
         Args:
             image: uint8 ``(H, W, 3)`` RGB in ``[0, 255]`` (as passed to :func:`extract`).
+            with_strength: also each keypoint's strength (:func:`extract`).
 
         Returns:
-            ``(xy, desc)`` as :func:`extract`: float32 ``(N, 2)``, uint8 ``(N, 128)``.
+            ``(xy, desc)`` as :func:`extract`: float32 ``(N, 2)``, uint8 ``(N, 128)``; with
+            ``with_strength`` also float32 ``(N,)``.
         """
         path = self.path(image)
-        hit = self._read(path)
-        if hit is not None:
-            return hit
-        return self._compute_and_store(image, path)
+        entry = self._read(path)
+        if entry is None:
+            entry = self._compute_and_store(image, path)
+        return entry if with_strength else entry[:2]
 
     def __contains__(self, image: np.ndarray) -> bool:
         """True when an entry for ``image`` exists (it is not validated)."""

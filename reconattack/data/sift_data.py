@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -45,6 +46,7 @@ from reconattack.data.sampling import (
     trainer_rank_and_world,
 )
 from reconattack.data.sift import FEATURES, SiftCache, build_maps, grid_xy
+from reconattack.defences.sift import SiftDefence, sift_defence
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
 from reconattack.utils.distributed import per_process_batch
@@ -176,20 +178,50 @@ class SiftImageDataset(Dataset):
     (``[(variant, its cache)]``, :func:`stored_variants`) the item also carries ``"stored"``:
     ``{name: (xy, desc)}``, the image's SIFT as that variant extracts it, ``xy`` mapped onto the
     ``image_size`` grid (:func:`~reconattack.data.sift.grid_xy`, as ``invert`` maps a database's).
+
+    With ``defence`` every keypoint set an item carries (its own, the neighbour's, the stored
+    ones) is what the defended system shares (:class:`~reconattack.defences.sift.SiftDefence`),
+    drawn from a generator seeded by the defence's seed and the item's seed (training) or
+    ``part`` and ``k`` (evaluation); ``references`` (``{features: [(source index, xy, desc)]}``)
+    are the reference images of ``coordinates: withheld`` (an item is never its own reference).
     """
 
     def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache,
                  hflip: bool = False, neighbour: bool = False, shift: int = 0,
-                 stored: Sequence[tuple[StoredVariant, SiftCache]] = ()):
+                 stored: Sequence[tuple[StoredVariant, SiftCache]] = (), defence: SiftDefence | None = None,
+                 references: dict | None = None, part: str = "train"):
         self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
         self.hflip, self.neighbour, self.shift = hflip, neighbour, int(shift)
         self.stored = list(stored)
+        self.defence, self.references = defence, dict(references or {})
+        self.part_code = zlib.crc32(part.encode())
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def _keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.cache.get(resize(self.source.load(self.indices[k]), self.image_size))
+        """Item ``k``'s keypoints at the model's size, unaugmented, as the defence leaves them."""
+        feats = self.cache.get(resize(self.source.load(self.indices[k]), self.image_size),
+                               with_strength=self._strength)
+        return self._defend(feats, self.cache, k, None)
+
+    @property
+    def _strength(self) -> bool:
+        return self.defence is not None and self.defence.needs_strength
+
+    def _defend(self, feats: tuple, cache: SiftCache, k: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """``feats`` (xy, desc[, strength]) of item ``k`` through the defence (unchanged without one)."""
+        if self.defence is None:
+            return feats[0], feats[1]
+        key = [seed & 0xFFFFFFFFFFFFFFFF] if seed is not None else [self.part_code, k]
+        rng = np.random.default_rng([self.defence.seed, *key])
+        reference = None
+        if self.defence.needs_reference:
+            refs = [r for r in self.references.get(cache.features, []) if r[0] != self.indices[k]]
+            refs = refs[: self.defence.reference_images]
+            reference = (np.concatenate([r[1] for r in refs]).reshape(-1, 2) if refs else np.zeros((0, 2), np.float32),
+                         np.concatenate([r[2] for r in refs]).reshape(-1, 128) if refs else np.zeros((0, 128), np.uint8))
+        return self.defence(feats[0], feats[1], feats[2] if len(feats) > 2 else None, rng, reference)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         k, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
@@ -202,9 +234,10 @@ class SiftImageDataset(Dataset):
                   if self.shift else (0, 0))
         if dy or dx:
             img = _translate(img, dy, dx)
-            xy, desc = self.cache.extract(img)
+            feats = self.cache.extract(img, with_strength=self._strength)
         else:
-            xy, desc = self.cache.get(img)
+            feats = self.cache.get(img, with_strength=self._strength)
+        xy, desc = self._defend(feats, self.cache, k, seed)
         item = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
         if seed is not None:
@@ -213,23 +246,25 @@ class SiftImageDataset(Dataset):
             oxy, odesc = self._keypoints((k - 1) % len(self))
             item.update(other_xy=torch.from_numpy(oxy), other_desc=torch.from_numpy(odesc))
         if self.stored:
-            item["stored"] = {v.name: self._stored(v, cache, raw, img) for v, cache in self.stored}
+            item["stored"] = {v.name: self._stored(v, cache, raw, img, k) for v, cache in self.stored}
         return item
 
-    def _stored(self, variant: StoredVariant, cache: SiftCache, raw: np.ndarray,
-                img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The SIFT of item image ``raw`` (as its source stores it; ``img``: at the model's size)
-        as ``variant`` extracts it, keypoints on the model's grid."""
+    def _stored(self, variant: StoredVariant, cache: SiftCache, raw: np.ndarray, img: np.ndarray,
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SIFT of item ``k``'s image ``raw`` (as its source stores it; ``img``: at the model's
+        size) as ``variant`` extracts it, keypoints on the model's grid, through the defence."""
         if variant.size == "model":
-            xy, desc = cache.get(img)
-            return torch.from_numpy(xy), torch.from_numpy(desc)
-        if variant.size == "native":
+            image = img
+        elif variant.size == "native":
             image = raw
         else:
             side = max(int(round(variant.size * self.image_size)), 1)
             image = resize(raw, side, source=f"threat.stored.{variant.name}")
-        xy, desc = cache.get(image)
-        return torch.from_numpy(grid_xy(xy, image.shape[:2], self.image_size)), torch.from_numpy(desc)
+        xy, desc, *strength = cache.get(image, with_strength=self._strength)
+        if image is not img:
+            xy = grid_xy(xy, image.shape[:2], self.image_size)
+        xy, desc = self._defend((xy, desc, *strength), cache, k, None)
+        return torch.from_numpy(xy), torch.from_numpy(desc)
 
 
 def _translate(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -299,6 +334,11 @@ class SiftDataModule(pl.LightningDataModule):
         stored: more test rows: the held-out images' SIFT as other systems store it (another
             extractor, the photos' own resolution), ``{name: {features, size}}``
             (:func:`stored_variants`); test batches then carry ``"stored": {name: map}``.
+        defence: the ``defence`` config (``conf/defence/``): a SIFT defence
+            (:class:`~reconattack.defences.sift.SiftDefence`) is applied to the keypoints of every
+            split — the attacker's training pairs go through it too (it knows the defence) — and
+            with ``coordinates: withheld`` the first ``reference_images`` training images (split
+            order) are the references; other defences leave the data alone.
     """
 
     def __init__(self, source: Any, image_size: int = 256, compress: bool = True,
@@ -308,8 +348,9 @@ class SiftDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
                  hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None,
                  placement: str = "first", positions_only: bool = False, features: str = "opencv",
-                 colmap: dict | None = None, stored: dict | None = None):
+                 colmap: dict | None = None, stored: dict | None = None, defence: dict | None = None):
         super().__init__()
+        self.defence = sift_defence(defence)
         self.placement, self.positions_only = str(placement), bool(positions_only)
         self.name = name
         self.source_cfg = source
@@ -410,14 +451,31 @@ class SiftDataModule(pl.LightningDataModule):
             atomic_write_text(self.run_dir / "split.json", json.dumps(
                 {"source": self._describe_source(), "selection_seed": self.selection_seed, "split": split},
                 indent=1))
+        references = self._references(source, [index_of[n] for n in split.get("train", [])])
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
                                                 self.image_size, self.cache,
                                                 hflip=self.hflip and part == "train",
                                                 shift=self.shift if part == "train" else 0,
                                                 neighbour=part != "train",
-                                                stored=self.stored if part == "test" else ())
+                                                stored=self.stored if part == "test" else (),
+                                                defence=self.defence, references=references, part=part)
                          for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
+
+    def _references(self, source, train: list[int]) -> dict:
+        """The reference images of ``defence.coordinates=withheld``: ``{features: [(source index,
+        xy, desc)]}`` of the first ``reference_images`` + 1 training images (one more, so that a
+        training image that is a reference is placed by the others), at the model's size, for the
+        threat's features and every stored row's."""
+        if self.defence is None or not self.defence.needs_reference:
+            return {}
+        if not train:
+            raise ConfigError("defence.coordinates=withheld places descriptors by reference images of the "
+                              "attacker's training split, and this split has none")
+        caches = {self.cache.features: self.cache, **{c.features: c for _, c in self.stored}}
+        chosen = train[: self.defence.reference_images + 1]
+        images = {i: resize(source.load(i), self.image_size) for i in chosen}
+        return {f: [(i, *cache.get(images[i])) for i in chosen] for f, cache in caches.items()}
 
     # -- loaders --------------------------------------------------------------------------
     def _loader(self, part: str, train: bool) -> DataLoader:

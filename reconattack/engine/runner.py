@@ -83,7 +83,7 @@ def build_threat(cfg: DictConfig) -> ThreatModel:
     """The threat model of ``cfg.threat``, given the ``data`` config and the run seed."""
     if cfg.get("threat") is None:
         raise ConfigError("no threat model configured (threat=...)")
-    return build(cfg.threat, _recursive_=False, data=cfg.data, seed=int(cfg.seed))
+    return build(cfg.threat, _recursive_=False, data=cfg.data, seed=int(cfg.seed), defence=cfg.get("defence"))
 
 
 def build_attack(cfg: DictConfig) -> Attack | None:

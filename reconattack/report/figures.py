@@ -56,9 +56,9 @@ def write_plots(report: Report) -> list[Path]:
             ax.errorbar(xs, [p[1] for p in s.points], yerr=[p[2] or 0.0 for p in s.points],
                         marker="o" if s.attack else None, linestyle="-" if s.attack else "--",
                         capsize=3, label=s.label if report.series else None, alpha=1.0 if s.attack else 0.7)
-        if ticks[0] > 0 and ticks[-1] / ticks[0] >= 10:
+        if ticks[0] > 0 and ticks[-1] / ticks[0] >= 10 and not report.x_labels:
             ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.set_xticks(ticks, [report.x_labels.get(x, f"{x:g}") for x in ticks])
         ax.minorticks_off()
         col = metric.split("/")[-1]
         arrow = ARROWS.get(directions.get(col, ""), "")
@@ -66,7 +66,8 @@ def write_plots(report: Report) -> list[Path]:
         ax.set_ylabel(f"{metric} {arrow}".strip())
         if report.series:
             ax.set_title(f"{layout.title}: {col} against {layout.sweep_label}", fontsize=9)
-            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+            # below the axes: long row labels would squeeze the plot beside it
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = report.root / _plot_name(metric)

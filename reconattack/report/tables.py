@@ -8,11 +8,12 @@ never from code that names an attack or a threat.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from reconattack.defences.base import META_KEYS
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.report.runs import (
     EMPTY,
@@ -197,6 +198,33 @@ class Report:
     answers: list[Answer] = field(default_factory=list)
     margin: float | None = None
     notes: list[str] = field(default_factory=list)
+    x_labels: dict[float, str] = field(default_factory=dict)  # tick labels of a categorical sweep
+
+
+def defence_sweep(layout: Layout, groups: list[Group]) -> tuple[Layout, dict | None]:
+    """When the runs differ in exactly one ``defence.*`` setting (a multirun over a defence's
+    strength, ``conf/defence/``), that setting is the report's sweep — the table's row per strength
+    and the plots of every metric against it — in place of the threat's own (and its threshold
+    question, which is about the threat's sweep). Returns the layout and, for a setting whose
+    values are not numbers, ``{value: position}`` from the defence's ``order`` (else first seen)."""
+    configs = [g.config for g in groups]
+    keys = set().union(*(set(c.get("defence") or {}) for c in configs)) - META_KEYS
+    varied = [k for k in sorted(keys)
+              if len({json.dumps(lookup(c, f"defence.{k}"), sort_keys=True, default=str) for c in configs}) > 1]
+    if len(varied) != 1:
+        return layout, None
+    key = varied[0]
+    defence = configs[0].get("defence") or {}
+    label = str((defence.get("labels") or {}).get(key) or key)
+    layout = replace(layout, sweep={"key": f"defence.{key}", "label": f"{label} (defence.{key})"}, threshold=None)
+    values = [lookup(c, f"defence.{key}") for c in configs]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return layout, None
+    order = [as_override(v) for v in (defence.get("order") or {}).get(key) or []]
+    for v in values:
+        if as_override(v) not in order:
+            order.append(as_override(v))
+    return layout, {v: float(i) for i, v in enumerate(order)}
 
 
 def build_report(root: Path, options: Options | None = None) -> Report:
@@ -212,12 +240,20 @@ def build_report(root: Path, options: Options | None = None) -> Report:
                    for m in metrics}
     done = [g for g in groups if g.finished]
     layout = next((lay for lay in (Layout.of(g.config) for g in done) if lay is not None), None)
+    categories = None
+    if layout is not None and done:
+        layout, categories = defence_sweep(layout, done)
     report = Report(root, options, jobs, groups, common, metrics, layout)
     if layout is None or not done:
         return report
     for g in done:
         x = lookup(g.config, layout.sweep_key) if layout.sweep_key else None
-        g.x = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+        if categories is not None:
+            g.x = categories.get(as_override(x))
+        else:
+            g.x = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+    if categories is not None:
+        report.x_labels = {x: v for v, x in categories.items()}
     paper = load_paper(options.paper if options.paper is not None else layout.paper)
     report.margin = (options.margin if options.margin is not None
                      else float(layout.threshold["margin"]) if layout.threshold else None)

@@ -59,6 +59,7 @@ from reconattack.data.sampling import (
     loader_generator,
     trainer_rank_and_world,
 )
+from reconattack.defences.avih import avih_defence
 from reconattack.errors import ConfigError
 from reconattack.metrics.functional import SAVED_FORMATS, as_saved
 from reconattack.models.face import make_face_model
@@ -234,6 +235,7 @@ class AVIHThreat(ThreatModel):
 
     provides = frozenset({"encrypted_images", "auxiliary_images", "service_model"})
     control_names = ("original", "protected", "key_model", "random")
+    defences = ("none", "avih")
 
     def __init__(self, data: Any, service: Any, evaluation: Any, key: Any, encrypt: Any,
                  key_share: float = 0.1, target_key: int = 0, reuse_artifacts: bool = True,
@@ -245,6 +247,8 @@ class AVIHThreat(ThreatModel):
             raise ConfigError(f"threat.saved_as.format must be one of {SAVED_FORMATS} or null, "
                               f"got {self.saved_format!r}")
         self.service_cfg, self.evaluation_cfg, self.key_cfg = service, evaluation, key
+        # defence=avih sets the VC weight or the key share (reconattack/defences/avih.py)
+        encrypt, key_share = avih_defence(self.defence, encrypt, key_share)
         self.encrypt_cfg = encrypt
         self.pool = int(data.pool)
         self.gallery_size = int(data.gallery_size)

@@ -73,6 +73,7 @@ class ThreatModel:
         seed: the run seed.
         name: short name (``sift``, ``avih``).
         label: human-readable name for reports.
+        defence: the run's ``defence`` config (``conf/defence/``; one of :attr:`defences`).
         report: the paper layout of this threat's results (``conf/threat/*.yaml``):
             ``attack_row`` — metrics prefix of the attack's reconstructions (``test``, ``ours``);
             ``controls`` — ``{control: {"row": metrics prefix, "label": ..., "per_attack": bool}}``
@@ -86,12 +87,18 @@ class ThreatModel:
     provides: frozenset[str] = frozenset()
     #: the controls the threat's evaluation produces (keys of ``report.controls``)
     control_names: tuple[str, ...] = ()
+    #: the defences (``defence.name``, ``conf/defence/``) the threat applies
+    defences: tuple[str, ...] = ("none",)
 
     def __init__(self, data: Any, seed: int = 0, name: str = "threat", label: str | None = None,
-                 report: Mapping | None = None) -> None:
+                 report: Mapping | None = None, defence: Mapping | None = None) -> None:
         self.data_cfg = data
         self.seed = int(seed)
         self.name = safe_name(name, "threat.name")
+        self.defence = plain(defence) or {"name": "none"}
+        if self.defence.get("name", "none") not in self.defences:
+            raise ConfigError(f"defence={self.defence.get('name')} does not apply to the {name} threat; "
+                              f"it takes defence={' | '.join(self.defences)}")
         self.label = str(label or name)
         self.report = plain(report) or {}
         rows = self.report.get("controls") or {}

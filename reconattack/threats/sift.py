@@ -95,16 +95,20 @@ class SiftThreat(ThreatModel):
         stored: more test rows, ``{name: {features: opencv | colmap | null, size: model | native |
             factor}}``: the trained attack on the held-out images' SIFT as another system stores
             it (module docstring); metrics ``stored/<name>/*``.
+        defence: the run's ``defence`` config (``conf/defence/``): a SIFT defence
+            (:mod:`reconattack.defences.sift`) transforms every keypoint set the attacker sees,
+            its training pairs included.
     """
 
     provides = frozenset({"sift_map", "paired_images"})
     control_names = ("mean_image", "shuffled_input")
+    defences = ("none", "sift")
 
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
                  positions_only: bool = False, features: str = "opencv", colmap: Any = None,
-                 stored: Any = None, **base: Any) -> None:
-        super().__init__(data, seed=seed, **base)
+                 stored: Any = None, defence: Any = None, **base: Any) -> None:
+        super().__init__(data, seed=seed, defence=defence, **base)
         if placement not in PLACEMENTS:
             raise ConfigError(f"threat.placement must be one of {PLACEMENTS}, got {placement!r}")
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
@@ -119,7 +123,7 @@ class SiftThreat(ThreatModel):
                                         cache_dir=self.cache_dir, map_seed=self.seed,
                                         placement=self.placement, positions_only=self.positions_only,
                                         features=self.features, colmap=self.colmap,
-                                        stored=plain(stored) or {})
+                                        stored=plain(stored) or {}, defence=self.defence)
         self.mean_image: torch.Tensor | None = None
 
     def missing_inputs(self) -> list[str]:

@@ -6,6 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import skimage.data
@@ -246,8 +247,21 @@ def test_cache_settings_and_size(tmp_path, real_images):
     assert len(files) == 2
     for f in files:
         assert f.stat().st_size < 150_000
-    assert a.path(img).stat().st_size == 20 + 136 * len(a.get(img)[0])
+    assert a.path(img).stat().st_size == 20 + 140 * len(a.get(img)[0])
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary files left
+
+
+def test_cache_keeps_each_keypoints_strength(tmp_path, real_images):
+    """The cache stores OpenCV's detector response per keypoint (``defence.select=response``),
+    read back as the detector gave it, in keypoint order."""
+    img = real_images[1]
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    kps, _ = cv2.SIFT_create(contrastThreshold=0.03).detectAndCompute(grey, None)
+    cache = SiftCache(tmp_path)
+    for _ in range(2):  # computed, then read from the file
+        xy, desc, strength = cache.get(img, with_strength=True)
+        np.testing.assert_array_equal(strength, np.array([k.response for k in kps], np.float32))
+        assert strength.shape == (len(xy),) and len(desc) == len(xy)
 
 
 def test_cache_corrupt_entry_recomputed(tmp_path, real_images):
@@ -263,7 +277,7 @@ def test_cache_corrupt_entry_recomputed(tmp_path, real_images):
         xy, desc = cache.get(img)
         np.testing.assert_array_equal(xy, ref_xy)
         np.testing.assert_array_equal(desc, ref_desc)
-        assert path.stat().st_size == 20 + 136 * len(ref_xy)  # rewritten
+        assert path.stat().st_size == 20 + 140 * len(ref_xy)  # rewritten
 
 
 def test_cache_fill_and_zero_keypoints(tmp_path, real_images):

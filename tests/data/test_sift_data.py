@@ -227,3 +227,60 @@ def test_stored_rows_extract_at_their_size_and_map_onto_the_model_grid(tmp_path)
             np.testing.assert_array_equal(batch["stored"][name][1][k].numpy(), desc)
             torch.testing.assert_close(maps[name][k], build_maps([want_xy], [desc], 48, True)[0])
     assert len(batch["stored"]["native"][0][0]) != len(batch["stored"]["x2"][0][0])  # other sizes, other keypoints
+
+
+def test_defence_reaches_training_pairs_test_items_and_controls(tmp_path):
+    """``defence=sift``: every keypoint set the attacker sees is the defended one — the training
+    pairs it makes of its own images (Kerckhoffs), the test items, the shuffled neighbour and the
+    stored rows; test items are defended the same way on every read, training items by their seed."""
+    root = make_image_folder(tmp_path / "imgs", n=10, size=40)
+    plain_dm = _dm(tmp_path / "a", root, val=0, test=3, eval_batch_size=3)
+    dm = _dm(tmp_path / "b", root, val=0, test=3, eval_batch_size=3, stored={"native": {"size": "native"}},
+             defence={"name": "sift", "keep": 0.5, "descriptor_bits": 2, "labels": {}})
+    for d in (plain_dm, dm):
+        d.prepare_data()
+        d.setup()
+    for part in ("train", "test"):
+        for k in range(3):
+            key = (k, 1234 + k) if part == "train" else k
+            clean, defended = plain_dm.datasets[part][key], dm.datasets[part][key]
+            n = len(clean["xy"])
+            assert len(defended["xy"]) == int(np.floor(0.5 * n + 0.5))
+            assert len(np.unique(defended["desc"].numpy())) <= 4  # 2 bits
+            # the kept keypoints are the clean item's, quantised (SIFT repeats a position with
+            # another orientation: compared as (position, levels) pairs)
+            pairs = lambda xy, desc: [(*p, *(d // 64)) for p, d in zip(xy.tolist(), desc.numpy())]  # noqa: E731
+            assert set(pairs(defended["xy"], defended["desc"])) <= set(pairs(clean["xy"], clean["desc"]))
+    again = dm.datasets["test"][1]
+    torch.testing.assert_close(again["xy"], dm.datasets["test"][1]["xy"])  # the same on every read
+    batch = dm.device_batch(collate_sift([dm.datasets["test"][k] for k in range(3)]), "cpu")
+    torch.testing.assert_close(batch["shuffled_input"][1], batch["input"][0])  # the neighbour's defended map
+    native = dm.datasets["test"][0]["stored"]["native"][1].numpy()
+    assert len(np.unique(native)) <= 4
+    # training items: another seed, another draw of the kept half
+    a, b = dm.datasets["train"][(0, 1)], dm.datasets["train"][(0, 2)]
+    assert not torch.equal(a["xy"], b["xy"])
+
+
+def test_withheld_coordinates_place_by_the_attackers_own_reference_images(tmp_path):
+    """``coordinates: withheld``: each descriptor at the position of its nearest descriptor in the
+    first training image (split order); a training image that is the reference is placed by the
+    next one, never by itself."""
+    root = make_image_folder(tmp_path / "imgs", n=8, size=40)
+    dm = _dm(tmp_path, root, val=0, test=2, eval_batch_size=2,
+             defence={"name": "sift", "coordinates": "withheld", "reference_images": 1})
+    dm.prepare_data()
+    dm.setup()
+    train, test = dm.datasets["train"], dm.datasets["test"]
+    ref0 = dm.cache.get(resize(train.source.load(train.indices[0]), 32))
+    ref1 = dm.cache.get(resize(train.source.load(train.indices[1]), 32))
+    item = test[0]
+    clean = dm.cache.get(resize(test.source.load(test.indices[0]), 32))
+    want = [ref0[0][np.argmin(((ref0[1].astype(float) - d.astype(float)) ** 2).sum(1))] for d in clean[1]]
+    np.testing.assert_array_equal(item["xy"].numpy(), np.array(want).reshape(-1, 2))
+    own = train[(0, 5)]  # the reference image itself: placed by the second training image
+    assert set(map(tuple, own["xy"].numpy())) <= set(map(tuple, ref1[0]))
+    with pytest.raises(ConfigError, match="training split"):
+        only = _dm(tmp_path / "t", root, val=0, test=1.0, defence={"name": "sift", "coordinates": "withheld"})
+        only.prepare_data()
+        only.setup()
