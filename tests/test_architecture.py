@@ -15,7 +15,7 @@ COMMANDS = {"run", "profile", "report", "invert"}
 ROOT_MODULES = {"__init__", "errors"}
 #: top-level parts from the top floor down; a part imports only parts below it (and itself)
 FLOORS = [{"run", "profile", "report", "invert"}, {"engine"}, {"threats"}, {"attacks"}, {"data", "metrics"},
-          {"models", "losses"}, {"utils"}, {"errors"}]
+          {"models", "losses", "defences"}, {"utils"}, {"errors"}]
 
 
 def _modules() -> dict[str, Path]:

@@ -590,3 +590,47 @@ def test_sample_grids_of_non_square_tiles_are_cut_back_out(tmp_path):
     (samples / "test_grid.txt").write_text("target | ours\n")
     tiles, size = read_grid(tmp_path)
     assert size == (8, 8) and tiles["ours"].min() == 255 and tiles["target"].max() == 128
+
+
+def _defence_config(**defence):
+    cfg = _config("CFGAN")
+    cfg["defence"] = {"name": "sift", "keep": 1.0, "coordinates": "exact", "labels": {"keep": "fraction of keypoints shared"},
+                      "order": {"coordinates": ["exact", "withheld"]}, **defence}
+    return cfg
+
+
+def test_a_defence_multirun_is_the_reports_sweep(tmp_path):
+    """A multirun over one defence setting: a row per strength, each metric against it in a plot
+    with the controls, the axis named by the defence's label."""
+    values = {1.0: 0.60, 0.5: 0.52, 0.25: 0.44}
+    for i, (keep, ssim) in enumerate(values.items()):
+        _fake_run(tmp_path, str(i), [f"defence.keep={keep}"],
+                  {"test/ssim": ssim, "baseline/mean_image/ssim": 0.46, "baseline/shuffled/ssim": 0.30 + i / 100},
+                  config=_defence_config(keep=keep))
+    report = build_report(tmp_path)
+    assert report.layout.sweep == {"key": "defence.keep", "label": "fraction of keypoints shared (defence.keep)"}
+    lines = report.series["test/ssim"]
+    ours = next(s for s in lines if s.attack)
+    assert [(x, y) for x, y, *_ in ours.points] == [(0.25, 0.44), (0.5, 0.52), (1.0, 0.60)]
+    assert {s.label for s in lines if not s.attack} == {"mean image", "shuffled"}  # the controls, same plot
+    written = write_reports(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    for keep, ssim in values.items():
+        assert _row(md, f"CFGAN (defence.keep={keep})", "## Paper layout")[0] == f"{ssim:.4f}"
+    assert tmp_path / "report_test_ssim.png" in written and _is_png(tmp_path / "report_test_ssim.png")
+
+
+def test_a_categorical_defence_setting_plots_in_its_order(tmp_path):
+    """``coordinates: exact | withheld`` (not numbers): the points in the defence's ``order``, the
+    ticks named by the values; a second varied setting is no sweep."""
+    for i, (coords, ssim) in enumerate([("withheld", 0.35), ("exact", 0.6)]):
+        _fake_run(tmp_path / "a", str(i), [f"defence.coordinates={coords}"], {"test/ssim": ssim},
+                  config=_defence_config(coordinates=coords))
+    report = build_report(tmp_path / "a")
+    assert report.layout.sweep["key"] == "defence.coordinates"
+    assert report.x_labels == {0.0: "exact", 1.0: "withheld"}
+    assert [p[:2] for p in report.series["test/ssim"][0].points] == [(0.0, 0.6), (1.0, 0.35)]
+    for i, (coords, keep) in enumerate([("withheld", 0.5), ("exact", 1.0)]):
+        _fake_run(tmp_path / "b", str(i), [f"defence.coordinates={coords}", f"defence.keep={keep}"],
+                  {"test/ssim": 0.5}, config=_defence_config(coordinates=coords, keep=keep))
+    assert build_report(tmp_path / "b").layout.sweep is None
