@@ -17,8 +17,8 @@ from reconattack.report.figures import _png, _pyplot  # noqa: E402
 from reconattack.utils.files import atomic_write_bytes  # noqa: E402
 
 #: (curve directory, the metric drawn)
-PANELS = (("keep", "test/ssim"), ("bits", "test/ssim"), ("noise", "test/ssim"),
-          ("coordinates", "test/ssim"), ("positions_only", "test/ssim"), ("avih_vc_weight", "ours/tpr@far"))
+PANELS = (("keep", "test/psnr"), ("bits", "test/psnr"), ("noise", "test/psnr"),
+          ("coordinates", "test/psnr"), ("positions_only", "test/psnr"), ("avih_vc_weight", "ours/tpr@far"))
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,10 @@ def main(argv=None) -> int:
                         marker="o" if s.attack else None, linestyle="-" if s.attack else "--", capsize=3,
                         label=s.label, alpha=1.0 if s.attack else 0.7)
         ticks = sorted({p[0] for s in lines for p in s.points})
+        if ticks[0] > 0 and ticks[-1] / ticks[0] >= 10 and not report.x_labels:  # as the report's plots
+            ax.set_xscale("log")
         ax.set_xticks(ticks, [report.x_labels.get(x, f"{x:g}") for x in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(report.layout.sweep_label, fontsize=8)
         ax.set_ylabel(metric, fontsize=8)
         ax.set_title(report.layout.sweep_label.split(" (")[0], fontsize=9)

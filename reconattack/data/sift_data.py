@@ -106,10 +106,6 @@ class StoredVariant:
     features: str
     size: str | float
 
-    def describe(self) -> str:
-        size = self.size if isinstance(self.size, str) else f"{self.size:g}x the model's size"
-        return f"{self.features} SIFT at {size}"
-
 
 def stored_variants(spec: Any, own_features: str) -> list[StoredVariant]:
     """``threat.stored`` (``{row name: {features: opencv | colmap | null, size: model | native |
@@ -351,6 +347,8 @@ class SiftDataModule(pl.LightningDataModule):
                  colmap: dict | None = None, stored: dict | None = None, defence: dict | None = None):
         super().__init__()
         self.defence = sift_defence(defence)
+        if self.defence is not None:
+            log.info("SIFT defence: %s (the training pairs and the test features alike)", self.defence.describe())
         self.placement, self.positions_only = str(placement), bool(positions_only)
         self.name = name
         self.source_cfg = source
