@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from reconattack.defences.avih import avih_defence
-from reconattack.errors import ConfigError
 from reconattack.engine.runner import build_threat
+from reconattack.errors import ConfigError
 from reconattack.report import write_reports
 from reconattack.run import run
 from tests.helpers import coarse_only, compose_cfg
