@@ -25,11 +25,21 @@ SIFT_CURVES = (
     ("positions_only", "defence.positions_only=false,true"),
 )
 NO_STORED = ("threat.stored.colmap=null", "threat.stored.native=null", "threat.stored.colmap_native=null")
+#: the AVIH curve: its directory and the multirun of the VC weight
+AVIH_CURVE = ("avih_vc_weight", ("defence=avih", "defence.vc_weight=0.3,3,30"))
+
+
+def curves(sift: tuple[str, ...], avih: str) -> dict:
+    """A scale's multiruns and reports: every SIFT curve on the experiment overrides ``sift``, the
+    AVIH curve on the experiment ``avih``."""
+    name, overrides = AVIH_CURVE
+    sweeps = (*(Sweep(curve, (*sift, sweep)) for curve, sweep in SIFT_CURVES),
+              Sweep(name, (f"+experiment={avih}", *overrides)))
+    return {"sweeps": sweeps, "reports": tuple(s.dir for s in sweeps)}
+
 
 DEMO = Scale(
-    sweeps=(*(Sweep(name, ("+experiment=demo_defence_sift", sweep)) for name, sweep in SIFT_CURVES),
-            Sweep("avih_vc_weight", ("+experiment=demo_avih", "defence=avih", "defence.vc_weight=0.3,3,30"))),
-    reports=(*(name for name, _ in SIFT_CURVES), "avih_vc_weight"),
+    **curves(("+experiment=demo_defence_sift",), "demo_avih"),
     seeds="0",
     about="Demo scale: demo_defence_sift (CFGAN's coarse net, 400 steps, on the SIFT of the 100 "
           "scikit-image LFW faces at 64x64, 20 held out) trained and tested through each SIFT defence "
@@ -38,10 +48,7 @@ DEMO = Scale(
 )
 
 PAPER = Scale(
-    sweeps=(*(Sweep(name, ("+experiment=cfgan_celebahq", "defence=sift", sweep, *NO_STORED))
-              for name, sweep in SIFT_CURVES),
-            Sweep("avih_vc_weight", ("+experiment=avih_attack_lfw", "defence=avih", "defence.vc_weight=0.3,3,30"))),
-    reports=(*(name for name, _ in SIFT_CURVES), "avih_vc_weight"),
+    **curves(("+experiment=cfgan_celebahq", "defence=sift", *NO_STORED), "avih_attack_lfw"),
     seeds="0",
     about="Paper scale: cfgan_celebahq (CFGAN at the paper's sizes on CelebA-HQ, GPUs) trained and "
           "tested through each SIFT defence at each strength, and avih_attack_lfw (key share 10 %) at "
