@@ -232,3 +232,19 @@ def trust_weights(monkeypatch, path, key: str | None = None) -> None:
     from reconattack.utils.weights import PINNED_SHA256
 
     monkeypatch.setitem(PINNED_SHA256, key or Path(path).name, sha256_file(path))
+
+
+def reloads_strictly(over: list[str], tmp: Path, stage: str, metrics: dict, other: str, refusal: str) -> None:
+    """The run of ``over`` (written under ``tmp/run``) again from its ``stage`` checkpoint alone
+    (``attack.test_only=true``): the same test PSNR; and with the override ``other`` (another
+    architecture) the checkpoint is refused, the error matching ``refusal``."""
+    import pytest
+
+    from reconattack.run import run
+
+    ckpt = tmp / "run" / "checkpoints" / f"{stage}.ckpt"
+    load = [*over, "attack.test_only=true", f"attack.checkpoints.{stage}={ckpt}"]
+    again = run(compose_cfg([*load, f"paths.output_dir={tmp / 'again'}"]))
+    assert again["test/psnr"] == pytest.approx(metrics["test/psnr"])
+    with pytest.raises(Exception, match=refusal):
+        run(compose_cfg([*load, f"paths.output_dir={tmp / 'other'}", other]))

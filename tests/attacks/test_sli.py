@@ -13,7 +13,7 @@ from reconattack.losses.gan import sli_d_loss, sli_g_loss
 from reconattack.models.common import count_parameters
 from reconattack.models.sli import SLIDiscriminator, SLIUNet
 from reconattack.run import run
-from tests.helpers import compose_cfg, experiment_overrides
+from tests.helpers import compose_cfg, experiment_overrides, reloads_strictly
 
 
 def tiny(cfg) -> list[str]:
@@ -82,14 +82,10 @@ def test_sli_demo_trains_both_stages_and_loads_each_checkpoint_strictly(tmp_path
     ckpt = tmp_path / "run" / "checkpoints"
     for stage in ("lbp", "image"):
         assert (ckpt / f"{stage}.ckpt").is_file()
-    # the image stage alone from its checkpoint (it holds the frozen LBP net): the same numbers
-    again = run(compose_cfg([*over, f"paths.output_dir={tmp_path / 'again'}", "attack.test_only=true",
-                             f"attack.checkpoints.image={ckpt / 'image.ckpt'}"]))
-    assert again["test/psnr"] == pytest.approx(metrics["test/psnr"])
-    other = [*over, f"paths.output_dir={tmp_path / 'other'}", "attack.test_only=true",
-             f"attack.checkpoints.image={ckpt / 'image.ckpt'}", "model.lbp.widths=[8,8,8,8,8]"]
-    with pytest.raises(Exception, match=r"does not fit SLIStage.*net\.down\.0\.0\.weight"):
-        run(compose_cfg(other))  # another architecture: refused, naming the keys
+    # the image stage alone from its checkpoint (it holds the frozen LBP net): the same numbers;
+    # another architecture refused, naming the keys
+    reloads_strictly(over, tmp_path, "image", metrics, "model.lbp.widths=[8,8,8,8,8]",
+                     r"does not fit SLIStage.*net\.down\.0\.0\.weight")
 
 
 def test_sli_b_reads_the_positions_only_map(tmp_path):
