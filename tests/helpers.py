@@ -60,6 +60,12 @@ REID_TINY = {"img_size": [32, 16], "patch": 8, "stride": 4, "dim": 16, "depth": 
 #: the published configurations' SIE and heads (conf/reid/transreid_*_<dataset>.yaml)
 REID_DATASETS = {"market1501": {"cameras": 6, "views": 0, "shift": 5, "num_classes": 751},
                  "veri": {"cameras": 20, "views": 8, "shift": 8, "num_classes": 576}}
+# where the official TransReID runs write their checkpoints (the configs' OUTPUT_DIR, as published;
+# the Market DeiT folder's name is the official config's, typo included)
+TRANSREID_FOLDERS = {("market1501", "vit"): "market_vit_transreid_stride",
+                     ("market1501", "deit"): "0321_market_deit_transreie",
+                     ("veri", "vit"): "veri_vit_transreid_stride",
+                     ("veri", "deit"): "veri_deit_transreid_stride"}
 
 
 def make_reid_tree(root: Path, layout: str, seed: int = 0) -> Path:
@@ -127,7 +133,7 @@ def make_experiment_data(root: Path) -> Path:
     for dataset, settings in REID_DATASETS.items():  # re-identification: data and TransReID checkpoints
         make_reid_tree(root / dataset, dataset)
         for backbone in ("vit", "deit"):  # as the official training saves them
-            folder = models / "transreid" / f"{dataset}_{backbone}_transreid_stride"
+            folder = models / "transreid" / TRANSREID_FOLDERS[dataset, backbone]
             folder.mkdir(parents=True)
             torch.save(TransReID(**REID_TINY, **settings).state_dict(), folder / "transformer_120.pth")
     for aux in ("lpw/scen1/view1/0001", "stanford_cars/cars_train"):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from reconattack.run import run
-from tests.helpers import base_overrides, compose_cfg, make_image_folder
+from tests.helpers import TRANSREID_FOLDERS, base_overrides, compose_cfg, make_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,7 @@ def test_avih_reid_setting_at_256x128(tmp_path):
     net["img_size"] = list(net["img_size"])
     torch.manual_seed(0)
     for backbone in ("vit", "deit"):  # the official training's state dict, random weights
-        folder = data / "models" / "transreid" / f"market1501_{backbone}_transreid_stride"
+        folder = data / "models" / "transreid" / TRANSREID_FOLDERS["market1501", backbone]
         folder.mkdir(parents=True)
         torch.save(TransReID(**net).state_dict(), folder / "transformer_120.pth")
     cfg = compose_cfg(["+experiment=avih_attack_market1501", *base_overrides(tmp_path, data),

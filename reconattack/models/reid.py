@@ -7,8 +7,8 @@ stride 12: 256x128 -> 21x10 patches), with side-information embeddings (SIE: a l
 camera, or per camera x view, added to the position embedding with coefficient 3.0), the first
 11 of its 12 blocks shared, then the jigsaw patch module (JPM): the last block and the final
 norm, copied twice — ``b1`` on all tokens (the global feature), ``b2`` on the class token with
-each of 4 groups of patch tokens after a shift by ``shift`` tokens and a shuffle in 2 groups
-(the local features). Test feature (NECK_FEAT "before"): the global feature and the four local
+each of 4 groups of patch tokens after the official shift (the patches rotated by ``shift - 1``:
+:func:`shuffle_tokens`) and a shuffle in 2 groups (the local features). Test feature (NECK_FEAT "before"): the global feature and the four local
 ones divided by 4, concatenated before the BN necks (5 x 768 = 3,840-d). Checkpoints are the
 official training's ``torch.save(model.state_dict())``: ``base.*`` (with an unused ``base.fc``),
 ``b1.*``, ``b2.*``, ``bottleneck[_1.._4].*``, ``classifier[_1.._4].weight``.
@@ -124,9 +124,15 @@ class TransReIDBackbone(nn.Module):
 def shuffle_tokens(tokens: torch.Tensor, shift: int, groups: int) -> torch.Tensor:
     """JPM's shift and patch shuffle of the patch tokens (not the class token): (B, 1 + N, D) →
     (B, N', D), N' = N rounded up to a multiple of ``groups`` by repeating the last-but-one token
-    (as the official code does when N does not divide)."""
+    (as the official code does when N does not divide).
+
+    The shift is the official ``shuffle_unit(features, shift, group, begin=1)``:
+    ``cat(tokens[:, shift:], tokens[:, 1:shift])`` with the class token at index 0, i.e. the
+    patches rotated by ``shift - 1`` (Market, shift 5: the sequence starts at token 5). ``shift`` >= 1."""
+    if shift < 1:
+        raise ConfigError(f"TransReID: JPM shift must be >= 1 (the official shuffle_unit's), got {shift}")
     b, _, d = tokens.shape
-    x = torch.cat([tokens[:, shift + 1:], tokens[:, 1:shift + 1]], dim=1)
+    x = torch.cat([tokens[:, shift:], tokens[:, 1:shift]], dim=1)
     if x.shape[1] % groups:
         x = torch.cat([x, x[:, -2:-1].expand(-1, groups - x.shape[1] % groups, -1)], dim=1)
     return x.view(b, groups, -1, d).transpose(1, 2).reshape(b, -1, d)
@@ -153,6 +159,8 @@ class TransReID(nn.Module):
         self.b1 = self._last_layers()
         self.b2 = self._last_layers()
         self.shift, self.groups, self.parts = int(shift), int(groups), int(parts)
+        if self.shift < 1:
+            raise ConfigError(f"TransReID: JPM shift must be >= 1 (the official shuffle_unit's), got {shift}")
         self.dim = dim
         self.feature_dim = dim * (parts + 1)
         for suffix in ["", *(f"_{k}" for k in range(1, parts + 1))]:  # the global head, then each part's

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from reconattack.errors import ConfigError
 from reconattack.models.reid import TransReID, make_reid_model, shuffle_tokens
 from reconattack.utils.checkpoints import CheckpointMismatchError
 from tests.helpers import CONF_DIR
@@ -57,15 +58,60 @@ def test_the_official_checkpoints_key_names_and_shapes(name, shapes):
     assert deit.net == cfg.net and raw(deit) != raw(cfg)
 
 
-def test_jpm_shift_and_shuffle_follow_the_official_rearrangement():
-    b, n, d = 2, 7, 3  # 1 class token + 6 patches, shift 2, 2 groups
-    tokens = torch.arange(b * (n + 0) * d, dtype=torch.float32).view(b, n, d)
-    out = shuffle_tokens(tokens, shift=2, groups=2)
-    # shifted: patches 3..6 then 1..2 -> [3,4,5,6,1,2]; in 2 groups [3,4,5],[6,1,2] interleaved
-    order = [3, 6, 4, 1, 5, 2]
-    assert torch.equal(out, tokens[:, order])
-    odd = shuffle_tokens(tokens[:, :6], shift=1, groups=2)  # 5 patches: [2,3,4,5,1] + its last-but-one
-    assert odd.shape == (b, 6, d) and torch.equal(odd, tokens[:, [2, 5, 3, 1, 4, 5]])
+def _official_order(num_patches, shift, groups=2):
+    """The token indices of the official ``shuffle_unit(features, shift, group, begin=1)`` written
+    out from its definition: ``cat(features[:, begin-1+shift:], features[:, begin:begin-1+shift])``
+    over the tokens 0..N (class token 0), the last-but-one index appended when the count does not
+    divide by the groups, then the groups interleaved."""
+    tokens = list(range(num_patches + 1))
+    begin = 1
+    x = tokens[begin - 1 + shift:] + tokens[begin:begin - 1 + shift]
+    if len(x) % groups:
+        x.append(x[-2])
+    size = len(x) // groups
+    parts = [x[g * size:(g + 1) * size] for g in range(groups)]
+    return [parts[g][i] for i in range(size) for g in range(groups)]
+
+
+@pytest.mark.parametrize("num_patches,shift,start", [
+    (210, 5, [5, 110, 6, 111]),  # Market 256x128: 21x10 patches, shift 5: the sequence starts at token 5
+    (441, 8, [8, 229, 9, 230]),  # VeRi 256x256: 21x21 patches (odd), shift 8
+    (6, 2, [2, 5, 3, 6]),
+    (5, 1, [1, 4, 2, 5]),
+])
+def test_jpm_shift_and_shuffle_follow_the_official_rearrangement(num_patches, shift, start):
+    b, d = 2, 3
+    tokens = torch.arange(num_patches + 1, dtype=torch.float32).view(1, -1, 1).expand(b, -1, d)
+    out = shuffle_tokens(tokens, shift=shift, groups=2)
+    order = _official_order(num_patches, shift)
+    assert order[:4] == start
+    assert out.shape == (b, len(order), d)
+    assert out[0, :, 0].long().tolist() == order
+    assert 0 not in order  # the class token is not among the patches
+
+
+def test_shift_below_one_is_refused():
+    with pytest.raises(ConfigError, match="shift"):
+        TransReID(img_size=(32, 16), shift=0, num_classes=0, dim=16, depth=2, heads=2, patch=8, stride=4)
+
+
+def test_the_test_feature_follows_the_official_forward():
+    """Global feature b1(tokens)[:, 0]; each of 4 parts b2(cat(class token, x[:, k*L:(k+1)*L]))[:, 0]
+    with x the official rearrangement and L = N // 4 of the unpadded count; divided by 4."""
+    net = TransReID(img_size=(40, 24), cameras=3, views=2, shift=3, num_classes=0, dim=16, depth=2,
+                    heads=2, patch=8, stride=4).eval()  # 9x5 = 45 patches (odd)
+    x = torch.randn(2, 3, 40, 24)
+    cams, views = torch.tensor([0, 2]), torch.tensor([1, 0])
+    with torch.no_grad():
+        tokens = net.base(x, cams, views)
+        n = tokens.shape[1] - 1
+        assert n == 45
+        order = torch.tensor(_official_order(n, 3))
+        rearranged, length = tokens[:, order], n // 4
+        parts = [net.b2(torch.cat([tokens[:, :1], rearranged[:, k * length:(k + 1) * length]], 1))[:, 0] / 4
+                 for k in range(4)]
+        expected = torch.cat([net.b1(tokens)[:, 0], *parts], dim=1)
+        torch.testing.assert_close(net(x, cams, views), expected, rtol=0, atol=0)
 
 
 def _tiny(**kw):

@@ -91,12 +91,13 @@ def test_paper_reid_settings():
     cfg = compose_cfg(["+experiment=avih_attack_veri"])
     assert cfg.threat.encrypt.loss.vc_kernel == 8 and cfg.attack.steps.attack == 800  # vehicles
     assert list(cfg.data.image_size) == [256, 256] and cfg.threat.service.net.views == 8
-    assert list(cfg.threat.evaluation.mean) == [0.485, 0.456, 0.406]
+    assert list(cfg.threat.evaluation.mean) == [0.485, 0.456, 0.406]  # VeRi DeiT: the defaults, ImageNet's
+    assert list(cfg.threat.service.mean) == list(cfg.threat.service.std) == [0.5] * 3  # VeRi ViT: 0.5
     m = compose_cfg(["+experiment=avih_attack_market1501"])
     assert m.threat.encrypt.loss.vc_kernel == 4 and list(m.data.image_size) == [256, 128]
     assert m.threat.encrypt.iterations == 800 and (m.data.gallery_size, m.data.pool) == (2000, 1000)
-    assert m.threat.service.checkpoint.endswith("market1501_vit_transreid_stride/transformer_120.pth")
-    assert m.threat.evaluation.checkpoint.endswith("market1501_deit_transreid_stride/transformer_120.pth")
+    assert m.threat.service.checkpoint.endswith("/market_vit_transreid_stride/transformer_120.pth")
+    assert m.threat.evaluation.checkpoint.endswith("/0321_market_deit_transreie/transformer_120.pth")
     assert m.data.auxiliary.path.endswith("lpw") and not m.data.auxiliary.crop
     assert list(m.metrics.ranks) == [1, 5]
 
