@@ -18,6 +18,28 @@ A build that was killed leaves no artifact; what its builder kept in the artifac
 continue instead of starting over.
 Under multi-process training only the rank-0 process builds; the other ranks wait for the
 ``DONE`` marker (see :func:`reconattack.engine.context.process_rank`).
+
+A build that fails on rank 0 is marked before the exception goes on: rank 0 writes
+``<kind>/.<key>.failed/<token>.json`` (atomically: the exception's type and one-line message,
+when, on which host and process, its launch and attempt), and a waiting rank, which looks for it
+at every poll, raises :class:`ArtifactBuildError` at once with rank 0's message instead of
+polling until ``wait_s`` (12 hours by default) has passed. A marker is rank 0's *for this
+waiter* only when all of these hold (:func:`marks_this_wait`), so that an earlier failure never
+fails a later build that may succeed:
+
+- the same attempt: it is the n-th request of that artifact by its process, as the waiter's
+  is of its own (every rank runs the same program, so rank 0's n-th request is the waiter's
+  n-th; a sweep of several jobs in one process does not take job 1's failure for job 2's);
+- the same launch, where the launcher names one (:func:`launch_id`: SLURM's job, step and
+  restart count; torchrun's run id and restart count): a concurrent job of a sweep that fails
+  the same artifact (whose rank 0 may yet build it) is not the waiter's rank 0;
+- written after the waiter's process started: a marker left by a failed earlier run is older
+  than every process of a new one (the ranks of one launch start within moments of each other,
+  and rank 0 cannot fail a build before it has imported torch and composed its config).
+
+Markers are kept until the artifact is published (a waiter of the failed launch that is still
+polling then finds the artifact) and are never read as a reason to skip a build: rank 0 builds
+whatever markers there are.
 """
 
 from __future__ import annotations
@@ -28,17 +50,87 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from reconattack.errors import UserError
+from reconattack.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 #: bump when an artifact builder changes what it writes for the same spec
 VERSION = 1
 DONE = "DONE"
+#: seconds between a waiting rank's looks for the artifact or rank 0's failure marker
+POLL_S = 1.0
+
+
+class ArtifactBuildError(RuntimeError):
+    """Rank 0 failed to build an artifact that this rank waits for; the message is rank 0's."""
+
+
+class ArtifactInputError(ArtifactBuildError, UserError):
+    """Rank 0's build failed with a :class:`~reconattack.errors.UserError` (bad input): the other
+    ranks stop with it as a user error too (one line, exit status 2)."""
+
+
+def launch_id() -> str | None:
+    """What every process of one launch shares and the next launch does not, from the
+    launcher's environment, or None where the launcher names none (a single process,
+    Lightning's own DDP launcher): ``slurm:<job>.<step>:<restart count>`` (a requeued job is
+    another launch), ``torchrun:<run id>:<restart count>`` (torchrun's run id is ``none`` unless
+    ``--rdzv-id`` or ``--standalone`` is given: then only the marker's time tells one launch from
+    the next)."""
+    env = os.environ
+    tasks = env.get("SLURM_NTASKS", "1").strip()
+    if env.get("SLURM_JOB_ID") and tasks.isdigit() and int(tasks) > 1:
+        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}:{env.get('SLURM_RESTART_COUNT', '0')}"
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun:{env['TORCHELASTIC_RUN_ID']}:{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return None
+
+
+def _process_start() -> float:
+    """When this process started (seconds since the epoch; Linux ``/proc``), else when this
+    module was imported."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+#: requests per (rank, artifact) in this process: the attempt a failure marker belongs to
+_REQUESTS: Counter = Counter()
+_REQUESTS_LOCK = threading.Lock()
+
+
+def _next_attempt(rank: int, final: Path) -> int:
+    with _REQUESTS_LOCK:
+        _REQUESTS[rank, str(final)] += 1
+        return _REQUESTS[rank, str(final)]
+
+
+def marks_this_wait(marker: Mapping[str, Any], attempt: int, launch: str | None, started: float) -> bool:
+    """Whether a failure marker is the failure of the build this waiter waits for (module
+    docstring): the same ``attempt``, the same ``launch`` where both name one, and written at or
+    after ``started`` (the waiter's process start)."""
+    if marker.get("attempt") != attempt:
+        return False
+    if launch is not None and marker.get("launch") is not None and marker["launch"] != launch:
+        return False
+    return float(marker.get("failed_at", 0.0)) >= started
 
 
 def spec_key(kind: str, spec: Mapping[str, Any]) -> str:
@@ -79,6 +171,12 @@ class ArtifactStore:
         base = self.root if self.reuse else self.private_root
         return base / kind / spec_key(kind, self._keyed(spec))
 
+    @staticmethod
+    def failures_dir(final: Path) -> Path:
+        """Where rank 0 marks its failed builds of the artifact ``final``
+        (``<kind>/.<key>.failed``, one JSON file per failed attempt)."""
+        return final.parent / f".{final.name}.failed"
+
     def work_dir(self, kind: str, spec: Mapping[str, Any]) -> Path:
         """A folder that survives a killed build of the artifact (``<kind>/.<key>.work``): a
         builder keeps finished pieces there and continues from them; it is removed when the
@@ -95,16 +193,30 @@ class ArtifactStore:
         """
         final = self.path(kind, spec)
         what = what or kind
+        attempt = _next_attempt(self.rank, final)
         if (final / DONE).is_file():
             log.info("%s: reusing %s", what, final)
             return final
         if self.rank != 0:
-            return self._wait(final, what)
+            return self._wait(final, what, attempt)
+        try:
+            built = self._build(kind, spec, final, build, what)
+        except BaseException as exc:
+            self._mark_failed(final, what, attempt, exc)
+            raise
+        if built:
+            self.built.append(f"{kind}/{final.name}")
+        return final
+
+    def _build(self, kind: str, spec: Mapping[str, Any], final: Path, build: Callable[[Path], None],
+               what: str) -> bool:
+        """Rank 0: build and publish ``final`` under its lock; False when a concurrent job
+        published it first."""
         (final.parent / ".locks").mkdir(parents=True, exist_ok=True)
         with _locked(final.parent / ".locks" / f"{final.name}.lock"):
             if (final / DONE).is_file():  # built by a concurrent job while we waited
                 log.info("%s: reusing %s (built by another job)", what, final)
-                return final
+                return False
             for stale in final.parent.glob(f".{final.name}.tmp*"):  # left by a killed build
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
@@ -121,19 +233,53 @@ class ArtifactStore:
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
                 os.replace(tmp, final)
                 shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(self.failures_dir(final), ignore_errors=True)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        self.built.append(f"{kind}/{final.name}")
-        return final
+        return True
 
-    def _wait(self, final: Path, what: str) -> Path:
-        start = time.monotonic()
+    def _mark_failed(self, final: Path, what: str, attempt: int, exc: BaseException) -> None:
+        """Record rank 0's failed build for the waiting ranks (module docstring); a marker that
+        cannot be written is logged, never raised over the build's own exception."""
+        launch = launch_id()
+        marker = {"artifact": str(final), "what": what, "type": type(exc).__name__,
+                  "user_error": isinstance(exc, UserError),
+                  "message": " ".join(str(exc).split())[:2000], "attempt": attempt, "launch": launch,
+                  "failed_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        token = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{launch or 'local'}-{marker['host']}-{os.getpid()}-{attempt}")
+        try:
+            atomic_write_text(self.failures_dir(final) / f"{token}.json", json.dumps(marker, indent=1))
+        except OSError as err:
+            log.warning("%s: could not mark the failed build for the other ranks (%s)", what, err)
+
+    def _rank_zero_failure(self, final: Path, attempt: int, launch: str | None,
+                           started: float) -> dict | None:
+        """Rank 0's failure marker of the build this rank waits for, or None."""
+        folder = self.failures_dir(final)
+        if not folder.is_dir():
+            return None
+        for path in sorted(folder.glob("*.json")):
+            try:
+                marker = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # removed while listed (the artifact was published)
+            if isinstance(marker, dict) and marks_this_wait(marker, attempt, launch, started):
+                return marker
+        return None
+
+    def _wait(self, final: Path, what: str, attempt: int) -> Path:
+        start, launch, started = time.monotonic(), launch_id(), _process_start()
         while not (final / DONE).is_file():
+            failed = self._rank_zero_failure(final, attempt, launch, started)
+            if failed is not None:
+                error = ArtifactInputError if failed.get("user_error") else ArtifactBuildError
+                raise error(f"{what}: rank 0 failed to build {final} (rank {self.rank} waited for it): "
+                            f"{failed.get('type', 'Exception')}: {failed.get('message', '')}")
             if time.monotonic() - start > self.wait_s:
                 raise TimeoutError(f"{what}: rank {self.rank} waited {self.wait_s:.0f} s for rank 0 "
                                    f"to build {final}")
-            time.sleep(1.0)
+            time.sleep(POLL_S)
         return final
 
 
