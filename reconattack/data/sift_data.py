@@ -21,7 +21,6 @@ images.open_auto`, :func:`~reconattack.data.images.lfw_faces`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -88,6 +87,21 @@ def make_split(names: Sequence[str], val: float, test: float, seed: int,
     picked = [names[i] for i in order]
     return {"train": picked[:n_train], "val": picked[n_train:n_train + n_val],
             "test": picked[n_train + n_val:]}
+
+
+def drop_unreadable(split: dict[str, list[str]], unreadable: Any) -> dict[str, list[str]]:
+    """``split`` without the names in ``unreadable``, each removed from the part it fell in (the
+    other names keep their parts and order): a run that cannot read an image drops it *after*
+    the split, so its split is the one every run of the same data and seed gets, less what it
+    could not read (never a split reshuffled by it)."""
+    bad = set(unreadable)
+    out = {part: [n for n in names if n not in bad] for part, names in split.items()}
+    gone = {part: [n for n in split[part] if n in bad] for part in split}
+    if any(gone.values()):
+        log.warning("left out %d unreadable image(s) after the split: %s", sum(map(len, gone.values())),
+                    "; ".join(f"{part}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                              for part, names in gone.items() if names))
+    return out
 
 
 #: where a stored-features row extracts the test image: at the model's size, at the size its
@@ -307,7 +321,11 @@ class SiftDataModule(pl.LightningDataModule):
             every image in the test split (generalisation sets such as FFHQ).
         max_images: random subset size before splitting (paper: 50,000 LSUN images), or None.
         split_file: a ``split.json`` written by an earlier run; reused when given.
-        run_dir: where ``split.json`` (and the unreadable-file report) are written.
+        run_dir: where ``split.json`` is written: the split, and the images this run could not
+            read (``unreadable``: name -> error), left out of the part they fell in
+            (:func:`drop_unreadable`). A run started again in the same directory with the same
+            data settings (``resume=true``; the other DDP ranks) leaves them out too, so that it
+            trains on the same split.
         cache_dir: SIFT keypoint cache (shared across runs; keyed by image content + settings).
         batch_size, eval_batch_size: images per step of all processes together (each DDP
             process loads its share, :func:`~reconattack.utils.distributed.per_process_batch`).
@@ -369,6 +387,8 @@ class SiftDataModule(pl.LightningDataModule):
         self.map_seed = int(map_seed)
         self.source = None
         self.split: dict[str, list[str]] | None = None
+        #: name -> error of the images :meth:`prepare_data` could not read in this process
+        self.unreadable: dict[str, str] = {}
         self.datasets: dict[str, SiftImageDataset] = {}
 
     # -- set-up ---------------------------------------------------------------------------
@@ -382,10 +402,25 @@ class SiftDataModule(pl.LightningDataModule):
         layout) when the data is not there."""
         self._open()
 
-    def _unreadable_file(self) -> Path:
-        key = (f"{self._describe_source()}:{self.image_size}:"
-               f"{self.max_images}:{self.selection_seed if self.max_images else ''}")
-        return self.cache.root / f"unreadable-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    def _split_basis(self) -> dict[str, Any]:
+        """What the split is a function of besides the data's listing (recorded in ``split.json``)."""
+        return {"source": self._describe_source(), "selection_seed": self.selection_seed,
+                "max_images": self.max_images, "val": self.val, "test": self.test,
+                "split_file": str(self.split_file) if self.split_file else None}
+
+    def _recorded_unreadable(self) -> dict[str, str]:
+        """The images that an earlier start of this run (its ``split.json`` in ``run_dir``, same
+        :meth:`_split_basis`) left out: a resumed run, or another rank, leaves them out too."""
+        path = self.run_dir / "split.json" if self.run_dir is not None else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(saved, dict) or {k: saved.get(k) for k in self._split_basis()} != self._split_basis():
+            return {}
+        return dict(saved.get("unreadable") or {})
 
     def _describe_source(self) -> str:
         cfg = self.source_cfg
@@ -402,7 +437,8 @@ class SiftDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Check the data, fill the SIFT cache of the selected images (in parallel with
-        ``num_workers`` processes) and record unreadable files. Called on rank 0 only."""
+        ``num_workers`` processes) and note the files it could not read (:attr:`unreadable`,
+        this process's own: nothing shared with other runs, which must not split otherwise)."""
         source = self._open()
         indices = self._selected([source.name(i) for i in range(len(source))])
         if self.num_workers > 1 and len(indices) > 64:
@@ -419,7 +455,7 @@ class SiftDataModule(pl.LightningDataModule):
         if len(bad) == len(indices):
             raise DataNotFoundError(f"none of the {len(indices)} images in "
                                     f"{self._open()!r} could be read")
-        atomic_write_text(self._unreadable_file(), json.dumps(bad, indent=1))
+        self.unreadable = bad
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
@@ -436,18 +472,19 @@ class SiftDataModule(pl.LightningDataModule):
             if missing:
                 raise ConfigError(f"{len(missing)} image(s) of split file {path} are not in the data "
                                   f"source (e.g. {missing[0]!r})")
-        else:
-            bad_file = self._unreadable_file()
-            bad = set(json.loads(bad_file.read_text())) if bad_file.is_file() else set()
-            usable = [names[i] for i in self._selected(names) if names[i] not in bad]
-            split = make_split(usable, self.val, self.test, self.selection_seed)
+        else:  # a function of the listing and the seed alone; what this run cannot read goes after
+            split = make_split([names[i] for i in self._selected(names)], self.val, self.test,
+                               self.selection_seed)
+        listed = {n for part in split.values() for n in part}
+        unreadable = {n: e for n, e in {**self._recorded_unreadable(), **self.unreadable}.items() if n in listed}
+        split = drop_unreadable(split, unreadable)
         if split.get("train") and self.batch_size > len(split["train"]):
             raise ConfigError(f"data.batch_size={self.batch_size} is larger than the {len(split['train'])} "
                               f"training images of the split; use data.batch_size <= {len(split['train'])}")
         self.split = split
         if self.run_dir is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             atomic_write_text(self.run_dir / "split.json", json.dumps(
-                {"source": self._describe_source(), "selection_seed": self.selection_seed, "split": split},
+                {**self._split_basis(), "split": split, "unreadable": dict(sorted(unreadable.items()))},
                 indent=1))
         references = self._references(source, [index_of[n] for n in split.get("train", [])])
         self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
@@ -549,5 +586,5 @@ class SiftDataModule(pl.LightningDataModule):
         return (acc / max(n, 1) / 127.5 - 1).float()
 
 
-__all__ = ["SiftDataModule", "SiftImageDataset", "StoredVariant", "collate_sift", "make_split", "split_counts",
-           "stored_variants"]
+__all__ = ["SiftDataModule", "SiftImageDataset", "StoredVariant", "collate_sift", "drop_unreadable", "make_split",
+           "split_counts", "stored_variants"]

@@ -10,6 +10,7 @@ from reconattack.data.sift import build_maps, extract, grid_xy
 from reconattack.data.sift_data import (
     SiftDataModule,
     collate_sift,
+    drop_unreadable,
     make_split,
     split_counts,
     stored_variants,
@@ -64,6 +65,85 @@ def test_unreadable_images_are_skipped_with_a_warning(tmp_path, caplog):
     assert "broken.png" in caplog.text
     used = [n for part in dm.split.values() for n in part]
     assert len(used) == 6 and not any("broken" in n for n in used)
+
+
+def _run(tmp_path, root, run, **kw):
+    """One job on the folder (its own run directory, the shared SIFT cache): its split."""
+    dm = _dm(tmp_path, root, run_dir=str(tmp_path / run), **kw)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def _listing(root):
+    from reconattack.data.images import ImageFolderSource
+
+    source = ImageFolderSource(str(root))
+    return [source.name(i) for i in range(len(source))]
+
+
+def _without(split, name):
+    return {part: [n for n in names if n != name] for part, names in split.items()}
+
+
+def test_a_read_error_of_one_job_does_not_change_the_split_of_later_jobs(tmp_path):
+    """The split is make_split of the listing and the seed; an image a job cannot read is left
+    out of the part it fell in, for that job alone (its split.json says so): a later job that
+    reads it, or fails on another image, splits as the listing and the seed say."""
+    root = make_image_folder(tmp_path / "imgs", n=12, size=40)
+    names = _listing(root)
+    full = make_split(names, 2, 2, seed=0)
+    broken, other = full["test"][0], full["train"][0]
+    good = (root / broken).read_bytes()
+    (root / broken).write_bytes(b"half a file")  # job A: a transient read error
+    a = _run(tmp_path, root, "a")
+    assert a.split == _without(full, broken)
+    record = json.loads((tmp_path / "a" / "split.json").read_text())
+    assert record["split"] == a.split and list(record["unreadable"]) == [broken]
+
+    (root / broken).write_bytes(good)  # job B: the file is whole again
+    b = _run(tmp_path, root, "b")
+    assert b.split == full
+    assert json.loads((tmp_path / "b" / "split.json").read_text())["unreadable"] == {}
+
+    good = (root / other).read_bytes()
+    (root / other).write_bytes(b"")  # job C: another file fails
+    c = _run(tmp_path, root, "c")
+    assert c.split == _without(full, other)
+    (root / other).write_bytes(good)
+    assert _run(tmp_path, root, "d").split == full
+    assert not [p for p in (tmp_path / "cache").rglob("*") if "unreadable" in p.name]  # nothing shared
+
+
+def test_a_resumed_run_and_other_ranks_leave_out_what_the_run_could_not_read(tmp_path, monkeypatch):
+    """A run started again in its directory (resume, or another DDP rank reading rank 0's
+    split.json) trains on the same split although the image reads now; other data settings in
+    that directory do not take the record."""
+    root = make_image_folder(tmp_path / "imgs", n=12, size=40)
+    names = _listing(root)
+    full = make_split(names, 2, 2, seed=0)
+    broken = full["train"][1]
+    good = (root / broken).read_bytes()
+    (root / broken).write_bytes(b"not an image")
+    first = _run(tmp_path, root, "run").split
+    (root / broken).write_bytes(good)
+    assert first == _without(full, broken)
+    assert _run(tmp_path, root, "run").split == first  # resumed
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank1 = _dm(tmp_path, root, run_dir=str(tmp_path / "run"))
+    rank1.setup()
+    assert rank1.split == first
+    monkeypatch.delenv("LOCAL_RANK")
+    other = _run(tmp_path, root, "run", selection_seed=5).split
+    assert other == make_split(names, 2, 2, seed=5)
+
+
+def test_drop_unreadable_keeps_every_other_name_in_its_part_and_order():
+    split = make_split([f"n{i}" for i in range(20)], 0.2, 0.2, seed=1)
+    gone = {split["train"][3], split["val"][0], split["test"][-1]}
+    kept = drop_unreadable(split, gone)
+    assert kept == {part: [n for n in names if n not in gone] for part, names in split.items()}
+    assert drop_unreadable(split, {"not listed"}) == split
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
