@@ -3,10 +3,11 @@ reconstruct the images behind SIFT features a system stores, with a trained SIFT
 
 - ``--colmap DATABASE``: a COLMAP database (``database.db``, SQLite): every image (or those named
   with ``--images NAME...``), each with its camera's width and height, its keypoints (float32
-  rows x cols, x and y first, COLMAP's pixel convention: the top-left pixel's centre at (0.5, 0.5))
-  and descriptors (uint8 rows x 128).
+  rows x cols, cols 2, 4 or 6, x and y first, COLMAP's pixel convention: the top-left pixel's
+  centre at (0.5, 0.5), the image spans [0, W] x [0, H]) and descriptors (uint8 rows x 128).
 - ``--npz FILE...``: OpenCV-style features, one file per image: ``keypoints`` (N, >= 2) x, y in
-  pixels (OpenCV's convention), ``descriptors`` (N, 128) uint8, ``image_size`` (H, W).
+  pixels (OpenCV's convention: the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5]),
+  ``descriptors`` (N, 128) uint8, ``image_size`` (H, W).
 
 Each image's keypoints are mapped from its own width and height onto the model's grid the way
 training mapped its images (``cv2.resize`` of the whole image to ``data.image_size``, no crop: a
@@ -14,16 +15,36 @@ pixel centre x goes to ``(x + 0.5) * S / W - 0.5``), the map is built by the tra
 (:func:`reconattack.data.sift.build_maps`, with the run's compression, collision rule and
 positions-only setting), and the run's final stage reconstructs it. One PNG per image, named after
 it, and ``invert.json`` (the run, the checkpoint, the features, and per image: keypoints read and
-placed, original size) are written to ``--out``; nothing is written there until every image has
-been read and reconstructed (a bad input ends in a message naming the image, exit 2).
+placed, original size) make the folder ``--out``.
+
+Everything ``invert`` reads comes from elsewhere and is untrusted:
+
+- The run directory runs no code. The configuration built is this checkout's ``conf/`` composed
+  with the choices the run recorded (``.hydra/overrides.yaml``), each of which may only pick a
+  config of ``conf/`` or set plain values (no dict, no interpolation, no Hydra key). The run's
+  ``.hydra/config.yaml`` is read without resolving anything, and must name the same classes
+  (``_target_`` and Hydra's other instantiation keys, at every node) and hold the same settings
+  in the nodes that make the model and the maps (:data:`COMPARED`); nothing it names is built.
+  Anything else is refused with one message naming the node (exit 2). The checkpoint is read
+  ``weights_only``.
+- Every value read from a database or a features file is checked: types, sizes (at most
+  ``--max-keypoints`` keypoints, sides of at most :data:`MAX_SIDE` px), blob lengths, and
+  every keypoint inside its image; a failure ends in one message naming the image, exit 2.
+- The result is published whole: written into a hidden folder beside ``--out``
+  (``.<name>.invert-*``, same file system) and renamed into place when every image is done, so
+  ``--out`` never holds part of a result. A non-empty ``--out`` is refused unless ``--force``,
+  which replaces an earlier inversion's folder (one holding ``invert.json``) whole. The hidden
+  folder a killed run left is removed by the next run into the same ``--out``.
 
 A run trained on other features than the input holds (``threat.features``: ``opencv`` | ``colmap``)
-is refused with exit 2, naming both; ``--force`` tries anyway and ``invert.json`` says so.
+is refused with exit 2, naming both; ``--other-features`` tries anyway and ``invert.json`` says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import logging
 import os
@@ -32,21 +53,45 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import urllib.parse
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from reconattack.errors import ConfigError, UserError
+from reconattack.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
+
+#: the most keypoints one image may hold (COLMAP's default extraction keeps 8192): more is refused
+MAX_KEYPOINTS = 1_000_000
+#: the longest image side (camera width or height) accepted, in pixels
+MAX_SIDE = 1 << 17
+#: the columns a COLMAP keypoints blob may have (x, y; + scale, orientation; + affine shape)
+KEYPOINT_COLS = (2, 4, 6)
+#: the largest ``.hydra/*.yaml`` file read, in bytes
+MAX_CONFIG_BYTES = 4 << 20
+#: the deepest nesting of a ``.hydra/*.yaml`` file read
+MAX_CONFIG_DEPTH = 64
+#: Hydra's instantiation keys: a run's config.yaml must have the same ones as the composed config
+HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+#: the nodes that make the model and the maps: the run's recorded settings there must equal the
+#: composed config's (a key only one of them has is allowed: a setting added or removed since)
+COMPARED = ("threat", "attack", "model", "loss", "data", "defence", "seed")
 
 
 class InvertInputError(UserError, ValueError):
     """Features that cannot be inverted: not a database, a bad blob, bad coordinates, a missing
     camera (the message names the image)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """``--out`` holds something the inversion may not replace."""
 
 
 @dataclass
@@ -61,87 +106,395 @@ class Features:
     extra: dict = field(default_factory=dict)
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A one-line ``repr`` of at most about ``limit`` characters, for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 # ---------------------------------------------------------------------------------- readers
-def _blob(data: bytes, rows: int, cols: int, dtype, what: str, name: str) -> np.ndarray:
-    itemsize = np.dtype(dtype).itemsize
-    if rows < 0 or cols < 0 or len(data or b"") != rows * cols * itemsize:
-        raise InvertInputError(f"image {name!r}: the {what} blob holds {len(data or b'')} bytes, not rows x cols = "
-                               f"{rows} x {cols} of {np.dtype(dtype).name} ({rows * cols * itemsize} bytes)")
-    return np.frombuffer(data, dtype=dtype).reshape(rows, cols) if rows else np.zeros((0, cols), dtype)
-
-
-def _check_xy(xy: np.ndarray, size: tuple[int, int], name: str) -> None:
-    if not np.isfinite(xy).all():
-        raise InvertInputError(f"image {name!r}: keypoint coordinates that are not finite (NaN or inf)")
-    if (xy < -0.5).any():
-        raise InvertInputError(f"image {name!r}: negative keypoint coordinates (min {xy.min():.3g})")
+def _check_size(size: Any, label: str) -> tuple[int, int]:
+    """``size`` = (H, W) as Python ints in 1..MAX_SIDE, else InvertInputError naming the image."""
     h, w = size
-    if h < 1 or w < 1:
-        raise InvertInputError(f"image {name!r}: an image size of {w}x{h}")
+    for what, v in (("height", h), ("width", w)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_SIDE:
+            raise InvertInputError(f"{label}: an image {what} of {_short(v)} (expected an integer in 1..{MAX_SIDE})")
+    return int(h), int(w)
 
 
-def colmap_images(path: Path, names: list[str] | None = None) -> tuple[int, Iterator[Features]]:
-    """``(count, features of each image)`` of a COLMAP database, read one image at a time."""
+def _check_xy(xy: np.ndarray, size: tuple[int, int], label: str, low: float) -> None:
+    """Every keypoint finite and inside its image: ``low <= x <= W + low``, ``low <= y <= H + low``
+    (``low`` 0: COLMAP's pixel convention; -0.5: OpenCV's)."""
+    if not np.isfinite(xy).all():
+        raise InvertInputError(f"{label}: keypoint coordinates that are not finite (NaN or inf)")
+    h, w = size
+    outside = (xy[:, 0] < low) | (xy[:, 0] > w + low) | (xy[:, 1] < low) | (xy[:, 1] > h + low)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InvertInputError(
+            f"{label}: {int(outside.sum())} keypoints outside the {w}x{h} image, e.g. keypoint {i} at "
+            f"({float(xy[i, 0]):.6g}, {float(xy[i, 1]):.6g}) (x must be in [{low:g}, {w + low:g}], y in "
+            f"[{low:g}, {h + low:g}])")
+
+
+def _sqlite_uri(path: Path) -> str:
+    """A read-only SQLite URI of ``path`` (any character: ``#``, ``?`` and ``%`` are escaped)."""
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+
+class _Database:
+    """A COLMAP database opened read-only, every value it returns checked (see :func:`colmap_images`)."""
+
+    TABLES = ("cameras", "images", "keypoints", "descriptors")
+
+    def __init__(self, path: Path, max_keypoints: int) -> None:
+        self.path, self.max_keypoints = path, int(max_keypoints)
+        try:
+            self.con = sqlite3.connect(_sqlite_uri(path), uri=True)
+        except sqlite3.Error as exc:
+            raise InvertInputError(f"{path}: cannot open it as an SQLite database ({exc})") from None
+        try:
+            self.con.execute("PRAGMA query_only = ON")
+            self.con.execute("PRAGMA trusted_schema = OFF")  # no functions with side effects in its schema
+            tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.Error as exc:
+            self.close()
+            raise InvertInputError(f"{path} is not a COLMAP database (SQLite: {exc})") from None
+        if not set(self.TABLES) <= tables:
+            self.close()
+            raise InvertInputError(f"{path} is not a COLMAP database (tables: {_short(sorted(tables), 200)}; "
+                                   f"needs {', '.join(self.TABLES)})")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def query(self, sql: str, args: tuple, label: str) -> list[tuple]:
+        try:
+            return self.con.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise InvertInputError(f"{label}: the database cannot be read ({self.path}, SQLite: {exc})") from None
+
+    def images(self) -> list[tuple[int, str, int]]:
+        """``(image_id, name, camera_id)`` of every image, in image_id order, each value checked."""
+        out = []
+        for image_id, name, camera_id in self.query("SELECT image_id, name, camera_id FROM images ORDER BY image_id",
+                                                    (), f"{self.path}: the images table"):
+            if not _is_int(image_id):
+                raise InvertInputError(f"{self.path}: an image_id {_short(image_id)} (name {_short(name)}), "
+                                       "not an integer")
+            if not isinstance(name, str):
+                raise InvertInputError(f"image_id {image_id}: its name is {_short(name)}, not text")
+            if not _is_int(camera_id):
+                raise InvertInputError(f"{_label(name, image_id)}: its camera_id is {_short(camera_id)}, not an integer")
+            out.append((image_id, name, camera_id))
+        return out
+
+    def camera(self, camera_id: int, where: str) -> tuple[int, int]:
+        """The camera's (height, width), checked."""
+        rows = self.query("SELECT width, height FROM cameras WHERE camera_id = ?", (camera_id,), where)
+        if not rows:
+            raise InvertInputError(f"{where}: its camera {camera_id} is not in the database")
+        if len(rows) > 1:
+            raise InvertInputError(f"{where}: its camera {camera_id} is in the database {len(rows)} times")
+        (width, height), = rows
+        return _check_size((height, width), f"{where} (camera {camera_id})")
+
+    def blob_shape(self, table: str, image_id: int, dtype, cols: tuple[int, ...], where: str) -> tuple[int, int]:
+        """(rows, cols) of the image's row of ``table`` ((0, cols[0]) when it has none), checked
+        against the caps and the blob's length before the blob is read."""
+        found = self.query(f"SELECT rows, cols, typeof(data), length(data) FROM {table} WHERE image_id = ?",
+                           (image_id,), where)
+        if not found:
+            return 0, cols[0]
+        if len(found) > 1:
+            raise InvertInputError(f"{where}: {len(found)} rows of {table}")
+        (rows, ncols, kind, length), = found
+        if not _is_int(rows) or not 0 <= rows <= self.max_keypoints:
+            raise InvertInputError(f"{where}: {table} rows = {_short(rows)} (expected an integer in "
+                                   f"0..{self.max_keypoints}, --max-keypoints)")
+        if not _is_int(ncols) or ncols not in cols:
+            raise InvertInputError(f"{where}: {table} cols = {_short(ncols)} (expected {' or '.join(map(str, cols))})")
+        size = rows * ncols * np.dtype(dtype).itemsize
+        if not (kind == "blob" and length == size) and not (size == 0 and kind == "null"):
+            raise InvertInputError(f"{where}: the {table} blob holds {length if kind == 'blob' else kind} bytes, "
+                                   f"not rows x cols = {rows} x {ncols} of {np.dtype(dtype).name} ({size} bytes)")
+        return rows, ncols
+
+    def blob(self, table: str, image_id: int, shape: tuple[int, int], dtype, where: str) -> np.ndarray:
+        if shape[0] == 0:
+            return np.zeros(shape, dtype)
+        (data,), = self.query(f"SELECT data FROM {table} WHERE image_id = ?", (image_id,), where)
+        if not isinstance(data, bytes) or len(data) != shape[0] * shape[1] * np.dtype(dtype).itemsize:
+            raise InvertInputError(f"{where}: the {table} blob changed while it was read")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+    def features(self, image_id: int, name: str, camera_id: int) -> Features:
+        where = _label(name, image_id)
+        size = self.camera(camera_id, where)
+        kp_shape = self.blob_shape("keypoints", image_id, np.float32, KEYPOINT_COLS, where)
+        d_shape = self.blob_shape("descriptors", image_id, np.uint8, (128,), where)
+        if kp_shape[0] != d_shape[0]:
+            raise InvertInputError(f"{where}: {kp_shape[0]} keypoints and {d_shape[0]} descriptors")
+        kp = self.blob("keypoints", image_id, kp_shape, np.float32, where)[:, :2].astype(np.float64)
+        desc = self.blob("descriptors", image_id, d_shape, np.uint8, where)
+        _check_xy(kp, size, where, low=0.0)
+        xy = (kp - 0.5).astype(np.float32)  # COLMAP's pixel centres -> OpenCV's
+        return Features(name, xy, desc, size)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _label(name: str, image_id: int | None = None) -> str:
+    """``image 'NAME' (image_id N)`` for messages (a long name cut)."""
+    return f"image {_short(name)}" + (f" (image_id {image_id})" if image_id is not None else "")
+
+
+def colmap_images(path: Path, names: list[str] | None = None,
+                  max_keypoints: int = MAX_KEYPOINTS) -> tuple[int, Iterator[Features]]:
+    """``(count, features of each image)`` of a COLMAP database, read one image at a time.
+
+    The database is opened read-only (any path) and every value is checked: ids, names and
+    sizes of the right type, cameras of 1..:data:`MAX_SIDE` px, at most ``max_keypoints``
+    keypoints, blob lengths equal to rows x cols, keypoints finite and inside their camera
+    ([0, W] x [0, H]); the cameras and blob sizes of every image are checked before the first is
+    read. A failure is an :class:`InvertInputError` naming the image."""
     if not path.is_file():
         raise InvertInputError(f"{path}: no such file")
+    db = _Database(path, max_keypoints)
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        raise InvertInputError(f"{path} is not a COLMAP database (SQLite: {exc})") from None
-    if not {"cameras", "images", "keypoints", "descriptors"} <= tables:
-        raise InvertInputError(f"{path} is not a COLMAP database (tables: {sorted(tables)})")
-    rows = con.execute("SELECT image_id, name, camera_id FROM images ORDER BY image_id").fetchall()
-    if names:
-        known = {r[1] for r in rows}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise InvertInputError(f"{path}: no image named {unknown} (it has {len(rows)} images)")
-        wanted = set(names)
-        rows = [r for r in rows if r[1] in wanted]
-    cameras = {r[0]: (int(r[2]), int(r[1])) for r in con.execute("SELECT camera_id, width, height FROM cameras")}
+        rows = db.images()
+        if names:
+            known = {r[1] for r in rows}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise InvertInputError(f"{path}: no image named {_short(unknown)} (it has {len(rows)} images)")
+            wanted = set(names)
+            rows = [r for r in rows if r[1] in wanted]
+        for image_id, name, camera_id in rows:  # everything but the blobs, before any work
+            where = _label(name, image_id)
+            db.camera(camera_id, where)
+            db.blob_shape("keypoints", image_id, np.float32, KEYPOINT_COLS, where)
+            db.blob_shape("descriptors", image_id, np.uint8, (128,), where)
+    except BaseException:
+        db.close()
+        raise
 
     def read() -> Iterator[Features]:
-        for image_id, name, camera_id in rows:
-            if camera_id not in cameras:
-                raise InvertInputError(f"image {name!r}: its camera {camera_id} is not in the database")
-            size = cameras[camera_id]
-            kp = con.execute("SELECT rows, cols, data FROM keypoints WHERE image_id=?", (image_id,)).fetchone()
-            ds = con.execute("SELECT rows, cols, data FROM descriptors WHERE image_id=?", (image_id,)).fetchone()
-            kp_arr = _blob(kp[2], int(kp[0]), int(kp[1]), np.float32, "keypoints", name) if kp else np.zeros((0, 2), np.float32)
-            d_arr = _blob(ds[2], int(ds[0]), int(ds[1]), np.uint8, "descriptors", name) if ds else np.zeros((0, 128), np.uint8)
-            if kp_arr.shape[1] < 2 or (len(d_arr) and d_arr.shape[1] != 128) or len(kp_arr) != len(d_arr):
-                raise InvertInputError(f"image {name!r}: {kp_arr.shape} keypoints and {d_arr.shape} descriptors "
-                                       "(expected N x >= 2 and N x 128)")
-            xy = kp_arr[:, :2].astype(np.float32) - 0.5  # COLMAP's pixel centres -> OpenCV's
-            _check_xy(kp_arr[:, :2], size, name)
-            yield Features(str(name), xy, d_arr.reshape(-1, 128), size)
-        con.close()
+        try:
+            for image_id, name, camera_id in rows:
+                yield db.features(image_id, name, camera_id)
+        finally:
+            db.close()
 
     return len(rows), read()
 
 
-def npz_images(paths: list[Path]) -> tuple[int, Iterator[Features]]:
-    """``(count, features of each file)`` of OpenCV-style ``.npz`` feature files."""
+def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS) -> tuple[int, Iterator[Features]]:
+    """``(count, features of each file)`` of OpenCV-style ``.npz`` feature files (checked as a
+    database's are: sizes, at most ``max_keypoints`` keypoints, each inside its image)."""
 
     def read() -> Iterator[Features]:
         for path in paths:
             name = path.stem
+            where = f"{_label(name)} ({path})"
             try:
                 with np.load(path, allow_pickle=False) as z:
                     kp, desc, size = z["keypoints"], z["descriptors"], z["image_size"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise InvertInputError(f"image {name!r} ({path}): not a features file with keypoints, descriptors "
-                                       f"and image_size ({exc})") from None
-            kp = np.asarray(kp, np.float64).reshape(len(kp), -1) if len(kp) else np.zeros((0, 2))
-            if kp.shape[1] < 2 or desc.shape != (len(kp), 128) or desc.dtype != np.uint8:
-                raise InvertInputError(f"image {name!r} ({path}): keypoints {kp.shape} and descriptors "
-                                       f"{desc.shape} {desc.dtype} (expected N x >= 2 and N x 128 uint8)")
-            size = tuple(int(v) for v in np.asarray(size).reshape(-1)[:2])
-            _check_xy(kp[:, :2], size, name)
-            yield Features(name, kp[:, :2].astype(np.float32), np.ascontiguousarray(desc), size)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                raise InvertInputError(f"{where}: not a features file with keypoints, descriptors and image_size "
+                                       f"({_short(str(exc), 200)})") from None
+            if kp.size == 0:
+                kp = np.zeros((0, 2), np.float32)
+            if kp.ndim != 2 or kp.shape[1] < 2 or kp.dtype.kind not in "fiu" or len(kp) > max_keypoints:
+                raise InvertInputError(f"{where}: keypoints {kp.shape} {kp.dtype} (expected N x >= 2 numbers, "
+                                       f"N <= {max_keypoints})")
+            if desc.shape != (len(kp), 128) or desc.dtype != np.uint8:
+                raise InvertInputError(f"{where}: keypoints {kp.shape} and descriptors {desc.shape} {desc.dtype} "
+                                       "(expected N x >= 2 and N x 128 uint8)")
+            flat = np.asarray(size).reshape(-1)
+            if flat.shape != (2,) or flat.dtype.kind not in "iu":
+                raise InvertInputError(f"{where}: image_size {_short(flat.tolist())} (expected two integers H, W)")
+            hw = _check_size(tuple(int(v) for v in flat), where)
+            xy = kp[:, :2].astype(np.float64)
+            _check_xy(xy, hw, where, low=-0.5)
+            yield Features(name, xy.astype(np.float32), np.ascontiguousarray(desc), hw)
 
     return len(paths), read()
+
+
+# ------------------------------------------------------------------------ the run's config
+def _read_yaml(path: Path, what: str) -> Any:
+    """A YAML file of a run directory as plain data (no tags, no anchors or aliases, at most
+    :data:`MAX_CONFIG_BYTES`); nothing in it is resolved."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path.parent.parent}: no .hydra/{path.name} ({what}); invert needs a run directory "
+                          "made by python -m reconattack.run")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a run's {what} can be "
+                          f"({MAX_CONFIG_BYTES})")
+    try:
+        text = path.read_text(encoding="utf-8")
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{path}: YAML aliases, which a run's {what} never has")
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{path}: nested more than {MAX_CONFIG_DEPTH} levels deep, which a run's {what} "
+                                  "never is")
+        if path.name == "overrides.yaml":
+            return yaml.safe_load(text)
+        from omegaconf import OmegaConf  # its own reading of numbers, as the composed config's
+
+        return OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - YAML, UTF-8 and OmegaConf errors alike: a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a readable {what} ({_short(first, 200)})") from None
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]+(?:[./][A-Za-z0-9_-]+)*")
+_OPTION = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
+
+
+def check_override(text: Any, source: str) -> str:
+    """``text`` when it is an override a foreign run may record: a choice of an existing config of
+    this checkout's ``conf/`` (``model=cfgan_small``, ``+experiment=demo_colmap``,
+    ``face@threat.service=adaface_ir18``) or a plain value (a number, a string, null, a list of
+    those) for a key that is no Hydra instantiation key (``_target_``...) and not under
+    ``hydra``; no dict, no interpolation or resolver (``${...}``), no sweep. Else ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    def refuse(why: str) -> None:
+        raise ConfigError(f"{source}: the override {_short(text)} {why}; a run directory may only choose "
+                          "configs of this checkout's conf/ and set plain values")
+
+    if not isinstance(text, str):
+        refuse("is not a string")
+    try:
+        override = OverridesParser.create().parse_override(text)
+    except Exception as exc:  # noqa: BLE001 - Hydra's grammar errors
+        refuse(f"cannot be read ({_short(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 120)})")
+    for key in (override.key_or_group, override.package):
+        if key is None:
+            continue
+        if not _KEY.fullmatch(key):
+            refuse("has a key that is not a plain dotted name")
+        parts = re.split(r"[./]", key)
+        if parts[0] == "hydra":
+            refuse("sets Hydra's own settings")
+        if any(len(p) > 1 and p.startswith("_") and p.endswith("_") for p in parts):
+            refuse("sets a Hydra instantiation key")
+    if override.is_sweep_override():
+        refuse("is a sweep")
+    value = override.value()
+    group = override.key_or_group
+    if "/" in group or (CONF_DIR / group).is_dir():  # a config group: only this checkout's configs
+        for option in value if isinstance(value, list) else [value]:
+            if option is None:
+                continue
+            if not (isinstance(option, str) and _OPTION.fullmatch(option) and (CONF_DIR / group / f"{option}.yaml").is_file()):
+                refuse(f"chooses {_short(option)}, not a config of conf/{group}/")
+    elif not _plain(value):
+        refuse("sets something other than a plain value (a dict, an interpolation ${...})")
+    return text
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return "${" not in value
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def _hydra_keys(node: Any, path: str = "") -> dict[str, Any]:
+    """``{dotted path: value}`` of every Hydra instantiation key below ``node`` (plain data)."""
+    out: dict[str, Any] = {}
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if key in HYDRA_KEYS:
+            out[where] = value
+        out.update(_hydra_keys(value, where))
+    return out
+
+
+def _first_difference(recorded: Any, composed: Any, path: str) -> str | None:
+    """The first dotted path where two plain configs hold different values (a key only one of
+    two dicts has is not a difference; lists must have the same length)."""
+    if isinstance(recorded, dict) and isinstance(composed, dict):
+        for key in recorded.keys() & composed.keys():
+            found = _first_difference(recorded[key], composed[key], f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(composed, list) and len(recorded) == len(composed):
+        for i, (a, b) in enumerate(zip(recorded, composed)):
+            found = _first_difference(a, b, f"{path}.{i}")
+            if found is not None:
+                return found
+        return None
+    same = type(recorded) is type(composed) and recorded == composed
+    return None if same else path
+
+
+def _at(node: Any, path: str) -> Any:
+    for key in path.split("."):
+        node = node[int(key)] if isinstance(node, list) else node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def run_config(run_dir: Path):
+    """The configuration of a run directory that may come from elsewhere (see the module
+    docstring): this checkout's ``conf/config.yaml`` composed with the run's checked
+    ``.hydra/overrides.yaml``, after checking that the run's ``.hydra/config.yaml`` names the
+    same classes everywhere and holds the same settings in :data:`COMPARED`. Nothing of the
+    run's own config is built or resolved. ConfigError (exit 2, naming the node) otherwise."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    hydra_dir = run_dir / ".hydra"
+    recorded = _read_yaml(hydra_dir / "config.yaml", "config")
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{hydra_dir / 'config.yaml'}: not a config (a mapping)")
+    overrides = _read_yaml(hydra_dir / "overrides.yaml", "overrides")
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{hydra_dir / 'overrides.yaml'}: not a list of overrides")
+    overrides = [check_override(o, str(hydra_dir / "overrides.yaml")) for o in overrides]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except Exception as exc:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{run_dir}: its .hydra/overrides.yaml does not compose with this checkout's conf/ "
+                          f"({_short(first, 200)})") from None
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    theirs, ours = _hydra_keys(recorded), _hydra_keys(composed)
+    for where in sorted(theirs.keys() | ours.keys()):
+        if where not in ours or where not in theirs or type(theirs[where]) is not type(ours[where]) \
+                or theirs[where] != ours[where]:
+            raise ConfigError(
+                f"{run_dir}: .hydra/config.yaml has {where} = {_short(theirs.get(where, 'nothing'))}, this "
+                f"checkout's conf/ with the run's overrides has {_short(ours.get(where, 'nothing'))}; invert "
+                "builds only this checkout's configs and refuses a run whose config names other classes")
+    for node in COMPARED:
+        if node not in recorded or node not in composed:
+            continue
+        where = _first_difference(recorded[node], composed[node], node)
+        if where is not None:
+            raise ConfigError(
+                f"{run_dir}: .hydra/config.yaml has {where} = {_short(_at(recorded, where))}, this checkout's "
+                f"conf/ with the run's overrides has {_short(_at(composed, where))}; the run was made with "
+                "other configs (or its config.yaml was edited), refused")
+    return cfg
 
 
 # ------------------------------------------------------------------------------- the model
@@ -161,16 +514,15 @@ def _zero_pretrained_losses(node) -> None:
 
 
 def load_run(run_dir: Path, device: torch.device):
-    """The run's config, threat, final stage (loaded from its checkpoint, eval mode) and the
-    checkpoint's path."""
-    from omegaconf import OmegaConf, open_dict
+    """The run's config (:func:`run_config`), threat, final stage (loaded from its checkpoint,
+    ``weights_only``, eval mode) and the checkpoint's path."""
+    from omegaconf import open_dict
 
     from reconattack.engine.runner import build_attack, build_threat, load_stage
 
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no .hydra/config.yaml)")
-    cfg = OmegaConf.load(cfg_path)
+    cfg = run_config(run_dir)
     if cfg.get("threat") is None or cfg.threat.get("name") != "sift" or cfg.get("attack") is None:
         raise ConfigError(f"{run_dir}: invert needs a run of a SIFT attack (threat sift and an attack)")
     with open_dict(cfg):
@@ -190,9 +542,10 @@ def load_run(run_dir: Path, device: torch.device):
 
 
 def safe_filename(name: str, taken: set[str]) -> str:
-    """An image name as a PNG file name: path separators and odd characters as ``_``, unique."""
+    """An image name as a PNG file name: path separators and odd characters as ``_``, at most
+    100 characters before ``.png``, unique."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
-    stem = re.sub(r"\.(png|jpe?g|tiff?|bmp|webp)$", "", stem, flags=re.I)
+    stem = re.sub(r"\.(png|jpe?g|tiff?|bmp|webp)$", "", stem, flags=re.I)[:100]
     out, k = f"{stem}.png", 1
     while out in taken:
         out, k = f"{stem}_{k}.png", k + 1
@@ -200,31 +553,125 @@ def safe_filename(name: str, taken: set[str]) -> str:
     return out
 
 
+# ------------------------------------------------------------------------------ publishing
+#: the hidden folders beside ``--out``: ``.<name>.invert-*``
+STAGING = ".{}.invert-"
+
+
+def check_out(out: Path, force: bool, inputs: list[Path]) -> Path:
+    """``out`` made absolute (symbolic links followed) when the inversion may become it: absent,
+    an empty folder, or with ``force`` an earlier inversion's folder (one holding
+    ``invert.json``) that holds none of ``inputs``. OutputExistsError otherwise."""
+    out = out.expanduser().resolve()
+    if not out.name:
+        raise OutputExistsError(f"--out {out}: give a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"--out {out} is not empty; --force replaces it whole (an earlier "
+                                    "inversion's folder)")
+        if not (out / "invert.json").is_file():
+            raise OutputExistsError(f"--out {out} is not empty and holds no invert.json: --force replaces only an "
+                                    "earlier inversion's folder")
+    for p in inputs:
+        p = p.expanduser().resolve()
+        if p == out or out in p.parents:
+            raise OutputExistsError(f"--out {out} holds the input {p}; give another folder")
+    return out
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A new hidden folder beside ``out`` (same file system), locked while this process lives and
+    removed on the way out; first the unlocked ones a killed run left are removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = STAGING.format(out.name)
+    for old in out.parent.glob(glob.escape(prefix) + "*"):
+        _remove_if_unlocked(old)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        _lock(fd, block=True)
+        yield tmp
+    finally:
+        os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lock(fd: int, block: bool) -> bool:
+    """An exclusive ``flock`` on ``fd`` (True when held; no locking where fcntl is missing: True
+    when blocking, False otherwise, so nothing is removed there)."""
+    try:
+        import fcntl
+    except ImportError:
+        return block
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove_if_unlocked(path: Path) -> None:
+    """Remove a staging folder that no running inversion holds (a killed run's)."""
+    if path.is_symlink() or not path.is_dir():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if _lock(fd, block=False):
+            log.info("removing %s, left by an inversion that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished ``tmp`` to ``out``: atomic when ``out`` is absent or an empty folder;
+    with ``force`` an earlier inversion there is first renamed aside (hidden, then removed)."""
+    try:
+        if out.is_dir() and any(out.iterdir()):
+            check_out(out, force, [])
+            aside = Path(tempfile.mkdtemp(prefix=f"{STAGING.format(out.name)}old-", dir=out.parent))
+            os.replace(out, aside / "out")
+            os.replace(tmp, out)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputExistsError(f"--out {out}: could not put the result there ({exc})") from None
+
+
+# ------------------------------------------------------------------------------- inverting
 def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path] | None = None,
-           images: list[str] | None = None, force: bool = False, batch_size: int = 16,
-           device: str | None = None) -> dict:
-    """Reconstruct every image of the input (see the module docstring); returns ``invert.json``'s
-    content."""
+           images: list[str] | None = None, force: bool = False, other_features: bool = False,
+           batch_size: int = 16, device: str | None = None, max_keypoints: int = MAX_KEYPOINTS) -> dict:
+    """Reconstruct every image of the input into the folder ``out`` (see the module docstring):
+    ``force`` replaces an earlier inversion there, ``other_features`` inverts features of another
+    kind than the run's; returns ``invert.json``'s content."""
     import cv2
 
     from reconattack.data.sift import build_maps, grid_xy
     from reconattack.engine.console import iter_progress
 
+    out = check_out(Path(out), force, [Path(run_dir), *([Path(colmap)] if colmap else []), *(npz or [])])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kind = "colmap" if colmap is not None else "opencv"
     cfg, threat, module, ckpt = load_run(run_dir, dev)
     trained = str(cfg.threat.get("features", "opencv"))
-    if trained != kind and not force:
+    if trained != kind and not other_features:
         raise ConfigError(f"the run {run_dir} was trained on {trained} SIFT, the input holds {kind} SIFT "
-                          f"({colmap or 'npz files'}); --force tries anyway")
-    count, stream = colmap_images(colmap, images) if colmap is not None else npz_images(list(npz or []))
+                          f"({colmap or 'npz files'}); --other-features tries anyway")
+    count, stream = (colmap_images(colmap, images, max_keypoints) if colmap is not None
+                     else npz_images(list(npz or []), max_keypoints))
     if count == 0:
         raise InvertInputError("no image to invert")
     side = threat.image_size
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".invert-", dir=out))
     records, taken, batch = [], set(), []
-    try:
+    with _staging(out) as tmp:
         def flush() -> None:
             maps = build_maps([grid_xy(f.xy, f.size, side) for f in batch], [f.desc for f in batch], side,
                               threat.compress, device=dev, placement=threat.placement,
@@ -248,15 +695,13 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
         if batch:
             flush()
         summary = {"run": str(run_dir), "checkpoint": str(ckpt), "features": kind, "trained_on": trained,
-                   "forced": bool(force and trained != kind), "input": str(colmap) if colmap else [str(p) for p in npz],
+                   "other_features": bool(other_features and trained != kind),
+                   "input": str(colmap) if colmap else [str(p) for p in npz],
                    "image_size": side, "map": {"compress": threat.compress, "placement": threat.placement,
                                                 "positions_only": threat.positions_only},
                    "images": records}
         (tmp / "invert.json").write_text(json.dumps(summary, indent=2))
-        for p in tmp.iterdir():  # every image read and written: move them in
-            os.replace(p, out / p.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, out, force)  # every image read and written: the folder becomes --out whole
     return summary
 
 
@@ -268,15 +713,21 @@ def main(argv: list[str] | None = None) -> None:
     src.add_argument("--colmap", type=Path, metavar="DATABASE", help="a COLMAP database (database.db)")
     src.add_argument("--npz", type=Path, nargs="+", metavar="FILE", help="OpenCV-style feature files")
     ap.add_argument("--images", nargs="+", metavar="NAME", help="only these images of the database")
-    ap.add_argument("--out", type=Path, required=True, help="where the PNGs and invert.json go")
-    ap.add_argument("--force", action="store_true", help="invert features of another kind than the run's")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="the folder the PNGs and invert.json become (absent or empty, or see --force)")
+    ap.add_argument("--force", action="store_true", help="replace an earlier inversion's folder --out")
+    ap.add_argument("--other-features", action="store_true",
+                    help="invert features of another kind (opencv / colmap) than the run was trained on")
+    ap.add_argument("--max-keypoints", type=int, default=MAX_KEYPOINTS,
+                    help=f"refuse an image with more keypoints (default {MAX_KEYPOINTS})")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = invert(args.run_dir, args.out, colmap=args.colmap, npz=args.npz, images=args.images,
-                         force=args.force, batch_size=args.batch_size, device=args.device)
+                         force=args.force, other_features=args.other_features, batch_size=args.batch_size,
+                         device=args.device, max_keypoints=args.max_keypoints)
     except UserError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

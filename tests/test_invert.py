@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from reconattack.data.sift import build_maps, extract, grid_xy
 from reconattack.invert import InvertInputError, invert
@@ -31,10 +32,12 @@ def trained(tmp_path_factory):
     out = {}
     for kind in ("colmap", "opencv"):
         tmp = tmp_path_factory.mktemp(kind)
-        cfg = compose_cfg(coarse_only(tmp, f"threat.features={kind}"))
+        overrides = coarse_only(tmp, f"threat.features={kind}")
+        cfg = compose_cfg(overrides)
         run(cfg)
         (tmp / "run" / ".hydra").mkdir()
-        OmegaConf.save(cfg, tmp / "run" / ".hydra" / "config.yaml")  # as the command line's run keeps it
+        OmegaConf.save(cfg, tmp / "run" / ".hydra" / "config.yaml")  # as the command line's run keeps them
+        (tmp / "run" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         out[kind] = tmp / "run"
     return out
 
@@ -78,7 +81,7 @@ def test_inverting_a_colmap_database(trained, tmp_path):
     files = sorted(p.name for p in out.iterdir())
     assert files == ["blank.png", "invert.json", "shots_astronaut.png", "shots_coffee.png"]
     saved = json.loads((out / "invert.json").read_text())
-    assert saved == summary and saved["features"] == "colmap" and not saved["forced"]
+    assert saved == summary and saved["features"] == "colmap" and not saved["other_features"]
     rows = {r["name"]: r for r in saved["images"]}
     assert rows["shots/coffee.png"]["original_size"] == [140, 90] and rows["blank.jpg"]["keypoints"] == 0
     assert 0 < rows["shots/astronaut.jpg"]["placed"] <= rows["shots/astronaut.jpg"]["keypoints"]
@@ -115,9 +118,9 @@ def test_features_of_another_kind_are_refused_unless_forced(trained, tmp_path):
     res = subprocess.run([sys.executable, "-m", "reconattack.invert", str(trained["opencv"]), "--colmap", str(db),
                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "trained on opencv SIFT, the input holds colmap SIFT" in res.stderr
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    forced = invert(trained["opencv"], tmp_path / "out", colmap=db, force=True, device="cpu")
-    assert forced["forced"] and forced["trained_on"] == "opencv"
+    assert not (tmp_path / "out").exists()
+    forced = invert(trained["opencv"], tmp_path / "out", colmap=db, other_features=True, device="cpu")
+    assert forced["other_features"] and forced["trained_on"] == "opencv"
 
 
 def _corrupt(db: Path, sql: str, *args) -> Path:
@@ -141,12 +144,19 @@ def test_bad_databases_end_in_a_message_naming_the_image_and_nothing_is_written(
     assert not any(out.iterdir()) if out.exists() else True
 
 
+def _npz(path: Path, xy, size=(10, 10)) -> Path:
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    np.savez(path, keypoints=xy, descriptors=np.zeros((len(xy), 128), np.uint8), image_size=np.array(size))
+    return path
+
+
 def test_bad_coordinates_are_refused(trained, tmp_path):
-    xy = np.array([[1.0, np.nan]], np.float32)
-    np.savez(tmp_path / "nan.npz", keypoints=xy, descriptors=np.zeros((1, 128), np.uint8), image_size=np.array([10, 10]))
     with pytest.raises(InvertInputError, match="nan.*not finite"):
-        invert(trained["opencv"], tmp_path / "o", npz=[tmp_path / "nan.npz"], device="cpu")
-    np.savez(tmp_path / "neg.npz", keypoints=np.array([[-3.0, 1.0]], np.float32),
-             descriptors=np.zeros((1, 128), np.uint8), image_size=np.array([10, 10]))
-    with pytest.raises(InvertInputError, match="neg.*negative"):
-        invert(trained["opencv"], tmp_path / "o", npz=[tmp_path / "neg.npz"], device="cpu")
+        invert(trained["opencv"], tmp_path / "o", npz=[_npz(tmp_path / "nan.npz", [[1.0, np.nan]])], device="cpu")
+    # OpenCV's convention: a 10x10 image spans [-0.5, 9.5] in x and y
+    for name, xy in (("neg", [-3.0, 1.0]), ("right", [9.51, 1.0]), ("below", [1.0, 9.51])):
+        with pytest.raises(InvertInputError, match=rf"{name}.*1 keypoints outside the 10x10 image"):
+            invert(trained["opencv"], tmp_path / "o", npz=[_npz(tmp_path / f"{name}.npz", xy)], device="cpu")
+    assert not (tmp_path / "o").exists()
+    corners = _npz(tmp_path / "corners.npz", [[-0.5, -0.5], [9.5, 9.5]])
+    assert invert(trained["opencv"], tmp_path / "o", npz=[corners], device="cpu")["images"][0]["keypoints"] == 2
