@@ -51,13 +51,22 @@ def make_logger(cfg: DictConfig, run_dir: Path, version: str | None = None):
 
     ``version``: the run id of the logger of the run's first start (a resumed run); passed on
     when the logger config says ``continue_run: true`` (W&B continues that run, TensorBoard
-    writes into the same version folder); otherwise the resumed run logs as a new version."""
+    writes into the same version folder); otherwise the resumed run logs as a new version.
+    ``logger.images=local``: the logger is given no picture, ever; the grids stay under
+    ``run_dir/samples`` (:func:`reconattack.engine.tracking.keep_images_local`)."""
+    from reconattack.engine.tracking import image_policy, keep_images_local
+
     if cfg.get("logger") is None or not cfg.logger.get("_target_"):
         return False
     kwargs = OmegaConf.to_container(cfg.logger, resolve=True)
+    local = image_policy(kwargs) == "local"
+    kwargs.pop("images", None)
     if kwargs.pop("continue_run", False) and version is not None:
         kwargs["version"] = version
-    return hydra.utils.instantiate(kwargs, save_dir=str(run_dir))
+    logger = hydra.utils.instantiate(kwargs, save_dir=str(run_dir))
+    if local:
+        keep_images_local(logger, run_dir / "samples")
+    return logger
 
 
 #: Trainer settings that shorten a run (debugging); never applied to artifacts shared by runs
@@ -155,6 +164,9 @@ class RunContext:
                               is_global_zero=self.rank == 0)
         self.preempt_signals = list(cfg.get("preempt_signals") or [])
         self._logger = None
+        from reconattack.engine.tracking import image_policy
+
+        image_policy(cfg.get("logger"))  # a misspelt logger.images is refused before any work
 
     @property
     def logger(self):

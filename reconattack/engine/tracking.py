@@ -10,8 +10,11 @@
 - :func:`shift_steps` / :func:`run_step` — one step axis for the run: each stage's Trainer logs
   from the iterations of the stages before it.
 - :func:`log_image` — one image to W&B (``log_image``) or TensorBoard (``add_image``), the same
-  picture in both.
-- :class:`ValidationSamples` — a grid of target | reconstruction at every validation.
+  picture in both: the only way a picture reaches a logger. ``logger.images=local``
+  (:func:`image_policy`, :func:`keep_images_local`) stops every one of them: a run on private
+  images logs its numbers and keeps its pictures in the run directory.
+- :class:`ValidationSamples` — a grid of target | reconstruction at every validation (on disk,
+  ``samples/val/``, when the images stay local).
 - :func:`finish` — the final metrics, the final sample grids, ``metrics.json`` as the W&B run
   summary; a W&B run is finished so the next job of a sweep in this process starts its own.
 - :func:`log_report_tables` — the report's tables (``python -m reconattack.report``) as W&B
@@ -33,7 +36,7 @@ import pytorch_lightning as pl
 import torch
 
 from reconattack.utils.files import atomic_write_text
-from reconattack.utils.grids import grid
+from reconattack.utils.grids import grid, save_grid
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,35 @@ def wandb_logger(save_dir: str, project: str = "reconattack", name: str | None =
 
 
 # ---------------------------------------------------------------------------------- images
+#: ``logger.images``: ``upload`` — the logger gets the sample grids (W&B uploads them);
+#: ``local`` — no picture is ever given to a logger, the grids stay in the run directory
+IMAGE_POLICIES = ("upload", "local")
+
+
+def image_policy(logger_cfg) -> str:
+    """``logger.images`` of a logger config (``upload`` when absent); anything but
+    :data:`IMAGE_POLICIES` is refused, so that a misspelt ``local`` never uploads."""
+    from reconattack.errors import ConfigError
+
+    value = "upload" if logger_cfg is None else logger_cfg.get("images", "upload")
+    if value not in IMAGE_POLICIES:
+        raise ConfigError(f"logger.images must be one of {', '.join(IMAGE_POLICIES)} (local: no image "
+                          f"leaves the run directory), got {value!r}")
+    return str(value)
+
+
+def keep_images_local(logger, folder: Path) -> None:
+    """From now on no picture goes to ``logger`` (:func:`takes_images` is False for it, so
+    :func:`log_image` and :func:`finish` give it none); :class:`ValidationSamples` writes the
+    grids it would have had under ``folder`` instead."""
+    logger._local_images = Path(folder)
+
+
+def local_images(logger) -> Path | None:
+    """Where the pictures of a logger kept local go (:func:`keep_images_local`), else None."""
+    return getattr(logger, "_local_images", None) if logger else None
+
+
 def _hwc_uint8(image: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
     """(H, W, 3) uint8 from a PNG path, a (3, H, W) float tensor in [0, 1] or an (H, W, 3) array."""
     if isinstance(image, (str, Path)):
@@ -168,16 +200,23 @@ def first_step(logger) -> int:
     return int(getattr(logger, "_first_step", None) or 0)
 
 
-def takes_images(logger) -> bool:
-    """Whether :func:`log_image` can log to ``logger`` (W&B or TensorBoard)."""
+def shows_images(logger) -> bool:
+    """Whether ``logger`` is one that can show pictures (W&B or TensorBoard)."""
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
     return isinstance(logger, (TensorBoardLogger, WandbLogger))
 
 
+def takes_images(logger) -> bool:
+    """Whether :func:`log_image` logs to ``logger``: W&B or TensorBoard, and its pictures not kept
+    local (``logger.images=local``, :func:`keep_images_local`)."""
+    return shows_images(logger) and local_images(logger) is None
+
+
 def log_image(logger, key: str, image: torch.Tensor | np.ndarray | str | Path, step: int | None = None) -> bool:
     """Log one picture — a PNG path, a (3, H, W) tensor in [0, 1] or an (H, W, 3) uint8 array —
-    to a W&B or TensorBoard logger; returns False for other loggers (CSV) or none."""
+    to a W&B or TensorBoard logger; returns False, logging nothing, for other loggers (CSV), none,
+    or a logger whose pictures stay local (``logger.images=local``)."""
     if not takes_images(logger):
         return False
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
@@ -194,7 +233,8 @@ def log_image(logger, key: str, image: torch.Tensor | np.ndarray | str | Path, s
 class ValidationSamples(pl.Callback):
     """At every validation, the first validation batch's target | reconstruction grid
     (``<stage>/val_samples``) to the run's W&B / TensorBoard logger, at the run's step
-    (:func:`run_step`)."""
+    (:func:`run_step`); with ``logger.images=local``, to ``samples/val/<stage>_<step>.png`` in the
+    run directory instead (:func:`keep_images_local`)."""
 
     def __init__(self, stage: str, rows: int = 8) -> None:
         self.stage, self.rows = stage, int(rows)
@@ -203,10 +243,14 @@ class ValidationSamples(pl.Callback):
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        if not isinstance(outputs, Mapping) or "pred" not in outputs or not takes_images(trainer.logger):
+        if not isinstance(outputs, Mapping) or "pred" not in outputs or not shows_images(trainer.logger):
             return  # no picture is drawn for a logger that cannot show it
-        picture = grid([outputs["target"], outputs["pred"]], self.rows)
-        log_image(trainer.logger, f"{self.stage}/val_samples", picture, step=run_step(trainer))
+        columns, step = [outputs["target"], outputs["pred"]], run_step(trainer)
+        folder = local_images(trainer.logger)
+        if folder is not None:  # logger.images=local: on disk only
+            save_grid(columns, folder / "val" / f"{self.stage}_{step:06d}.png", self.rows)
+            return
+        log_image(trainer.logger, f"{self.stage}/val_samples", grid(columns, self.rows), step=step)
 
 
 def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None = None,
@@ -316,5 +360,7 @@ def _folder_group(root: Path, jobs: list) -> str:
     return wandb_group(experiment, root.name if any(Path(j.dir) != root for j in jobs) else None)
 
 
-__all__ = ["NOT_PARAMETERS", "ValidationSamples", "finish", "first_step", "is_parameter", "run_step", "shift_steps", "job_identity", "log_image", "log_report_tables", "takes_images", "WANDB_FILE", "wandb_group",
+__all__ = ["IMAGE_POLICIES", "NOT_PARAMETERS", "ValidationSamples", "finish", "first_step", "image_policy",
+           "is_parameter", "keep_images_local", "local_images", "run_step", "shift_steps", "shows_images",
+           "job_identity", "log_image", "log_report_tables", "takes_images", "WANDB_FILE", "wandb_group",
            "wandb_offline", "wandb_logger"]

@@ -71,10 +71,15 @@ def wandb_run_contents(offline_run: Path) -> dict:
     return out
 
 
+def _grid_run(tmp: Path, *extra: str) -> dict:
+    """The coarse stage, 6 iterations, with a validation split: a sample grid at every validation
+    (every epoch of 4 batches) and the final ones."""
+    return run(compose_cfg(coarse_only(tmp, "data.val=10", "attack.val_every_n_epochs=1", "data.batch_size=16",
+                                       "attack.steps.coarse=6", *extra)))
+
+
 def test_wandb_run_has_the_config_summary_and_images(tmp_path):
-    # a validation split: sample grids at every validation (every epoch of 5 batches)
-    metrics = run(compose_cfg(coarse_only(tmp_path, "logger=wandb", "data.val=10", "attack.val_every_n_epochs=1",
-                                          "data.batch_size=16", "attack.steps.coarse=6")))
+    metrics = _grid_run(tmp_path, "logger=wandb")
     wandb_run, = _offline_runs(tmp_path / "run")
     files = wandb_run / "files"
     contents = wandb_run_contents(wandb_run)
@@ -96,35 +101,133 @@ def test_wandb_run_has_the_config_summary_and_images(tmp_path):
 
 
 def test_tensorboard_gets_the_same_images(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run(compose_cfg(coarse_only(tmp_path, "logger=tensorboard", "data.val=10", "attack.val_every_n_epochs=1",
-                                "data.batch_size=16", "attack.steps.coarse=6")))
-    folders = {p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*")}
-    assert len(folders) == 1, folders  # one version folder (a stage's Trainer adds no other)
-    acc = EventAccumulator(str(folders.pop()), size_guidance={"images": 0})
-    acc.Reload()
+    _grid_run(tmp_path, "logger=tensorboard")
+    acc = _tensorboard_events(tmp_path / "run")
     tags = acc.Tags()["images"]
     assert "coarse/val_samples" in tags and "samples/test_grid" in tags, tags
     assert len(acc.Images("coarse/val_samples")) >= 1
+
+
+def _tensorboard_events(run_dir: Path):
+    """The run's TensorBoard events, read whole (one version folder: a stage's Trainer adds no
+    other)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folders = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    assert len(folders) == 1, folders
+    acc = EventAccumulator(str(folders.pop()), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+# ------------------------------------------------------------------ logger.images=local
+#: what counts as an image file wherever a run or W&B writes
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _wandb_images(offline_run: Path) -> dict[str, list]:
+    """``{key: [run step, ...]}`` of the pictures an offline W&B run logged (history entries whose
+    ``_type`` is an image kind; the step is the ``trainer/global_step`` logged with them), and
+    ``"<files>"`` when the run registered a media file."""
+    out: dict[str, list[int]] = {}
+    for record in wandb_records(next(offline_run.glob("run-*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        media = [f.path for f in record.files.files] if kind == "files" else []
+        if any(path.startswith("media/") for path in media):
+            out.setdefault("<files>", []).append(None)
+        if kind != "history":
+            continue
+        items = {tuple(i.nested_key) or (i.key,): json.loads(i.value_json) for i in record.history.item}
+        step = items.get(("trainer/global_step",))
+        for key, value in items.items():
+            if key[-1] == "_type" and "image" in str(value):
+                out.setdefault("/".join(key[:-1]), []).append(step)
+    return out
+
+
+def test_logger_images_local_gives_wandb_no_image_and_keeps_the_grids_on_disk(tmp_path, monkeypatch):
+    """The same run with ``logger.images=upload`` (the default) and ``local``: uploaded, W&B's
+    run holds the validation and final grids; local, no picture reaches W&B (no media file in
+    anything W&B wrote, no image in its history) while its numbers do, and the validation grids it
+    would have had are in ``samples/val/<stage>_<step>.png``, at the same steps, the same
+    pictures."""
+    import numpy as np
+    from PIL import Image
+
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))  # anything W&B writes is under tmp_path
+    logged, runs = {}, {}
+    for images in ("upload", "local"):
+        metrics = _grid_run(tmp_path / images, "logger=wandb", f"logger.images={images}")
+        runs[images], = _offline_runs(tmp_path / images / "run")
+        logged[images] = _wandb_images(runs[images])
+        assert wandb_run_contents(runs[images])["summary"]["test/psnr"] == pytest.approx(metrics["test/psnr"])
+    assert {"coarse/val_samples", "samples/test_grid", "<files>"} <= set(logged["upload"]), logged
+    uploaded = _image_files(runs["upload"])
+    assert any("val_samples" in p.name for p in uploaded) and any("test_grid" in p.name for p in uploaded)
+
+    assert logged["local"] == {}, logged["local"]
+    local = tmp_path / "local"
+    samples = local / "run" / "samples"
+    assert _image_files(local) + _image_files(tmp_path / "wandb_home") == _image_files(samples)
+    steps = logged["upload"]["coarse/val_samples"]
+    assert sorted(p.name for p in _image_files(samples / "val")) == [f"coarse_{s:06d}.png" for s in sorted(steps)]
+    assert (samples / "test_grid.png").is_file()
+    on_wandb = sorted((p for p in uploaded if "val_samples" in p.name), key=lambda p: int(p.name.split("_")[2]))
+    for wandb_png, step in zip(on_wandb, steps):
+        a = np.asarray(Image.open(wandb_png).convert("RGB"), dtype=np.int16)
+        b = np.asarray(Image.open(samples / "val" / f"coarse_{step:06d}.png").convert("RGB"), dtype=np.int16)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1  # rounding to 8 bits may differ by 1
+
+
+def test_logger_images_local_gives_tensorboard_no_image(tmp_path):
+    _grid_run(tmp_path, "logger=tensorboard", "logger.images=local")
+    acc = _tensorboard_events(tmp_path / "run")
+    assert acc.Tags()["images"] == [] and "test/psnr" in acc.Tags()["scalars"]
+    assert [p.name for p in _image_files(tmp_path / "run" / "samples" / "val")] and \
+        _image_files(tmp_path / "run") == _image_files(tmp_path / "run" / "samples")
+
+
+def test_a_misspelt_logger_images_is_refused_before_any_work(tmp_path):
+    from reconattack.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="logger.images must be one of upload, local"):
+        run(compose_cfg(coarse_only(tmp_path, "logger=wandb", "logger.images=locale")))
+    assert not (tmp_path / "run" / "state").exists() and not (tmp_path / "cache").exists()
+
+
+def test_every_picture_reaches_a_logger_through_log_image():
+    """``logger.images=local`` holds because tracking.log_image is the one place that hands a
+    picture to a logger: no other code of the package calls a logger's image methods or builds
+    a ``wandb.Image``."""
+    import ast
+
+    methods = {"log_image", "add_image", "add_images", "add_figure", "log_video", "Image", "Video"}
+    callers = set()
+    for path in sorted((ROOT / "reconattack").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for func in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for call in (n for n in ast.walk(func) if isinstance(n, ast.Call)):
+                if isinstance(call.func, ast.Attribute) and call.func.attr in methods:
+                    callers.add((path.relative_to(ROOT).as_posix(), func.name, call.func.attr))
+    assert {(p, f) for p, f, _ in callers} == {("reconattack/engine/tracking.py", "log_image")}, callers
 
 
 def test_a_two_stage_run_logs_as_one_run_with_its_stages_named(tmp_path):
     """CFGAN coarse (6 iterations) then fine (4): one TensorBoard run whose step goes on across
     the stages — coarse at steps 0..5, fine at 6..9, the final test metrics at 10 — each stage's
     curves under its own name (``coarse/val/psnr`` beside ``fine/val/psnr``)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     over = [o for o in coarse_only(tmp_path, "logger=tensorboard", "data.val=10", "attack.val_every_n_epochs=1",
                                    "data.batch_size=16", "attack.steps.coarse=6", "attack.steps.fine=4",
                                    "trainer.log_every_n_steps=1")
             if o != "attack.stages=[coarse]"]
     over += ["model.fine.stem_mid=8", "attack.fine_init_from_coarse=false"]
     run(compose_cfg(over))
-    folders = {p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*")}
-    assert len(folders) == 1, folders
-    acc = EventAccumulator(str(folders.pop()), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
+    acc = _tensorboard_events(tmp_path / "run")
     scalars = acc.Tags()["scalars"]
 
     def steps(prefix: str, kind: str = "scalars") -> set[int]:
