@@ -98,15 +98,14 @@ def launch_id() -> str | None:
 
 
 def _process_start() -> float:
-    """When this process started (seconds since the epoch; Linux ``/proc``), else when this
-    module was imported."""
+    """When this process started (seconds since the epoch, to 10 ms: Linux ``/proc``'s start
+    time and uptime, both since boot), else when this module was imported."""
     try:
         stat = Path("/proc/self/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return _IMPORTED
 
 
