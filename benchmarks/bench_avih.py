@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 def encryption_throughput(batch: int, iterations: int, single: int, size: int) -> None:
     from reconattack.models.face import ARCHS, IResNet, make_face_model
     from reconattack.models.keys import UNet, make_key_model
-    from reconattack.threats.avih_encryption import AVIHEncryptor
+    from reconattack.threats.avih.encryption import AVIHEncryptor
 
     service = make_face_model(lambda: IResNet(ARCHS["ir18"], input_size=size),
                               seed=0).eval().requires_grad_(False)

@@ -57,7 +57,7 @@ cuDNN autotuning): about 3-4 minutes in all, under 10 even at half that speed.
 
 Needs only PyTorch and Lightning (``pytorch_lightning``): the package modules it imports
 (``reconattack.attacks.cfgan`` / ``dr``, ``reconattack.models``, ``reconattack.losses``,
-``reconattack.threats.avih_encryption``) load without Hydra, OmegaConf, kornia, lpips, open_clip
+``reconattack.threats.avih.encryption``) load without Hydra, OmegaConf, kornia, lpips, open_clip
 and wandb, and the networks and stages are built here with explicit arguments (the paper
 values, kept equal to the YAML configs by ``tests/test_gpu_check.py``). The rest of the
 framework (``make demo``, ``make test``) needs them; bring them to a machine without internet
@@ -121,7 +121,7 @@ from reconattack.attacks.dr import DRStage  # noqa: E402
 from reconattack.models.cfgan import CoarseGenerator, Discriminator, FineGenerator  # noqa: E402
 from reconattack.models.face import IResNet, make_face_model  # noqa: E402
 from reconattack.models.keys import PatchGAN, UNet, make_key_model  # noqa: E402
-from reconattack.threats.avih_encryption import AVIHEncryptor  # noqa: E402
+from reconattack.threats.avih.encryption import AVIHEncryptor  # noqa: E402
 from reconattack.utils.seeding import seeded  # noqa: E402
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")

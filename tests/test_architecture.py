@@ -100,4 +100,5 @@ def test_the_graph_sees_lazy_imports():
     """The checker itself: an import inside a function is an edge."""
     graph = import_graph()
     assert "reconattack.engine.tracking" in graph["reconattack.report.writers"]  # imported in a function
-    assert "reconattack.threats.base" in graph["reconattack.threats.avih"]
+    assert "reconattack.threats.base" in graph["reconattack.threats.avih.threat"]
+    assert "reconattack.threats.avih.roles" in graph["reconattack.threats.avih.threat"]  # a relative import

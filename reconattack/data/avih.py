@@ -8,9 +8,12 @@ two methods and a YAML file):
   from one seeded split), :class:`BinGallery` (an insightface verification ``.bin``: the first
   image of each pair is the gallery image, the second its query), :class:`IdentityFolderGallery`
   (one sub-folder per identity: pairs built from the labels). ``gallery.load(size, n_gallery,
-  seed)`` returns a :class:`GalleryParts`.
+  seed, pool)`` returns a :class:`GalleryParts` (the first ``pool`` gallery images are the
+  attacker's; a source whose photos can repeat keeps the held-out ones apart from them).
 - auxiliary sources — :class:`AuxiliaryFolder` (e.g. CelebA, read lazily). The digits demo's
-  gallery source provides its own auxiliary set (``data.auxiliary: null``).
+  gallery source provides its own auxiliary set (``data.auxiliary: null``). The same class reads
+  ``data.victim``: images the victim holds and the attacker does not (they train the victim's
+  key models when ``threat.key.train`` is set); the embedded demos provide their own.
 
 Each source also answers ``missing()``: human-readable lines for the files it needs that are not
 there (all are listed in one message before any work).
@@ -28,6 +31,7 @@ as ``service(images, **batch["side"])``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -152,11 +156,20 @@ class ArrayImages(Dataset):
         return to_tensor(self.images[i])
 
 
+def image_digest(image: np.ndarray) -> str:
+    """A photo's identity by content: the BLAKE2b digest of its uint8 pixels and shape."""
+    image = np.ascontiguousarray(image)
+    return hashlib.blake2b(repr(image.shape).encode() + image.tobytes(), digest_size=16).hexdigest()
+
+
 @dataclass
 class GalleryParts:
     """What a gallery source yields: the gallery images (in a seeded random order), the query
     images and the verification pairs ``(gallery index, query index, is_same)``; the embedded
-    demo also yields its auxiliary set and the images that train its face models."""
+    demo also yields its auxiliary set, the images that train its face models and the victim's
+    own images (``victim``: train the victim's key models; the attacker holds none of them).
+    ``heldout_removed``: held-out candidates the source left out because they share a photo with
+    the attacker's pool."""
 
     gallery: ImageSet
     queries: ImageSet
@@ -165,13 +178,17 @@ class GalleryParts:
     pair_same: np.ndarray  # bool (P,)
     auxiliary: Dataset | None = None
     models_train: ImageSet | None = None
+    victim: Dataset | None = None
+    heldout_removed: int = 0
 
 
 # ------------------------------------------------------------------------------ gallery sources
 class DigitsFaces:
     """The embedded demo "faces": scikit-learn's 1,797 digits (identities = digit classes), split
-    with the selection seed into the roles ``models`` (trains the demo face models),
-    ``auxiliary``, gallery and ``queries`` (one genuine and one impostor pair per gallery image).
+    with the selection seed into the roles ``models`` (trains the demo face models; also the
+    victim's own images, which train its key models with ``threat.key.train``), ``auxiliary``,
+    gallery and ``queries`` (one genuine and one impostor pair per gallery image). Every digit
+    image is distinct, so the roles share no photo.
 
     Args:
         split: ``{"models": n, "auxiliary": n, "queries": n}`` (the gallery size comes from
@@ -184,7 +201,7 @@ class DigitsFaces:
     def missing(self) -> list[str]:
         return []
 
-    def load(self, size: int, n_gallery: int, seed: int) -> GalleryParts:
+    def load(self, size: int, n_gallery: int, seed: int, pool: int | None = None) -> GalleryParts:
         images, labels = digits_faces(size)
         every = ImageSet(images, labels, [f"digits#{i}" for i in range(len(images))])
         sizes = {"models": self.split["models"], "auxiliary": self.split["auxiliary"],
@@ -200,13 +217,19 @@ class DigitsFaces:
         pg, pq, ps = build_pairs(parts["gallery"].labels, parts["queries"].labels, seed=seed)
         return GalleryParts(parts["gallery"], parts["queries"], pg, pq, ps,
                             auxiliary=ArrayImages(parts["auxiliary"].images),
-                            models_train=parts["models"])
+                            models_train=parts["models"], victim=ArrayImages(parts["models"].images))
 
 
 class BinGallery:
     """An insightface verification ``.bin`` (LFW, AgeDB-30, CFP-FP; SPEC §3.4): ``n_gallery``
     pairs drawn with the seed; the first image of each is the gallery image, the second its
-    query, and the file's is-same flag labels the pair."""
+    query, and the file's is-same flag labels the pair.
+
+    The pair lists reuse photos (LFW's 6,000 pairs hold fewer distinct images), so a photo could be
+    both in the attacker's pool and in a held-out pair. The pairs are taken in a seeded random
+    order: the first ``pool`` are the pool; then a pair becomes a held-out candidate only when
+    neither of its photos (by content, :func:`image_digest`) is a pool gallery image, until
+    ``n_gallery - pool`` are held out. ``heldout_removed`` counts the pairs passed over."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -217,23 +240,40 @@ class BinGallery:
             f"data.source: an insightface verification .bin file at {p} (set data.source.path "
             "or RECONATTACK_DATA)"]
 
-    def load(self, size: int, n_gallery: int, seed: int) -> GalleryParts:
+    def load(self, size: int, n_gallery: int, seed: int, pool: int | None = None) -> GalleryParts:
         path = _path(self.path, "data.source")
         images, is_same = load_bin(path)
         n_pairs = len(is_same)
         if n_pairs < n_gallery:
             raise ConfigError(f"gallery smaller than requested: {path} has {n_pairs} pairs, "
                               f"data.gallery_size asks for {n_gallery} (one gallery image per pair)")
+        pool = 0 if pool is None else int(pool)
+        order = np.random.default_rng(seed).permutation(n_pairs)  # pool first, then held-out candidates
+        digest = [image_digest(im) for im in images]  # at the stored size: the same photo, the same bytes
+        held_pool = {digest[2 * p] for p in order[:pool]}
+        held, removed = [], 0
+        for p in order[pool:]:
+            if len(held) == n_gallery - pool:
+                break
+            if digest[2 * p] in held_pool or digest[2 * p + 1] in held_pool:
+                removed += 1
+            else:
+                held.append(p)
+        if len(held) < n_gallery - pool:
+            raise ConfigError(f"{path}: only {len(held)} pairs share no photo with the attacker's {pool} pool "
+                              f"images ({removed} do), data.gallery_size - data.pool asks for {n_gallery - pool}")
+        if removed:
+            log.info("%s: %d held-out candidate pair(s) passed over: they share a photo with the "
+                     "attacker's pool", path, removed)
+        chosen = np.concatenate([order[:pool], np.asarray(held, np.int64)]).astype(np.int64)
         images = _fit_size(images, size, str(path))
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(n_pairs, n_gallery, replace=False))
-        chosen = chosen[rng.permutation(n_gallery)]  # pool / held-out: a seeded random split
         unknown = np.full(n_gallery, -1, np.int64)
         gallery = ImageSet(images[2 * chosen], unknown, [f"{path.name}#pair{i}/0" for i in chosen])
         queries = ImageSet(images[2 * chosen + 1], unknown.copy(),
                            [f"{path.name}#pair{i}/1" for i in chosen])
         same = np.arange(n_gallery, dtype=np.int64)
-        return GalleryParts(gallery, queries, same, same.copy(), is_same[chosen].astype(bool))
+        return GalleryParts(gallery, queries, same, same.copy(), is_same[chosen].astype(bool),
+                            heldout_removed=removed)
 
 
 class IdentityFolderGallery:
@@ -250,7 +290,7 @@ class IdentityFolderGallery:
             f"data.source: a folder with one sub-folder of images per identity at {p} (set "
             "data.source.path or RECONATTACK_DATA)"]
 
-    def load(self, size: int, n_gallery: int, seed: int) -> GalleryParts:
+    def load(self, size: int, n_gallery: int, seed: int, pool: int | None = None) -> GalleryParts:
         path = _path(self.path, "data.source")
         rng = np.random.default_rng(seed)
         src = IdentityFolderSource(path)
@@ -287,19 +327,20 @@ class AuxiliaryFolder:
     Cars for vehicles), flat or one sub-folder per identity (any depth of image files for
     ``recursive``), read lazily; ``size`` draws that many with the seed (None: all); ``crop``:
     images are centre-cropped to the gallery's aspect ratio before the resize (faces), or resized
-    whole (False: re-identification crops)."""
+    whole (False: re-identification crops). Also reads ``data.victim`` (``key``: the config key
+    named in messages)."""
 
-    def __init__(self, path: str, size: int | None = None, crop: bool = True) -> None:
-        self.path, self.size, self.crop = path, size, bool(crop)
+    def __init__(self, path: str, size: int | None = None, crop: bool = True, key: str = "data.auxiliary") -> None:
+        self.path, self.size, self.crop, self.key = path, size, bool(crop), str(key)
 
     def missing(self) -> list[str]:
-        p = _path(self.path, "data.auxiliary")
+        p = _path(self.path, self.key)
         return [] if p.is_dir() else [
-            f"data.auxiliary: a folder of images (one sub-folder per identity, or flat) at {p} "
-            "(set data.auxiliary.path or RECONATTACK_DATA)"]
+            f"{self.key}: a folder of images (one sub-folder per identity, or flat) at {p} "
+            f"(set {self.key}.path or RECONATTACK_DATA)"]
 
     def load(self, size: int | tuple[int, int], seed: int) -> Dataset:
-        path = _path(self.path, "data.auxiliary")
+        path = _path(self.path, self.key)
         src = IdentityFolderSource(path)
         n = len(src) if self.size in (None, "") else min(int(self.size), len(src))
         idx = np.sort(np.random.default_rng(seed + 1).choice(len(src), n, replace=False))
@@ -475,5 +516,5 @@ class LabelledImages(Dataset):
 
 
 __all__ = ["ArrayImages", "AuxiliaryFolder", "BinGallery", "DataNotFoundError", "DigitsFaces",
-           "EncryptionJobs", "GalleryParts", "HeldOutRows", "IdentityFolderGallery", "ImageSet",
+           "EncryptionJobs", "GalleryParts", "HeldOutRows", "IdentityFolderGallery", "ImageSet", "image_digest",
            "LabelledImages", "LazyImages", "LeakedWithAuxiliary", "WrongSizeWarning", "to_tensor"]

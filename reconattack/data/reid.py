@@ -150,12 +150,15 @@ class RetrievalParts:
     """What a re-identification gallery source yields for the AVIH threat: the gallery images (in
     a seeded random order; the threat's first ``data.pool`` are the attacker's pool) with their
     identities and side information (0-based cameras and views), the queries (read on demand),
-    and, from the embedded demo, its auxiliary set and the images that train its models."""
+    and, from the embedded demo, its auxiliary set, the images that train its models and the
+    victim's own images (``victim``: train the victim's key models; the attacker holds none)."""
 
     gallery: ImageSet
     queries: QuerySet
     auxiliary: Dataset | None = None
     models_train: ImageSet | None = None
+    victim: Dataset | None = None
+    heldout_removed: int = 0
 
 
 class QuerySet(Dataset):
@@ -211,7 +214,7 @@ class ReidGallery:
         return [f"data.source: {line} (set data.source.root or RECONATTACK_DATA)"
                 for line in missing(self.root, self.layout)]
 
-    def load(self, size: tuple[int, int], n_gallery: int, seed: int) -> RetrievalParts:
+    def load(self, size: tuple[int, int], n_gallery: int, seed: int, pool: int | None = None) -> RetrievalParts:
         sets = read_reid(self.root, self.layout)
         gal, qry = sets["gallery"], sets["query"]
         if len(gal) < n_gallery:
@@ -290,7 +293,8 @@ class DigitPersons:
     demo's service and evaluation models (disjoint from the evaluated ones, as re-identification
     models are trained on other persons than they are tested on) and give the attacker's
     auxiliary images; the ``test`` identities give the gallery and, per identity and camera seen,
-    at most ``queries_per_camera`` queries.
+    at most ``queries_per_camera`` queries. The ``models`` identities' images not given to the
+    attacker are the victim's own (``victim``: they train its key models with ``threat.key.train``).
 
     Args:
         identities: ``{"models": n, "test": n}``.
@@ -309,7 +313,7 @@ class DigitPersons:
     def missing(self) -> list[str]:
         return []
 
-    def load(self, size: tuple[int, int], n_gallery: int, seed: int) -> RetrievalParts:
+    def load(self, size: tuple[int, int], n_gallery: int, seed: int, pool: int | None = None) -> RetrievalParts:
         total = self.identities["models"] + self.identities["test"]
         images, ids, cams = digit_persons(size, total, self.per_identity, self.cameras, seed)
         views = np.zeros_like(cams)
@@ -338,4 +342,6 @@ class DigitPersons:
                            {"cams": cams[chosen], "views": views[chosen]})
         q = np.asarray(query_idx)
         queries = QuerySet(ids[q], {"cams": cams[q], "views": views[q]}, images=images[q])
-        return RetrievalParts(gallery, queries, auxiliary=ArrayImages(images[aux]), models_train=models_train)
+        victim = np.setdiff1d(train_idx, aux)  # model identities' images the attacker was not given
+        return RetrievalParts(gallery, queries, auxiliary=ArrayImages(images[aux]), models_train=models_train,
+                              victim=ArrayImages(images[victim]))

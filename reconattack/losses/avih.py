@@ -2,7 +2,7 @@
 
 Images x (original), x' (encrypted) and G(x') (key-model recovery) are (B, C, H, W) RGB in
 [0, 1], the official range for which the paper's weights (task 1, diff 0.03, rec 0.5,
-vc 3.0) were tuned: the encryption (:mod:`reconattack.threats.avih_encryption`) optimises its
+vc 3.0) were tuned: the encryption (:mod:`reconattack.threats.avih.encryption`) optimises its
 pixels in that range and converts at its boundary. Embeddings are (B, E) service-model outputs (any scale: they are
 L2-normalised here). Every term of an image depends on that image only, so a batch of images
 is encrypted as independent problems (the official VC loss mixes the batch; this one does not).

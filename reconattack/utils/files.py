@@ -90,6 +90,36 @@ def file_fingerprint(path: str | os.PathLike | None) -> dict | None:
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def source_fingerprint(path: str | os.PathLike | None) -> dict | None:
+    """What identifies an input file or folder inside a spec: a file as :func:`file_fingerprint`;
+    a folder by its listing — resolved path, the number of files and a SHA-256 over every file's
+    relative name, size and modification time (sorted; symbolic links followed) — so that
+    replacing, adding or removing an image under the same path builds new artifacts. Cheap: no
+    file is read. None for a path that is not there."""
+    if path in (None, ""):
+        return None
+    import hashlib
+
+    p = Path(os.path.expanduser(str(path))).resolve()
+    if p.is_file():
+        return file_fingerprint(p)
+    if not p.is_dir():
+        return None
+    digest, count = hashlib.sha256(), 0
+    for root, dirs, files in os.walk(p, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            f = Path(root) / name
+            try:
+                st = f.stat()
+            except OSError:  # a dangling link: its name still counts
+                st = None
+            rel = f.relative_to(p).as_posix()
+            digest.update(f"{rel}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
+            count += 1
+    return {"path": str(p), "files": count, "listing": digest.hexdigest()}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The SHA-256 of a file's bytes, as 64 lowercase hex digits (read in ``chunk``-byte pieces)."""
     import hashlib

@@ -1,4 +1,4 @@
-"""The AVIH evaluation's rows (threats/avih.py AVIHEvaluation, metrics/callback.py): the images
+"""The AVIH evaluation's rows (threats/avih/ AVIHEvaluation, metrics/callback.py): the images
 scored as saved, the service model's rows beside the evaluation model's, and the TPR@FAR
 protocols applied across rows."""
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from reconattack.run import run
+from reconattack.threats.avih.gallery import load_encrypted_gallery
 from tests.helpers import compose_cfg, experiment_overrides, make_experiment_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def test_encrypt_and_attack_on_a_fixture_tree_with_made_checkpoints(name, data_d
     run_dir = tmp_path / "run"
     assert (run_dir / "samples" / "test_grid.txt").read_text().splitlines()[1] == "tile: 32x16"
     art, = (tmp_path / "cache" / "artifacts" / "encrypted_gallery").glob("[!.]*")
-    gallery = torch.load(art / "gallery.pt", weights_only=True)
+    gallery = load_encrypted_gallery(art)
     assert gallery["encrypted"].shape == (16, 3, 32, 16)  # (H, W) kept through the encryption
     assert gallery["names"][0].endswith(".jpg")  # provenance: the dataset's file names
 
@@ -53,7 +53,7 @@ def test_the_service_model_gets_each_images_camera_and_view():
     from torch.utils.data import DataLoader
 
     from reconattack.data.avih import EncryptionJobs
-    from reconattack.threats.avih_encryption import AVIHEncryptor
+    from reconattack.threats.avih.encryption import AVIHEncryptor
 
     seen = []
 

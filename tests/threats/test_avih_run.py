@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from reconattack.run import run
-from reconattack.threats.avih_encryption import AVIHEncryptor
+from reconattack.threats.avih.encryption import AVIHEncryptor
+from reconattack.threats.avih.gallery import load_encrypted_gallery
 from tests.helpers import compose_cfg, experiment_overrides, make_experiment_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ def test_demo_pipeline_reports_every_row_and_encryption_metric(tmp_path):
     assert (run_dir / "samples" / "test_grid.txt").read_text().splitlines() == [
         "target | ours | original | protected | key_model | random", "tile: 16x16"]
     art, = (tmp_path / "cache" / "artifacts" / "encrypted_gallery").glob("[!.]*")
-    gallery = torch.load(art / "gallery.pt", weights_only=True)
+    gallery = load_encrypted_gallery(art)
     # lossless float32 storage in [-1, 1], per-image key ids and the originals' indices: the 12
     # held-out, then the 12 pool images, all under the target key (no decoys by default)
     assert gallery["encrypted"].dtype == torch.float32 and gallery["encrypted"].shape == (24, 3, 16, 16)
@@ -212,6 +213,7 @@ def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
     from reconattack.engine.artifacts import ArtifactStore
     from reconattack.engine.context import RunContext
     from reconattack.engine.runner import build_threat
+    from reconattack.threats.avih.models import recognition_model
 
     cfg = compose_cfg(demo_tiny(tmp_path))
     threat = build_threat(cfg)
@@ -219,8 +221,11 @@ def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
     models = []
     for i in (1, 2):
         torch.manual_seed(i)  # another global RNG state, e.g. the service model was built or not
-        model, _ = threat._recognition_model("evaluation", ArtifactStore(tmp_path / f"store{i}"),
-                                      RunContext(cfg, tmp_path / f"run{i}"))
+        ctx = RunContext(cfg, tmp_path / f"run{i}")
+        model, _ = recognition_model(threat.models, "evaluation", threat.evaluation_cfg, threat.parts.models_train,
+                                     threat.data_spec(), ArtifactStore(tmp_path / f"store{i}"),
+                                     lambda name, steps, ctx=ctx: ctx.trainer(name, steps, single_device=True,
+                                                                              logger=False))
         models.append(model.state_dict())
     for k in models[0]:
         torch.testing.assert_close(models[0][k], models[1][k], msg=k)

@@ -31,7 +31,7 @@ from reconattack.metrics.callback import ReconstructionMetrics
 from reconattack.models.face import IResNet, make_face_model
 from reconattack.models.keys import PatchGAN, UNet, make_key_model
 from reconattack.threats.avih import AVIHEvaluation, Role, encryption_jobs, leaked_count
-from reconattack.threats.avih_encryption import AVIHEncryptor, PerImageMomentum
+from reconattack.threats.avih.encryption import AVIHEncryptor, PerImageMomentum
 
 
 def tiny_service(seed=0):
@@ -237,35 +237,77 @@ def test_encryptor_rejects_bad_settings():
         PerImageMomentum([torch.zeros(1, requires_grad=True)], momentum=1.5)
 
 
-def test_encryptor_test_step_reports_groups_and_stores_results():
+class _Recorder:
+    """An :class:`EncryptionSink` that keeps what it is handed."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, slot, encrypted, recovered, curve):
+        self.writes.append((slot, encrypted, recovered, list(curve)))
+
+
+def test_encryptor_test_step_reports_groups_and_hands_its_results_to_the_sink():
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
     gallery = (np.random.default_rng(0).random((5, 16, 16, 3)) * 255).astype(np.uint8)
     index, key, _ = encryption_jobs(2, 5, 2, decoys=True)  # two keys in play
-    enc = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=3, log_every=1)
+    sink = _Recorder()
+    enc = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=3, log_every=1, sink=sink)
     cb = ReconstructionMetrics(stages=("test",), metrics=("mse", "psnr", "ssim"))
     trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[cb], inference_mode=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.test(enc, DataLoader(EncryptionJobs(gallery, index, key), batch_size=3), verbose=False)
-    out = enc.collected()
-    assert torch.equal(out["index"], torch.from_numpy(index)) and out["encrypted"].shape == (7, 3, 16, 16)
+    slots = torch.cat([w[0] for w in sink.writes])
+    assert slots.tolist() == list(range(7)) and len(sink.writes) == 3  # every job once, batch by batch
+    encrypted = torch.cat([w[1] for w in sink.writes])
+    assert encrypted.shape == (7, 3, 16, 16) and encrypted.dtype == torch.float32
+    recovered = torch.cat([w[2] for w in sink.writes])
+    with torch.no_grad():  # each job's recovery is its own key model applied to its encryption
+        expected = enc.recover(encrypted, torch.from_numpy(key))
+    torch.testing.assert_close(recovered, expected)
     res = cb.results["test"]
     for k in ("encrypt/psnr", "encrypt/ssim", "encrypt/key_psnr", "encrypt/key_ssim",
               "encrypt/wrong_key_psnr"):
         assert isinstance(res[k], float), k
     assert 0 < float(trainer.callback_metrics["encrypt/service_cos"]) <= 1
-    assert len(enc.curve) == 3 * 3 and {"loss", "vc", "task"} <= set(enc.curve[0])
-    # evaluating the stored encryption reproduces the numbers
+    curve = [row for w in sink.writes for row in w[3]]
+    assert len(curve) == 3 * 3 and {"loss", "vc", "task"} <= set(curve[0])  # 3 iterations x 3 batches
+    # evaluating the stored encryption reproduces the numbers, and encrypts nothing
     cb2 = ReconstructionMetrics(stages=("test",), metrics=("mse", "psnr", "ssim"))
-    enc2 = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=3)
+    sink2 = _Recorder()
+    enc2 = AVIHEncryptor(tiny_service(), tiny_keys(), WEIGHTS, iterations=3, sink=sink2)
     pl.Trainer(accelerator="cpu", logger=False, callbacks=[cb2], enable_progress_bar=False,
                enable_model_summary=False).test(
-        enc2, DataLoader(EncryptionJobs(gallery, index, key, out["encrypted"]), batch_size=4),
+        enc2, DataLoader(EncryptionJobs(gallery, index, key, encrypted), batch_size=4),
         verbose=False)
-    assert not enc2.store  # nothing re-encrypted
+    assert not sink2.writes  # nothing re-encrypted
     for k in ("encrypt/psnr", "encrypt/key_psnr", "encrypt/wrong_key_ssim"):
         assert cb2.results["test"][k] == pytest.approx(res[k], abs=1e-5)
+
+
+def test_the_gallery_writer_streams_rows_to_disk_and_a_new_writer_continues_from_them(tmp_path):
+    from reconattack.threats.avih.gallery import GalleryWriter
+
+    w = GalleryWriter(tmp_path / "work", 5, (3, 4, 2))
+    x, r = torch.randn(2, 3, 4, 2), torch.randn(2, 3, 4, 2)
+    w.write(torch.tensor([3, 1]), x, r, [{"batch": 0, "loss": 1.0}])
+    on_disk = np.load(tmp_path / "work" / "encrypted.npy")  # read apart from the writer
+    assert on_disk.shape == (5, 3, 4, 2) and on_disk.dtype == np.float32
+    np.testing.assert_array_equal(on_disk[3], x[0].numpy())
+    np.testing.assert_array_equal(on_disk[1], x[1].numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "work" / "recovered.npy")[1], r[1].numpy())
+    assert w.done.tolist() == [False, True, False, True, False]
+    again = GalleryWriter(tmp_path / "work", 5, (3, 4, 2))  # a build killed here continues
+    assert again.done.tolist() == w.done.tolist() and again.curve == [{"batch": 0, "loss": 1.0}]
+    torch.testing.assert_close(again.stored()[3], x[0])
+    (tmp_path / "work" / "done-00000001-00000003.pt").write_bytes(b"torn")  # a torn record: redone
+    assert not GalleryWriter(tmp_path / "work", 5, (3, 4, 2)).done.any()
+    with pytest.raises(RuntimeError, match="undone"):
+        again.publish(tmp_path)
+    other = GalleryWriter(tmp_path / "work", 6, (3, 4, 2))  # another gallery's shape: started over
+    assert not other.done.any() and np.load(tmp_path / "work" / "encrypted.npy").shape == (6, 3, 4, 2)
 
 
 # ---------------------------------------------------------------------------- the attack

@@ -1,4 +1,4 @@
-"""Trained key models (threat.key.train, threats/key_training.py): the denoising objective, at the
+"""Trained key models (threat.key.train, threats/avih/key_training.py): the denoising objective, at the
 paper's 112x112 size for a few steps, and as a cached artifact of a tiny AVIH run."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reconattack.models.keys import UNet, make_key_model
-from reconattack.threats.key_training import KeyDenoiser, key_train_loader
+from reconattack.threats.avih.key_training import KeyDenoiser, key_train_loader
 
 
 def test_the_objective_is_l1_denoising_of_the_auxiliary_images():

@@ -8,7 +8,9 @@ random network can do that only by chance, through whatever its random weights h
 compute; a network trained to *restore* images of the category from heavy corruption has, by
 training, a large set of noise-like inputs that it maps onto natural images of the category.
 
-Objective implemented: **blind denoising** on the auxiliary images of the category — a
+Objective implemented: **blind denoising** on the victim's own images of the category (never the
+attacker's auxiliary images, nor the gallery: the key the attacker must undo is not fitted to the
+attacker's prior; ``data.victim``, or the embedded demos' victim split) — a
 restoration network, as the official key (a pix2pix generator) is an image-to-image network. Each
 training image x in [0, 1] gets Gaussian noise of a level drawn per image, σ ~ U(0, ``noise``) on
 the [0, 1] scale, and the key learns G(clamp(x + σ ε, 0, 1)) ≈ x with an L1 loss (pix2pix's
@@ -91,6 +93,6 @@ def key_train_loader(images: Dataset, steps: int, batch_size: int, seed: int,
     """Exactly ``steps`` batches of ``batch_size`` images of ``images`` (items (3, H, W) in
     [-1, 1]), drawn with replacement in an order fixed by ``seed``."""
     if len(images) == 0:
-        raise ValueError("key training needs auxiliary images; the auxiliary set is empty")
+        raise ValueError("key training needs the victim's images; the set is empty")
     return DataLoader(images, batch_size=batch_size, sampler=_Draws(len(images), steps * batch_size, seed),
                       drop_last=True, num_workers=num_workers)

@@ -24,17 +24,18 @@ returns the evaluation groups for :class:`reconattack.metrics.callback.Reconstru
 ``encrypt/`` (encrypted vs original), ``encrypt/key_`` (key-model recovery vs original) and
 ``encrypt/wrong_key_`` (recovery with another key). The service-embedding cosine similarity is
 logged as ``encrypt/service_cos``. Jobs marked ``"decoy"`` (a pool image under another key) are
-reported apart, as ``encrypt/decoy_*``. Encrypted results are kept in :attr:`store` (CPU, lossless
-float32) for the threat to save, and, with :attr:`chunk_dir`, each batch's fresh encryptions in a
-file of their own as soon as they are done: a build killed midway continues from them
-(:func:`load_chunks`) instead of starting over.
+reported apart, as ``encrypt/decoy_*``. The module keeps nothing: each batch's fresh encryptions,
+their key-model recoveries and loss-curve rows go to the ``sink`` it was given (an
+:class:`EncryptionSink`, e.g. the threat's memory-mapped gallery writer, which streams them to
+disk as they are made: memory stays flat whatever the gallery's size, and a build killed midway
+continues from the rows it wrote).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from typing import Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -43,7 +44,6 @@ from torch import nn
 
 from reconattack.errors import ConfigError
 from reconattack.losses.avih import avih_loss
-from reconattack.utils.files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,15 @@ class PerImageMomentum(torch.optim.Optimizer):
         return losses
 
 
+class EncryptionSink(Protocol):
+    """Where :class:`AVIHEncryptor` hands each batch's fresh encryptions."""
+
+    def write(self, slot: torch.Tensor, encrypted: torch.Tensor, recovered: torch.Tensor,
+              curve: list[dict]) -> None:
+        """``slot`` (n,) int64 job numbers; ``encrypted`` / ``recovered`` (n, 3, H, W) float32 in
+        [-1, 1] on the CPU; ``curve``: the batch's loss-curve rows."""
+
+
 def _adam(params, lr: float = 0.01):
     return torch.optim.Adam(params, lr=lr)
 
@@ -122,14 +131,16 @@ class AVIHEncryptor(pl.LightningModule):
         init: x' at iteration 0: ``"normal"`` (N(0, 1) clamped to [0, 1] on the [0, 1] scale,
             official), ``"uniform"`` (U(0, 1)) or ``"original"`` (x itself).
         seed: seeds each job's initial noise together with its job number (``slot``).
-        log_every: record the batch-mean loss terms every this many iterations in
-            :attr:`curve` (0: never); the threat writes it to the artifact's ``curve.csv``.
+        log_every: record the batch-mean loss terms every this many iterations (0: never), handed
+            to the sink with the batch; the threat writes them to the artifact's ``curve.csv``.
+        sink: where fresh encryptions go (:class:`EncryptionSink`); None: nowhere (evaluating a
+            stored gallery, whose jobs are all ``"done"``).
     """
 
     def __init__(self, service: nn.Module, keys: Sequence[nn.Module], weights: Mapping[str, float],
                  vc_kernel: int = 4, distances: Mapping[str, str] | None = None,
                  iterations: int = 800, optimizer: Callable | None = None, init: str = "normal",
-                 seed: int = 0, log_every: int = 50) -> None:
+                 seed: int = 0, log_every: int = 50, sink: EncryptionSink | None = None) -> None:
         super().__init__()
         if init not in INITS:
             raise ConfigError(f"threat.encrypt.init must be one of {INITS}, got {init!r}")
@@ -146,12 +157,7 @@ class AVIHEncryptor(pl.LightningModule):
         self.iterations = int(iterations)
         self.optimizer_factory = optimizer or _adam
         self.init, self.seed, self.log_every = init, int(seed), int(log_every)
-        self.store: dict[str, list[torch.Tensor]] = {}
-        # rows kept in `store` (the threat saves the gallery): True every row of the pass (a build,
-        # also the jobs an interrupted build finished), False none, None those encrypted here
-        self.keep: bool | None = None
-        self.chunk_dir: Path | None = None  # where freshly encrypted jobs are kept as they finish
-        self.curve: list[dict] = []  # mean loss terms every `log_every` iterations, per batch
+        self.sink = sink
         self._batch_number = 0
 
     def train(self, mode: bool = True):
@@ -193,9 +199,10 @@ class AVIHEncryptor(pl.LightningModule):
 
     @torch.enable_grad()
     def encrypt(self, x: torch.Tensor, key_id: torch.Tensor, slot: torch.Tensor,
-                side: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+                side: Mapping[str, torch.Tensor] | None = None, curve: list[dict] | None = None) -> torch.Tensor:
         """Encrypt a batch. x (B, 3, H, W) in [-1, 1], key_id / slot (B,), side: the service
-        model's side information ((B,) tensors, or None) → x' (B, 3, H, W) in [-1, 1].
+        model's side information ((B,) tensors, or None) → x' (B, 3, H, W) in [-1, 1]. The
+        batch-mean loss terms every ``log_every`` iterations are appended to ``curve``.
 
         Runs in float32 with autocast off: the pixels are optimised, and under mixed precision
         their small steps would be lost (SPEC §8)."""
@@ -213,15 +220,13 @@ class AVIHEncryptor(pl.LightningModule):
                 opt.step(lambda total=total: total.detach())
                 with torch.no_grad():
                     x_enc.clamp_(0, 1)
-                if self.log_every and (it % self.log_every == 0 or it == self.iterations - 1):
-                    self._log_curve(it, total, terms)
+                if curve is not None and self.log_every and (it % self.log_every == 0
+                                                             or it == self.iterations - 1):
+                    curve.append({"batch": self._batch_number, "iteration": it,
+                                  "loss": float(total.detach().mean()),
+                                  **{k: float(v.detach().mean()) for k, v in terms.items()}})
         self._batch_number += 1
         return x_enc.detach() * 2 - 1
-
-    def _log_curve(self, it: int, total: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
-        row = {"batch": self._batch_number, "iteration": it, "loss": float(total.detach().mean())}
-        row.update({k: float(v.detach().mean()) for k, v in terms.items()})
-        self.curve.append(row)
 
     # ------------------------------------------------------------------------ Lightning
     def test_step(self, batch: dict, batch_idx: int) -> dict:
@@ -232,11 +237,10 @@ class AVIHEncryptor(pl.LightningModule):
             todo = ~batch["done"].bool() if "done" in batch else torch.zeros_like(slot, dtype=torch.bool)
         else:
             x_enc, todo = torch.empty_like(x), torch.ones_like(slot, dtype=torch.bool)
+        curve: list[dict] = []
         if todo.any():
-            curve_from = len(self.curve)
             x_enc[todo] = self.encrypt(x[todo], key_id[todo], slot[todo],
-                                       {k: v[todo] for k, v in side.items()}).to(x_enc.dtype)
-            self._save_chunk(slot[todo], x_enc[todo], self.curve[curve_from:])
+                                       {k: v[todo] for k, v in side.items()}, curve).to(x_enc.dtype)
         with torch.no_grad():
             recovered = self.recover(x_enc, key_id)
             cos = F.cosine_similarity(self.service(x_enc, **side).float(), self.service(x, **side).float(), dim=-1)
@@ -252,53 +256,10 @@ class AVIHEncryptor(pl.LightningModule):
                 groups[f"encrypt/{role}key_"] = {"pred": recovered[rows], "target": x[rows]}
                 if wrong is not None:
                     groups[f"encrypt/{role}wrong_key_"] = {"pred": wrong[rows], "target": x[rows]}
-        if self.keep or (self.keep is None and bool(todo.any())):
-            for name in ("index", "key_id", "slot"):
-                self.store.setdefault(name, []).append(batch[name].detach().cpu())
-            self.store.setdefault("encrypted", []).append(x_enc.cpu())
-            self.store.setdefault("recovered", []).append(recovered.cpu())
+        if self.sink is not None and bool(todo.any()):
+            self.sink.write(slot[todo].detach().cpu(), x_enc[todo].detach().float().cpu(),
+                            recovered[todo].detach().float().cpu(), curve)
         return {"groups": groups}
 
-    def _save_chunk(self, slot: torch.Tensor, x_enc: torch.Tensor, curve: list[dict]) -> None:
-        """Keep freshly encrypted jobs in :attr:`chunk_dir` (atomically), for an interrupted
-        build to continue from (:func:`load_chunks`)."""
-        if self.chunk_dir is None:
-            return
-        s = slot.detach().cpu()
-        atomic_torch_save({"slot": s, "encrypted": x_enc.detach().float().cpu(), "curve": list(curve)},
-                          Path(self.chunk_dir) / f"jobs-{int(s.min()):08d}-{int(s.max()):08d}.pt")
 
-    def collected(self) -> dict[str, torch.Tensor]:
-        """Everything stored by ``test_step`` so far, concatenated, in job order."""
-        out = {k: torch.cat(v) for k, v in self.store.items() if v}
-        if "slot" in out:
-            order = torch.argsort(out["slot"])
-            out = {k: v[order] for k, v in out.items()}
-        return out
-
-
-def load_chunks(chunk_dir: Path, jobs: int) -> tuple[torch.Tensor | None, torch.Tensor, list[dict]]:
-    """What an interrupted encryption left in ``chunk_dir`` (files of :meth:`AVIHEncryptor.
-    _save_chunk`): ``(encrypted (M, 3, H, W) or None, done (M,) bool, curve rows)`` for ``jobs``
-    = M jobs. A file that cannot be read (torn by a power loss) is skipped: its jobs are
-    encrypted again."""
-    done = torch.zeros(jobs, dtype=torch.bool)
-    encrypted, curve = None, []
-    for path in sorted(Path(chunk_dir).glob("jobs-*.pt")):
-        try:
-            chunk = torch.load(path, map_location="cpu", weights_only=True)
-            slot, enc = chunk["slot"].long(), chunk["encrypted"].float()
-            if slot.numel() and int(slot.max()) >= jobs:
-                raise ValueError(f"job {int(slot.max())} of {jobs}")
-        except Exception as exc:  # a torn or foreign file: those jobs are redone
-            log.warning("encryption chunk %s unreadable (%s); its jobs are encrypted again", path, exc)
-            continue
-        if encrypted is None:
-            encrypted = torch.zeros((jobs, *enc.shape[1:]), dtype=torch.float32)
-        encrypted[slot] = enc
-        done[slot] = True
-        curve.extend(chunk.get("curve", []))
-    return encrypted, done, curve
-
-
-__all__ = ["AVIHEncryptor", "INITS", "PerImageMomentum", "load_chunks"]
+__all__ = ["AVIHEncryptor", "EncryptionSink", "INITS", "PerImageMomentum"]

@@ -40,9 +40,12 @@ from torch.utils.data import DataLoader
 from reconattack.data.reid import QuerySet, RetrievalParts
 from reconattack.errors import ConfigError
 from reconattack.models.reid import make_reid_model
-from reconattack.threats.avih import AVIHEvaluation, AVIHThreat
 from reconattack.threats.base import ThreatEvaluation
 from reconattack.utils.config import build, factory
+
+from .evaluation import AVIHEvaluation
+from .models import FaceModels
+from .threat import AVIHThreat
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +103,17 @@ class ReidEvaluation(AVIHEvaluation):
         return groups
 
 
-class ReidAVIHThreat(AVIHThreat):
-    """An AVIH-encrypted re-identification gallery (see the module docstring). Takes the
-    arguments of :class:`~reconattack.threats.avih.AVIHThreat`; ``service`` / ``evaluation`` are
-    re-identification model configs (``conf/reid/*``: ``net``, ``mean``, ``std``, ``format``,
-    ``checkpoint`` or ``train``)."""
+class ReidModels(FaceModels):
+    """Re-identification models (``conf/reid/*``: ``net``, ``mean``, ``std``, ``format``,
+    ``checkpoint`` or ``train``): (B, 3, H, W) in [-1, 1] with ``cams`` / ``views`` → (B, D) unit
+    features (:func:`~reconattack.models.reid.make_reid_model`)."""
 
-    model_kind = "reid_model"
+    kind = "reid_model"
+    # demo models trained before JPM's shift followed the official shuffle_unit are not reused
+    code = {"jpm_shift": "official"}
 
-    def make_model(self, m: Any, checkpoint: str | None = None, seed: int | None = None,
-                   published: bool = True) -> nn.Module:
+    def make(self, m: Any, checkpoint: str | None = None, seed: int | None = None,
+             published: bool = True) -> nn.Module:
         fmt = build(m.format) if checkpoint and published and m.get("format") else None
         return make_reid_model(factory(m.net), checkpoint=checkpoint, format=fmt,
                                mean=tuple(m.get("mean", (0.5, 0.5, 0.5))), std=tuple(m.get("std", (0.5, 0.5, 0.5))),
@@ -119,15 +123,24 @@ class ReidAVIHThreat(AVIHThreat):
     def trained_weights(model: nn.Module) -> dict:
         return model.net.state_dict()  # the official checkpoint's layout (TransReIDFormat)
 
-    def _load_data(self) -> RetrievalParts:
-        parts = self.source.load(self.image_size, self.gallery_size, self.selection_seed)
+
+class ReidAVIHThreat(AVIHThreat):
+    """An AVIH-encrypted re-identification gallery (see the module docstring). Takes the
+    arguments of :class:`~reconattack.threats.avih.AVIHThreat`; ``service`` / ``evaluation`` are
+    re-identification model configs (:class:`ReidModels`)."""
+
+    models = ReidModels()
+
+    def load_gallery(self) -> RetrievalParts:
+        parts = self.source.load(self.image_size, self.gallery_size, self.selection_seed, pool=self.pool)
         if not isinstance(parts, RetrievalParts):
             raise ConfigError(f"data.source {type(self.source).__name__} is not a re-identification source "
                               "(reconattack.data.reid.ReidGallery, DigitPersons)")
-        if self.auxiliary_source is not None:
-            parts.auxiliary = self.auxiliary_source.load(self.image_size, self.selection_seed)
-        if parts.auxiliary is None or len(parts.auxiliary) == 0:
-            raise ConfigError("data.auxiliary is not set or empty and the gallery source has no auxiliary set")
+        return parts
+
+    def describe(self, parts: RetrievalParts) -> None:
+        """Keeps the queries that can match a held-out image (the others are skipped by the
+        protocol anyway), and logs the parts."""
         held = slice(self.pool, None)
         ids, cams = parts.gallery.labels[held], parts.gallery.side["cams"][held]
         seen = {}
@@ -140,9 +153,9 @@ class ReidAVIHThreat(AVIHThreat):
                               "raise data.gallery_size - data.pool")
         parts.queries = q.subset(keep)
         log.info("AVIH re-id data: gallery %d (%d attacker pool / %d held out, %d identities), %d of %d "
-                 "queries can match a held-out image, auxiliary %d", len(parts.gallery), self.pool,
-                 len(parts.gallery) - self.pool, len(seen), len(keep), len(q), len(parts.auxiliary))
-        return parts
+                 "queries can match a held-out image, auxiliary %d, victim %s", len(parts.gallery), self.pool,
+                 len(parts.gallery) - self.pool, len(seen), len(keep), len(q), len(parts.auxiliary),
+                 len(parts.victim) if parts.victim is not None else "none")
 
     def verification_pairs(self) -> tuple[Any, tuple[np.ndarray, ...]]:
         return None, ()  # retrieval: the queries are the evaluation's
@@ -152,4 +165,4 @@ class ReidAVIHThreat(AVIHThreat):
                               int(self.data_cfg.eval_batch_size), self.saved_format, self.saved_quality)
 
 
-__all__ = ["ReidAVIHThreat", "ReidEvaluation"]
+__all__ = ["ReidAVIHThreat", "ReidEvaluation", "ReidModels"]
