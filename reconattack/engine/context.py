@@ -22,7 +22,7 @@ from lightning_fabric.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from reconattack.engine.resume import RunState
-from reconattack.errors import InputNotFoundError
+from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.checkpoints import AtomicCheckpointIO
 from reconattack.utils.files import atomic_write_text
 
@@ -139,6 +139,71 @@ def built_with(trainer_cfg: DictConfig) -> dict:
     precision = str(trainer_cfg.get("precision", "32-true"))
     return {"device": accelerator, "precision": _PRECISIONS.get(precision, precision),
             "torch": torch.__version__.split("+")[0]}
+
+
+def _trainer_name(accelerator: str) -> str:
+    """How the user chose the trainer: ``trainer=<choice>`` of the running Hydra job, naming the
+    experiment when its file chose it (a paper experiment's ``trainer: gpu``), else
+    ``trainer.accelerator=<accelerator>``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return f"trainer.accelerator={accelerator}"
+    hc = HydraConfig.get()
+    choice, experiment = hc.runtime.choices.get("trainer"), hc.runtime.choices.get("experiment")
+    typed = any(str(o).lstrip("+~").partition("=")[0] == "trainer" for o in hc.overrides.task)
+    if choice and experiment and not typed:
+        return f"+experiment={experiment} sets trainer={choice}, which"
+    return f"trainer={choice}" if choice else f"trainer.accelerator={accelerator}"
+
+
+def _devices_needed(devices) -> int:
+    """How many devices must be visible for a Trainer's ``devices``: a count (``-1``,
+    ``"auto"``: every visible one, so at least one), or indices (a list, a ``"0,1"`` string):
+    enough for the highest."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            devices = [int(i) for i in text.split(",") if i.strip()]
+        elif text.lstrip("-").isdigit():
+            devices = int(text)
+        else:  # "auto"
+            return 1
+    if isinstance(devices, (list, tuple)):
+        return max([len(devices)] + [int(i) + 1 for i in devices])
+    return max(int(devices), 1) if devices is not None else 1
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """Refuse a trainer this machine cannot run, before any work (else Lightning's
+    ``No supported gpu backend found!`` ends the run after its data and artifacts were
+    prepared): ``accelerator: gpu`` / ``cuda`` (``trainer=gpu``, ``ddp``, the paper experiments)
+    without a visible CUDA GPU (``gpu`` takes Apple's MPS device where there is one, as
+    Lightning does), ``mps`` without one, or more devices (``trainer.devices``) than are
+    visible. The message says what to run instead."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = 1 if torch.backends.mps.is_available() else 0
+    name = _trainer_name(accelerator)
+    if accelerator == "mps" or (accelerator == "gpu" and not cuda and mps):
+        visible, kind = mps, "an Apple MPS device"
+    else:
+        visible, kind = cuda, "a CUDA GPU"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = f" (CUDA_VISIBLE_DEVICES={hidden!r})" if hidden is not None and "CUDA" in kind else ""
+    if not visible:
+        raise ConfigError(f"{name} needs {kind}, none is visible{why}; run with trainer=cpu (slow) "
+                          f"or on a machine with one")
+    devices = trainer_cfg.get("devices", "auto")
+    if OmegaConf.is_config(devices):
+        devices = OmegaConf.to_container(devices)
+    needed = _devices_needed(devices)
+    if needed > visible:
+        raise ConfigError(f"{name} with trainer.devices={devices} needs {needed} devices, "
+                          f"{visible} {'is' if visible == 1 else 'are'} visible{why}; run with "
+                          f"trainer.devices={visible} (or -1: every visible one)")
 
 
 #: a Trainer on one device, for work done once by rank 0 (artifact builders)

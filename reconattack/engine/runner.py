@@ -1,6 +1,7 @@
 """One runner for every experiment (SPEC §7).
 
-check the configuration (:func:`check_config`) → build the threat model → check that the attack
+check the configuration (:func:`check_config`) and that the machine has the trainer's devices
+(:func:`~reconattack.engine.context.check_accelerator`) → build the threat model → check that the attack
 can read its leak, that every input is there and that the networks take the configured sizes →
 prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
 Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
@@ -25,7 +26,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from reconattack.attacks.base import Attack, AttackStage
 from reconattack.data.images import DataNotFoundError
-from reconattack.engine.context import RunContext, require_file
+from reconattack.engine.context import RunContext, check_accelerator, require_file
 from reconattack.engine.resume import (
     LatestState,
     Preemption,
@@ -357,6 +358,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     finished run returns its metrics, finished stages are loaded, a stage stopped midway
     continues from its latest state."""
     check_config(cfg)
+    check_accelerator(cfg.trainer)  # before the data, the caches and the artifacts are touched
     ctx = RunContext(cfg, run_dir)
     ctx.state.start(cfg)
     finished = ctx.state.finished_metrics()
