@@ -216,8 +216,9 @@ class _Database:
             raise InvertInputError(f"{where}: {table} cols = {_short(ncols)} (expected {' or '.join(map(str, cols))})")
         size = rows * ncols * np.dtype(dtype).itemsize
         if not (kind == "blob" and length == size) and not (size == 0 and kind == "null"):
-            raise InvertInputError(f"{where}: the {table} blob holds {length if kind == 'blob' else kind} bytes, "
-                                   f"not rows x cols = {rows} x {ncols} of {np.dtype(dtype).name} ({size} bytes)")
+            held = f"{length} bytes" if kind == "blob" else f"a {kind} value"
+            raise InvertInputError(f"{where}: the {table} blob holds {held}, not rows x cols = {rows} x {ncols} of "
+                                   f"{np.dtype(dtype).name} ({size} bytes)")
         return rows, ncols
 
     def blob(self, table: str, image_id: int, shape: tuple[int, int], dtype, where: str) -> np.ndarray:
@@ -478,7 +479,7 @@ def run_config(run_dir: Path):
                           f"({_short(first, 200)})") from None
     composed = OmegaConf.to_container(cfg, resolve=False)
     theirs, ours = _hydra_keys(recorded), _hydra_keys(composed)
-    for where in sorted(theirs.keys() | ours.keys()):
+    for where in sorted(theirs.keys() | ours.keys(), key=lambda k: (not k.endswith("._target_"), k)):
         if where not in ours or where not in theirs or type(theirs[where]) is not type(ours[where]) \
                 or theirs[where] != ours[where]:
             raise ConfigError(

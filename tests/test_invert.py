@@ -5,6 +5,8 @@ from images the test makes: several sizes, an image without keypoints) or from O
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,10 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from reconattack.data.sift import build_maps, extract, grid_xy
-from reconattack.invert import InvertInputError, invert
+from reconattack.invert import InvertInputError, invert, main
 from reconattack.run import run
 from tests.helpers import coarse_only, compose_cfg
 
@@ -160,3 +163,192 @@ def test_bad_coordinates_are_refused(trained, tmp_path):
     assert not (tmp_path / "o").exists()
     corners = _npz(tmp_path / "corners.npz", [[-0.5, -0.5], [9.5, 9.5]])
     assert invert(trained["opencv"], tmp_path / "o", npz=[corners], device="cpu")["images"][0]["keypoints"] == 2
+
+
+# ------------------------------------------------------------- a run directory from elsewhere
+def _refused(capsys, *args) -> str:
+    """``python -m reconattack.invert ARGS`` in this process: exit 2 and one line on stderr,
+    which is returned."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def _set(tree, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        tree = tree[int(key)] if isinstance(tree, list) else tree[key]
+    tree[int(last) if isinstance(tree, list) else last] = value
+
+
+def _foreign(run_dir: Path, tmp: Path, nodes: dict | None = None, overrides: tuple[str, ...] = ()) -> Path:
+    """A copy of ``run_dir`` whose .hydra/config.yaml has ``nodes`` (dotted path: value) set and
+    whose .hydra/overrides.yaml has ``overrides`` appended."""
+    dst = tmp / "foreign"
+    shutil.copytree(run_dir, dst)
+    hydra = dst / ".hydra"
+    cfg = yaml.safe_load((hydra / "config.yaml").read_text())
+    for path, value in (nodes or {}).items():
+        _set(cfg, path, value)
+    (hydra / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (hydra / "overrides.yaml").write_text(yaml.safe_dump(yaml.safe_load((hydra / "overrides.yaml").read_text())
+                                                         + list(overrides)))
+    return dst
+
+
+def _payload(marker: Path) -> dict:
+    """A config node that creates ``marker`` when Hydra instantiates it."""
+    return {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
+
+
+def test_the_payloads_are_live(tmp_path):
+    """The hostile nodes below do run code when instantiated (a control for the tests that
+    nothing runs)."""
+    from hydra.utils import instantiate
+
+    instantiate(_payload(tmp_path / "marker")).close()
+    assert (tmp_path / "marker").exists()
+
+
+def test_a_copied_run_directory_inverts(trained, tmp_path):
+    """The copy the hostile tests start from is accepted as it is (YAML written again by PyYAML)."""
+    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+    summary = invert(_foreign(trained["colmap"], tmp_path), tmp_path / "out", colmap=db, device="cpu")
+    assert [r["name"] for r in summary["images"]] == ["blank.jpg"]
+
+
+@pytest.mark.parametrize("node,value,named", [
+    ("model.coarse", "payload", "model.coarse._target_"),  # a network
+    ("threat._target_", "builtins.open", "threat._target_"),  # the threat model
+    ("data.source", "payload", "data.source._target_"),  # the data
+    ("attack.stages.0", "payload", "attack.stages.0._target_"),  # an item of a list
+    ("trainer.callbacks.progress", "payload", "trainer.callbacks.progress._target_"),  # a node invert does not use
+    ("extra", "payload", "extra._target_"),  # a node of no config
+    ("hydra", {"callbacks": {"x": "payload"}}, "hydra.callbacks.x._target_"),
+    ("attack.optimizer._partial_", False, "attack.optimizer._partial_"),
+    ("model.coarse._args_", ["payload"], "model.coarse._args_.0._target_"),
+    ("model.coarse._args_", [1], "model.coarse._args_"),
+    ("attack.lr_scheduler._target_", "${oc.env:HOME}", "attack.lr_scheduler._target_"),  # never resolved
+])
+def test_a_run_config_naming_other_classes_is_refused_and_runs_nothing(node, value, named, trained, tmp_path,
+                                                                       capsys):
+    marker = tmp_path / "marker"
+
+    def hostile(v):
+        return _payload(marker) if v == "payload" else {k: hostile(x) for k, x in v.items()} if isinstance(
+            v, dict) else [hostile(x) for x in v] if isinstance(v, list) else v
+
+    run_dir = _foreign(trained["colmap"], tmp_path, {node: hostile(value)})
+    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out", "--device", "cpu")
+    assert err.startswith("ConfigError: ") and f".hydra/config.yaml has {named} = " in err
+    assert "invert builds only this checkout's configs" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_the_issues_torch_load_optimizer_runs_nothing(trained, tmp_path):
+    """The issue's run directory: ``attack.optimizer`` is ``torch.load`` of a pickle it ships,
+    which would run a command; through the command line, exit 2 and one line, nothing run."""
+    marker, control = tmp_path / "marker", tmp_path / "control"
+    for pickled, touched in (("extra.pt", marker), ("control.pt", control)):
+        (tmp_path / pickled).write_bytes(pickle.dumps(_Touch(str(touched))))
+    with pytest.raises(RuntimeError, match="magic number"):  # the pickle is live, then torch.load fails
+        torch.load(tmp_path / "control.pt", weights_only=False)
+    assert control.exists()
+    node = {"_target_": "torch.load", "f": "${paths.output_dir}/extra.pt", "weights_only": False}
+    run_dir = _foreign(trained["colmap"], tmp_path, {"attack.optimizer": node})
+    shutil.copy(tmp_path / "extra.pt", run_dir / "extra.pt")
+    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+    res = subprocess.run([sys.executable, "-m", "reconattack.invert", str(run_dir), "--colmap", str(db),
+                          "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "ConfigError: " in res.stderr and "has attack.optimizer._target_ = 'torch.load'" in res.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+class _Touch:
+    """Pickled, it creates ``path`` when unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("override,config,message", [
+    ("attack.optimizer._target_=builtins.open", {"attack.optimizer._target_": "builtins.open"},
+     "sets a Hydra instantiation key"),
+    ("attack.optimizer={_target_:builtins.open,file:MARKER,mode:w}", {"attack.optimizer": "payload"},
+     "sets something other than a plain value"),
+    ("+extra=[{_target_:builtins.open,file:MARKER,mode:w}]", {"extra": ["payload"]},
+     "sets something other than a plain value"),
+    ("data.image_size=${oc.env:HOME}", {}, "sets something other than a plain value"),
+    ("+experiment=../../tmp/evil", {}, "not a config of conf/experiment/"),
+    ("model=nope", {}, "chooses 'nope', not a config of conf/model/"),
+    ("hydra.searchpath=[file:///tmp]", {}, "sets Hydra's own settings"),
+    ("seed=choice(1,2)", {}, "is a sweep"),
+    ("attack.optimizer@_global_=x", {}, "sets a Hydra instantiation key"),
+])
+def test_run_overrides_may_only_choose_configs_and_set_plain_values(override, config, message, trained, tmp_path,
+                                                                     capsys):
+    """A hostile .hydra/overrides.yaml, with the same in .hydra/config.yaml (as a run made with it
+    would record): refused, naming the override; nothing runs."""
+    marker = tmp_path / "marker"
+    nodes = {k: (_payload(marker) if v == "payload" else [_payload(marker)] if v == ["payload"] else v)
+             for k, v in config.items()}
+    run_dir = _foreign(trained["colmap"], tmp_path, nodes, (override.replace("MARKER", str(marker)),))
+    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
+    assert err.startswith("ConfigError: ") and "overrides.yaml: the override " in err and message in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_recorded_settings_must_be_those_the_overrides_give(trained, tmp_path, capsys):
+    """A setting of the map changed in config.yaml alone (the picture would silently be another
+    model's): refused, naming it."""
+    run_dir = _foreign(trained["colmap"], tmp_path, {"threat.compress": False})
+    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
+    assert "has threat.compress = False, this checkout's conf/ with the run's overrides has True" in err
+
+
+def test_nothing_of_the_run_config_is_resolved(trained, tmp_path):
+    """Interpolations in the run's config.yaml, here in paths (which may differ), are never
+    resolved: a resolver that would create a file is not called."""
+    from omegaconf import OmegaConf
+
+    marker = tmp_path / "marker"
+    OmegaConf.register_new_resolver("test_touch", lambda p: Path(p).touch() or p)
+    try:
+        run_dir = _foreign(trained["colmap"], tmp_path, {"paths.data_dir": f"${{test_touch:{marker}}}"})
+        db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+        invert(run_dir, tmp_path / "out", colmap=db, device="cpu")
+    finally:
+        OmegaConf.clear_resolver("test_touch")
+    assert not marker.exists() and (tmp_path / "out" / "invert.json").exists()
+
+
+@pytest.mark.parametrize("file,text,message", [
+    ("config.yaml", "a: !!python/object/apply:os.system ['touch MARKER']\n", "not a readable config"),
+    ("config.yaml", "a: &x [1, 2]\nb: [*x, *x]\n", "YAML aliases"),
+    ("config.yaml", "a: " + "[" * 100 + "]" * 100 + "\n", "nested more than 64 levels"),
+    ("config.yaml", "- 1\n", "not a config (a mapping)"),
+    ("overrides.yaml", "a: b\n", "not a list of overrides"),
+    ("overrides.yaml", "- 3\n", "is not a string"),
+    ("overrides.yaml", None, "no .hydra/overrides.yaml"),
+])
+def test_damaged_run_files_are_refused(file, text, message, trained, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    run_dir = _foreign(trained["colmap"], tmp_path)
+    if text is None:
+        (run_dir / ".hydra" / file).unlink()
+    else:
+        (run_dir / ".hydra" / file).write_text(text.replace("MARKER", str(marker)))
+    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
+    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
+    assert err.startswith("ConfigError: ") and message in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
