@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -54,19 +55,25 @@ def _photos(tmp: Path) -> dict[str, np.ndarray]:
 
 
 def make_database(path: Path, photos: dict[str, np.ndarray]) -> Path:
+    """A COLMAP database of ``photos`` (name: image), each with COLMAP's SIFT of it."""
     db = pycolmap.Database.open(str(path))
     for name, img in photos.items():
-        h, w = img.shape[:2]
-        cam = db.write_camera(pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[w, w / 2, h / 2, 0]))
-        image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam))
         xy, desc = extract(img, features="colmap")
-        kp = np.zeros((len(xy), 6), np.float32)
-        kp[:, :2] = xy + 0.5  # back to COLMAP's convention, as a database stores them
-        kp[:, 2] = kp[:, 5] = 1
-        db.write_keypoints(image_id, kp)
-        db.write_descriptors(image_id, pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT, desc))
+        _write_image(db, name, img.shape[:2], xy + 0.5, desc)  # back to COLMAP's convention, as a database stores them
     db.close()
     return path
+
+
+def _write_image(db, name: str, size: tuple[int, int], xy, desc: np.ndarray) -> None:
+    """One image with its own camera of ``size`` (H, W) and keypoints ``xy`` in COLMAP's convention."""
+    h, w = size
+    cam = db.write_camera(pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[w, w / 2, h / 2, 0]))
+    image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam))
+    kp = np.zeros((len(xy), 6), np.float32)
+    kp[:, :2] = xy
+    kp[:, 2] = kp[:, 5] = 1
+    db.write_keypoints(image_id, kp)
+    db.write_descriptors(image_id, pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT, desc))
 
 
 def test_grid_mapping_is_that_of_resizing_the_whole_image():
@@ -134,17 +141,105 @@ def _corrupt(db: Path, sql: str, *args) -> Path:
     return db
 
 
+def _loosen(db: Path, table: str) -> Path:
+    """``table`` without its column types and NOT NULL constraints (as a hostile database may have it)."""
+    for sql in (f"CREATE TABLE loose AS SELECT * FROM {table}", f"DROP TABLE {table}",
+                f"ALTER TABLE loose RENAME TO {table}"):
+        _corrupt(db, sql)
+    return db
+
+
+ASTRONAUT, COFFEE, BLANK = (r"image 'shots/astronaut.jpg' \(image_id 1\)", r"image 'shots/coffee.png' \(image_id 2\)",
+                            r"image 'blank.jpg' \(image_id 3\)")
+
+
 @pytest.mark.parametrize("break_it,message", [
-    (lambda db: _corrupt(db, "UPDATE keypoints SET rows = rows + 1 WHERE image_id = 2"), "shots/coffee.png.*blob"),
-    (lambda db: _corrupt(db, "DELETE FROM cameras WHERE camera_id = 1"), "shots/astronaut.jpg.*camera 1"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET rows = rows + 1 WHERE image_id = 2"),
+     COFFEE + ": the keypoints blob holds .* bytes, not rows x cols"),
+    (lambda db: _corrupt(db, "DELETE FROM cameras WHERE camera_id = 1"), ASTRONAUT + ": its camera 1 is not in"),
     (lambda db: db.write_bytes(b"not a database at all" * 10) and db, "not a COLMAP database"),
+    (lambda db: db.write_bytes(db.read_bytes()[:60000]) and db, "not a COLMAP database .*malformed"),
+    (lambda db: _corrupt(_loosen(db, "cameras"), "UPDATE cameras SET width = NULL WHERE camera_id = 2"),
+     COFFEE + r" \(camera 2\): an image width of None \(expected an integer in 1..131072\)"),
+    (lambda db: _corrupt(db, "UPDATE cameras SET height = 'tall' WHERE camera_id = 2"), COFFEE + ".*height of 'tall'"),
+    (lambda db: _corrupt(db, "UPDATE cameras SET width = 0 WHERE camera_id = 3"), BLANK + ".*width of 0"),
+    (lambda db: _corrupt(db, "UPDATE cameras SET width = 1000000000000 WHERE camera_id = 3"),
+     BLANK + ".*width of 1000000000000"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET rows = 'abc' WHERE image_id = 2"),
+     COFFEE + r": keypoints rows = 'abc' \(expected an integer in 0..1000000"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET rows = 2000000 WHERE image_id = 1"),
+     ASTRONAUT + r": keypoints rows = 2000000 \(expected an integer in 0..1000000, --max-keypoints\)"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET rows = -1 WHERE image_id = 1"), ASTRONAUT + ": keypoints rows = -1"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET cols = 3 WHERE image_id = 1"),
+     ASTRONAUT + r": keypoints cols = 3 \(expected 2 or 4 or 6\)"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET data = NULL WHERE image_id = 1"),
+     ASTRONAUT + ": the keypoints blob holds a null value"),
+    (lambda db: _corrupt(db, "UPDATE keypoints SET data = 'text' WHERE image_id = 1"),
+     ASTRONAUT + ": the keypoints blob holds a text value"),
+    (lambda db: _corrupt(db, "UPDATE descriptors SET cols = 64 WHERE image_id = 2"), COFFEE + r": descriptors cols = 64"),
+    (lambda db: _corrupt(db, "UPDATE descriptors SET rows = rows - 1, data = substr(data, 1, length(data) - 128) "
+                             "WHERE image_id = 1"), ASTRONAUT + r": (\d+) keypoints and (\d+) descriptors"),
+    (lambda db: _corrupt(db, "UPDATE images SET name = X'00ff' WHERE image_id = 3"),
+     r"image_id 3: its name is b'\\x00\\xff', not text"),
+    (lambda db: _corrupt(db, "UPDATE images SET camera_id = 'one' WHERE image_id = 2"),
+     COFFEE + ": its camera_id is 'one', not an integer"),
+    (lambda db: _corrupt(db, "ALTER TABLE keypoints DROP COLUMN data"),
+     ASTRONAUT + ": the database cannot be read .*no such column: data"),
+    (lambda db: _corrupt(db, "DROP TABLE descriptors"),
+     "is not a COLMAP database .*needs cameras, images, keypoints, descriptors"),
+    (lambda db: _corrupt(db, "UPDATE cameras SET width = 10, height = 10 WHERE camera_id = 1"),
+     ASTRONAUT + r": \d+ keypoints outside the 10x10 image, e\.g\. keypoint \d+ at .* \(x must be in \[0, 10\]"),
 ])
-def test_bad_databases_end_in_a_message_naming_the_image_and_nothing_is_written(break_it, message, trained, tmp_path):
+def test_bad_databases_end_in_a_message_naming_the_image_and_nothing_is_written(break_it, message, trained, tmp_path,
+                                                                                capsys):
+    """Damaged or hostile databases (the SQL a hostile database could hold): exit 2, one line
+    naming the image (name and image_id) where there is one, nothing in or beside --out."""
     db = break_it(make_database(tmp_path / "database.db", _photos(tmp_path)))
     out = tmp_path / "out"
-    with pytest.raises(InvertInputError, match=message):
-        invert(trained["colmap"], out, colmap=db, batch_size=1, device="cpu")
-    assert not any(out.iterdir()) if out.exists() else True
+    err = _refused(capsys, trained["colmap"], "--colmap", db, "--out", out, "--batch-size", 1, "--device", "cpu")
+    assert err.startswith("InvertInputError: ") and re.search(message, err), err
+    assert not out.exists() and not list(tmp_path.glob(".out.invert-*"))
+
+
+@pytest.mark.parametrize("xy,outside", [
+    ([[1.7e9, 5.0]], "keypoint 0 at (1.7e+09, 5)"),  # the issue's
+    ([[0.0, 0.0], [10.0, 10.0], [10.01, 5.0]], "keypoint 2 at (10.01, 5)"),
+    ([[5.0, -0.01]], "keypoint 0 at (5, -0.01)"),
+    ([[0.0, 0.0], [10.0, 10.0]], None),  # COLMAP's convention: a 10x10 camera spans [0, 10] in x and y
+])
+def test_keypoints_outside_their_camera_are_refused(xy, outside, trained, tmp_path):
+    db = pycolmap.Database.open(str(tmp_path / "database.db"))
+    _write_image(db, "tiny.png", (10, 10), np.array(xy, np.float32), np.zeros((len(xy), 128), np.uint8))
+    db.close()
+    if outside is None:
+        summary = invert(trained["colmap"], tmp_path / "out", colmap=tmp_path / "database.db", device="cpu")
+        assert summary["images"][0]["keypoints"] == len(xy)
+        return
+    with pytest.raises(InvertInputError) as exc:
+        invert(trained["colmap"], tmp_path / "out", colmap=tmp_path / "database.db", device="cpu")
+    assert str(exc.value).startswith("image 'tiny.png' (image_id 1): ") and outside in str(exc.value)
+    assert "outside the 10x10 image" in str(exc.value) and not (tmp_path / "out").exists()
+
+
+def test_the_keypoint_cap_is_a_setting(trained, tmp_path, capsys):
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    err = _refused(capsys, trained["colmap"], "--colmap", db, "--out", tmp_path / "out", "--max-keypoints", 5)
+    assert re.search(ASTRONAUT + r": keypoints rows = \d+ \(expected an integer in 0..5, --max-keypoints\)", err)
+    summary = invert(trained["colmap"], tmp_path / "out", colmap=db, images=["blank.jpg"], max_keypoints=0,
+                     device="cpu")
+    assert summary["images"][0]["keypoints"] == 0
+
+
+def test_a_database_path_with_uri_characters(trained, tmp_path):
+    """``#``, ``?`` and ``%`` in the path are the file's name, not a URI's fragment, query or
+    escape: the database there is read, not the decoy at the path's part before ``#``."""
+    photos = _photos(tmp_path)
+    folder = tmp_path / "we#ird?na%41me"
+    folder.mkdir()
+    db = make_database(folder / "database.db", {"shots/coffee.png": photos["shots/coffee.png"]})
+    make_database(tmp_path / "we", {"decoy.jpg": photos["blank.jpg"]})
+    summary = invert(trained["colmap"], tmp_path / "out", colmap=db, device="cpu")
+    assert [r["name"] for r in summary["images"]] == ["shots/coffee.png"] and summary["input"] == str(db)
 
 
 def _npz(path: Path, xy, size=(10, 10)) -> Path:
