@@ -4,7 +4,9 @@ from images the test makes: several sizes, an image without keypoints) or from O
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import pickle
 import re
 import shutil
@@ -447,3 +449,94 @@ def test_damaged_run_files_are_refused(file, text, message, trained, tmp_path, c
     err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
     assert err.startswith("ConfigError: ") and message in err
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------ publishing --out
+def test_a_non_empty_out_is_refused_and_force_replaces_an_earlier_inversion(trained, tmp_path, capsys):
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    args = (trained["colmap"], "--colmap", db, "--device", "cpu")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert "is not empty; --force replaces it" in _refused(capsys, *args, "--out", mine)
+    assert "holds no invert.json: --force replaces only an earlier inversion's folder" in _refused(
+        capsys, *args, "--out", mine, "--force")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder is taken as it is
+    main([str(a) for a in (*args, "--out", out, "--images", "blank.jpg")])
+    assert sorted(p.name for p in out.iterdir()) == ["blank.png", "invert.json"]
+    assert "is not empty; --force replaces it whole" in _refused(capsys, *args, "--out", out)
+    (out / "stale.png").write_bytes(b"from an earlier inversion")
+    main([str(a) for a in (*args, "--out", out, "--force")])
+    assert sorted(p.name for p in out.iterdir()) == ["blank.png", "invert.json", "shots_astronaut.png",
+                                                     "shots_coffee.png"]
+    assert len(json.loads((out / "invert.json").read_text())["images"]) == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_out_holding_the_input_is_refused_even_with_force(trained, tmp_path, capsys):
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    (tmp_path / "invert.json").write_text("{}")
+    err = _refused(capsys, trained["colmap"], "--colmap", db, "--out", tmp_path, "--force")
+    assert f"holds the input {db}" in err and db.exists()
+    err = _refused(capsys, trained["colmap"], "--colmap", db, "--out", db)
+    assert "is a file, not a folder" in err
+
+
+def test_out_appears_only_complete(trained, tmp_path, monkeypatch):
+    """Every PNG is written into a hidden folder beside --out, which becomes --out once
+    invert.json is written; a failure on the third image leaves neither."""
+    import reconattack.invert as module
+
+    out, seen = tmp_path / "out", []
+    real = module.safe_filename
+
+    def watching(name, taken):
+        seen.append((out.exists(), sorted(p.name for p in tmp_path.glob(".out.invert-*"))))
+        return real(name, taken)
+
+    monkeypatch.setattr(module, "safe_filename", watching)
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    invert(trained["colmap"], out, colmap=db, batch_size=1, device="cpu")
+    assert [exists for exists, _ in seen] == [False] * 3 and all(len(staged) == 1 for _, staged in seen)
+    assert (out / "invert.json").exists() and not list(tmp_path.glob(".out.invert-*"))
+
+    # image 3's keypoints are read after images 1 and 2 are written: its error leaves nothing
+    seen.clear()
+    bad = make_database(tmp_path / "bad.db", _photos(tmp_path))
+    _corrupt(bad, "UPDATE cameras SET width = 1, height = 1 WHERE camera_id = 2")
+    _corrupt(bad, "UPDATE images SET name = 'zz' WHERE image_id = 2")  # read last
+    _corrupt(bad, "UPDATE images SET image_id = 9 WHERE image_id = 2")
+    _corrupt(bad, "UPDATE keypoints SET image_id = 9 WHERE image_id = 2")
+    _corrupt(bad, "UPDATE descriptors SET image_id = 9 WHERE image_id = 2")
+    with pytest.raises(InvertInputError, match=r"image 'zz' \(image_id 9\): \d+ keypoints outside the 1x1 image"):
+        invert(trained["colmap"], tmp_path / "other", colmap=bad, batch_size=1, device="cpu")
+    assert len(seen) == 2 and not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.invert-*"))
+
+
+def test_a_killed_runs_hidden_folder_is_removed_by_the_next_run(trained, tmp_path):
+    """SIGKILL just before the result would be published: --out is absent, the hidden folder is
+    left beside it; the next run into the same --out removes it (not one a running inversion
+    holds) and publishes its own."""
+    db = make_database(tmp_path / "database.db", _photos(tmp_path))
+    out = tmp_path / "out"
+    code = ("import os, signal, sys\nimport reconattack.invert as m\n"
+            "m._publish = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "m.main(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", code, str(trained["colmap"]), "--colmap", str(db), "--out", str(out),
+                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -9 and not out.exists()
+    left = list(tmp_path.glob(".out.invert-*"))
+    assert len(left) == 1 and (left[0] / "invert.json").exists()
+    held = tmp_path / ".out.invert-held"  # as a running inversion holds its folder
+    held.mkdir()
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        invert(trained["colmap"], out, colmap=db, images=["blank.jpg"], device="cpu")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in out.iterdir()) == ["blank.png", "invert.json"]
+    assert list(tmp_path.glob(".out.invert-*")) == [held]
