@@ -254,3 +254,9 @@ def reloads_strictly(over: list[str], tmp: Path, stage: str, metrics: dict, othe
     assert again["test/psnr"] == pytest.approx(metrics["test/psnr"])
     with pytest.raises(Exception, match=refusal):
         run(compose_cfg([*load, f"paths.output_dir={tmp / 'other'}", other]))
+
+
+def demo_tiny(tmp: Path) -> list[str]:
+    """The AVIH demo at 16 px with 24 gallery images, in seconds."""
+    return [*experiment_overrides("demo_avih", tmp), "data.gallery_size=24", "data.pool=12",
+            "threat.key_share=0.1", "threat.encrypt.iterations=3", "attack.steps.attack=2"]

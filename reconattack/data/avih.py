@@ -195,6 +195,9 @@ class DigitsFaces:
             ``data.gallery_size``).
     """
 
+    #: the source gives the victim's own images (``victim``)
+    has_victim = True
+
     def __init__(self, split: dict) -> None:
         self.split = {k: int(split[k]) for k in ("models", "auxiliary", "queries")}
 

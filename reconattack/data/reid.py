@@ -304,6 +304,9 @@ class DigitPersons:
             gallery).
     """
 
+    #: the source gives the victim's own images (``victim``)
+    has_victim = True
+
     def __init__(self, identities: dict, images_per_identity: int = 12, cameras: int = 4,
                  auxiliary: int = 400, queries_per_camera: int = 1) -> None:
         self.identities = {k: int(identities[k]) for k in ("models", "test")}

@@ -15,19 +15,13 @@ import torch
 from reconattack.run import run
 from reconattack.threats.avih.encryption import AVIHEncryptor
 from reconattack.threats.avih.gallery import load_encrypted_gallery
-from tests.helpers import compose_cfg, experiment_overrides, make_experiment_data
+from tests.helpers import compose_cfg, demo_tiny, experiment_overrides, make_experiment_data
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = [f"{row}/{m}" for row in ("original", "protected", "key_model", "random", "ours")
             for m in ("tpr@far", "mse", "psnr", "ssim", "lpips", "clip")]
 ENCRYPT_KEYS = ["encrypt/service_cos", "encrypt/psnr", "encrypt/ssim", "encrypt/key_psnr",
                 "encrypt/key_ssim", "encrypt/wrong_key_psnr"]
-
-
-def demo_tiny(tmp: Path) -> list[str]:
-    """The AVIH demo at 16 px with 24 gallery images, in seconds."""
-    return [*experiment_overrides("demo_avih", tmp), "data.gallery_size=24", "data.pool=12",
-            "threat.key_share=0.1", "threat.encrypt.iterations=3", "attack.steps.attack=2"]
 
 
 def test_demo_pipeline_reports_every_row_and_encryption_metric(tmp_path):

@@ -149,6 +149,11 @@ class AVIHThreat(ThreatModel):
         self.auxiliary_source = build(data.auxiliary) if data.get("auxiliary") else None
         self.victim_source = build(data.victim) if data.get("victim") else None
         self._check_victim_apart(data)
+        if key.get("train") and not key.get("checkpoints") and self.victim_source is None \
+                and not getattr(self.source, "has_victim", False):
+            raise ConfigError("threat.key.train needs the victim's own images (which the attacker does not "
+                              "hold): set data.victim (e.g. {_target_: reconattack.data.avih.AuxiliaryFolder, "
+                              "path: ..., key: data.victim}), or use an embedded demo source, which has them")
         self._given: dict[str, Any] = {}
 
     @staticmethod
