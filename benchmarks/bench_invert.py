@@ -29,15 +29,16 @@ IMAGE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "coi
 
 
 def make_run(root: Path):
+    import yaml
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from reconattack.engine.runner import build_attack, build_threat
     from reconattack.utils.config import CONF_DIR
 
+    overrides = [f"paths.output_dir={root}", f"paths.cache_dir={root / 'cache'}", "threat.features=colmap"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.output_dir={root}", f"paths.cache_dir={root / 'cache'}",
-                                           "threat.features=colmap"])
+        cfg = compose("config", overrides=overrides)
     threat, attack = build_threat(cfg), build_attack(cfg)
     previous = None
     for stage in attack.stages:
@@ -46,6 +47,7 @@ def make_run(root: Path):
     torch.save({"state_dict": previous.state_dict()}, root / "checkpoints" / f"{attack.stages[-1]}.ckpt")
     (root / ".hydra").mkdir()
     OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+    (root / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))  # as the command line records them
     return previous
 
 

@@ -84,8 +84,8 @@ def test_trained_keys_without_victim_images_are_refused_before_any_work(tmp_path
     with pytest.raises(ConfigError, match="data.victim"):
         build_threat(compose_cfg(over))
     with pytest.raises(ConfigError, match="overlaps data.auxiliary"):  # the attacker's own folder
-        build_threat(compose_cfg([*over, "+data.victim._target_=reconattack.data.avih.AuxiliaryFolder",
-                                  "+data.victim.key=data.victim", "+data.victim.path=${data.auxiliary.path}"]))
+        build_threat(compose_cfg([*over, "data.victim={_target_: reconattack.data.avih.AuxiliaryFolder, "
+                                  "key: data.victim, path: '${data.auxiliary.path}/..'}"]))
 
 
 def test_a_folder_is_fingerprinted_by_its_listing(tmp_path):
