@@ -338,7 +338,7 @@ class ReleaseFreedMemory(pl.Callback):
 def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
              stage: AttackStage | None) -> dict:
     """The final evaluation; returns ``{"<row>/<metric>": value}`` and writes the sample grid."""
-    evaluator = Evaluator(stage, threat.evaluation(), threat.attack_row, threat.control_rows(),
+    evaluator = Evaluator(stage, threat.scoring(), threat.attack_row, threat.control_rows(),
                           threat.visualise, attack.num_samples if attack is not None else 8)
     cb = ctx.metric_callback(("test",))
     dm = threat.datamodule()

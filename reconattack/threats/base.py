@@ -125,8 +125,10 @@ class ThreatModel:
         training items size their epoch with it)."""
         raise NotImplementedError
 
-    def evaluation(self) -> ThreatEvaluation:
-        """The threat's controls and evaluation groups (after :meth:`prepare`)."""
+    def scoring(self) -> ThreatEvaluation:
+        """How the threat scores each row: its controls and evaluation groups (after
+        :meth:`prepare`). Named apart from a threat's *evaluation model* (the AVIH threats'
+        ``threat.evaluation`` config role, ``evaluation_model``)."""
         return ThreatEvaluation()
 
     def control_rows(self) -> dict[str, str]:

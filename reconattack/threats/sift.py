@@ -145,7 +145,7 @@ class SiftThreat(ThreatModel):
     def datamodule(self, iterations: int | None = None) -> SiftDataModule:
         return self.dm
 
-    def evaluation(self) -> SiftEvaluation:
+    def scoring(self) -> SiftEvaluation:
         return SiftEvaluation(self.mean_image)
 
     def control_rows(self) -> dict[str, str]:

@@ -160,7 +160,7 @@ class ReidAVIHThreat(AVIHThreat):
     def verification_pairs(self) -> tuple[Any, tuple[np.ndarray, ...]]:
         return None, ()  # retrieval: the queries are the evaluation's
 
-    def evaluation(self) -> ReidEvaluation:
+    def scoring(self) -> ReidEvaluation:
         return ReidEvaluation(self.evaluation_model, self.service, self.parts.queries,
                               int(self.data_cfg.eval_batch_size), self.saved_format, self.saved_quality)
 

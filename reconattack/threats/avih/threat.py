@@ -364,7 +364,7 @@ class AVIHThreat(ThreatModel):
         p = self.parts
         return p.queries, (p.pair_gallery, p.pair_query, p.pair_same)
 
-    def evaluation(self) -> AVIHEvaluation:
+    def scoring(self) -> AVIHEvaluation:
         return AVIHEvaluation(self.evaluation_model, self.service, self.saved_format, self.saved_quality)
 
     # ------------------------------------------------------------------------------- display
