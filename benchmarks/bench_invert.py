@@ -55,7 +55,7 @@ def make_database(path: Path, n: int) -> None:
     import pycolmap
     from skimage import data
 
-    from reconattack.data.sift import extract
+    from reconattack.data.sift.extraction import extract
 
     db = pycolmap.Database.open(str(path))
     for i in range(n):
@@ -74,7 +74,7 @@ def make_database(path: Path, n: int) -> None:
 
 
 def main() -> None:
-    from reconattack.data.sift import build_maps, grid_xy
+    from reconattack.data.sift.maps import build_maps, grid_xy
     from reconattack.engine.console import quiet
     from reconattack.invert import colmap_images, invert
 

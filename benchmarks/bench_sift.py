@@ -8,8 +8,8 @@ Measures samples/s, in one run and on the same real images (``skimage.data``, re
 (a) ``official``: :func:`official_reference_map`, the official code's algorithm per sample
     (SIFT, then Python loops over a dense 256×256×128 float64 array, then a Python-loop 2×2
     compression);
-(b) ``ours (no cache)``: :func:`reconattack.data.sift.extract` per image +
-    :func:`reconattack.data.sift.build_maps` per batch;
+(b) ``ours (no cache)``: :func:`reconattack.data.sift.extraction.extract` per image +
+    :func:`reconattack.data.sift.maps.build_maps` per batch;
 (c) ``ours (cached)``: :meth:`SiftCache.get` from a warm cache + ``build_maps`` per batch;
 
 and prints the ratios b/a and c/a. Torch and OpenCV use ``--threads`` threads for all three.
@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from reconattack.data.images import SmallImageWarning, resize
-from reconattack.data.sift import SiftCache, build_maps, extract, to_map
+from reconattack.data.sift.cache import SiftCache
+from reconattack.data.sift.extraction import extract
+from reconattack.data.sift.maps import build_maps, to_map
 
 IMAGE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "coins", "page")
 

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, Dataset
 
 from reconattack.data.images import lfw_faces, resize
-from reconattack.data.sift import SiftCache
+from reconattack.data.sift.cache import SiftCache
 from reconattack.data.sift_data import collate_sift
 from reconattack.engine.runner import build_attack, build_threat
 from reconattack.losses.gan import ragan_d_loss

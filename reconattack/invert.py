@@ -7,15 +7,26 @@ reconstruct the images behind SIFT features a system stores, with a trained SIFT
   centre at (0.5, 0.5), the image spans [0, W] x [0, H]) and descriptors (uint8 rows x 128).
 - ``--npz FILE...``: OpenCV-style features, one file per image: ``keypoints`` (N, >= 2) x, y in
   pixels (OpenCV's convention: the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5]),
-  ``descriptors`` (N, 128) uint8, ``image_size`` (H, W).
+  ``descriptors`` (N, 128) uint8, ``image_size`` (H, W); ``response`` (N,), OpenCV's detector
+  response, is read only for a run whose defence keeps the strongest keypoints.
 
-Each image's keypoints are mapped from its own width and height onto the model's grid the way
-training mapped its images (``cv2.resize`` of the whole image to ``data.image_size``, no crop: a
-pixel centre x goes to ``(x + 0.5) * S / W - 0.5``), the map is built by the training code
-(:func:`reconattack.data.sift.build_maps`, with the run's compression, collision rule and
-positions-only setting), and the run's final stage reconstructs it. One PNG per image, named after
-it, and ``invert.json`` (the run, the checkpoint, the features, and per image: keypoints read and
-placed, original size) make the folder ``--out``.
+Each image's features take training's own path to the model's input, the run's
+:class:`~reconattack.data.sift.mapper.SiftMapper` (``threat.mapper``): its keypoints are mapped from
+its own width and height onto the model's grid the way training mapped its images (``cv2.resize``
+of the whole image to ``data.image_size``, no crop: a pixel centre x goes to ``(x + 0.5) * S / W -
+0.5``; an image at the model's size keeps its keypoints), go through the run's defence
+(``defence=sift``: the features as the defended system would share them, the model having been
+trained on such), and the map is built with the run's compression, collision rule and channels; the
+run's final stage reconstructs it. A defence's random draws (``keep`` at random,
+``descriptor_noise``) are seeded by the defence's seed and the image's name
+(:func:`~reconattack.data.sift.mapper.name_key`): the same name is defended the same way in every
+inversion. A run trained with ``defence.coordinates=withheld`` is refused (exit 2): its attacker
+places descriptors by reference images of its own training split, which a run directory does not
+hold; with ``defence.select=response`` the keypoints' strength is read (a database's keypoint
+scales, an ``.npz`` file's ``response``) and an image without one is refused. One PNG per image,
+named after it, and ``invert.json`` (the run, the checkpoint, the features, the map settings, the
+defence applied, and per image: keypoints read, shared through the defence and placed, original
+size) make the folder ``--out``.
 
 Everything ``invert`` reads comes from elsewhere and is untrusted:
 
@@ -97,13 +108,15 @@ class OutputExistsError(UserError, FileExistsError):
 @dataclass
 class Features:
     """One image's stored features: ``xy`` float32 (N, 2) in OpenCV's pixel convention, ``desc``
-    uint8 (N, 128), the image's original ``size`` (H, W)."""
+    uint8 (N, 128), the image's original ``size`` (H, W) and, when asked for, each keypoint's
+    ``strength`` float32 (N,) (COLMAP's scale; an ``.npz`` file's ``response``)."""
 
     name: str
     xy: np.ndarray
     desc: np.ndarray
     size: tuple[int, int]
     extra: dict = field(default_factory=dict)
+    strength: np.ndarray | None = None
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -142,13 +155,30 @@ def _sqlite_uri(path: Path) -> str:
     return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
 
 
+def _check_strength(strength: np.ndarray, label: str, what: str) -> np.ndarray:
+    """``strength`` as float32 when every value is finite, else InvertInputError naming the image."""
+    if not np.isfinite(strength).all():
+        raise InvertInputError(f"{label}: keypoint {what} that is not finite (NaN or inf)")
+    return strength.astype(np.float32)
+
+
+def colmap_scale(kp: np.ndarray) -> np.ndarray:
+    """Each keypoint's scale from a COLMAP keypoints blob (rows x 4: x, y, scale, orientation;
+    rows x 6: x, y, a11, a12, a21, a22), as COLMAP's ``FeatureKeypoint::ComputeScale``: the mean of
+    the affine shape's column norms, ``(sqrt(a11^2 + a21^2) + sqrt(a12^2 + a22^2)) / 2``."""
+    if kp.shape[1] == 4:
+        return kp[:, 2].astype(np.float64)
+    a11, a12, a21, a22 = (kp[:, i].astype(np.float64) for i in range(2, 6))
+    return (np.hypot(a11, a21) + np.hypot(a12, a22)) / 2
+
+
 class _Database:
     """A COLMAP database opened read-only, every value it returns checked (see :func:`colmap_images`)."""
 
     TABLES = ("cameras", "images", "keypoints", "descriptors")
 
-    def __init__(self, path: Path, max_keypoints: int) -> None:
-        self.path, self.max_keypoints = path, int(max_keypoints)
+    def __init__(self, path: Path, max_keypoints: int, strength: bool = False) -> None:
+        self.path, self.max_keypoints, self.strength = path, int(max_keypoints), bool(strength)
         try:
             self.con = sqlite3.connect(_sqlite_uri(path), uri=True)
         except sqlite3.Error as exc:
@@ -236,11 +266,21 @@ class _Database:
         d_shape = self.blob_shape("descriptors", image_id, np.uint8, (128,), where)
         if kp_shape[0] != d_shape[0]:
             raise InvertInputError(f"{where}: {kp_shape[0]} keypoints and {d_shape[0]} descriptors")
-        kp = self.blob("keypoints", image_id, kp_shape, np.float32, where)[:, :2].astype(np.float64)
+        blob = self.blob("keypoints", image_id, kp_shape, np.float32, where)
+        kp = blob[:, :2].astype(np.float64)
         desc = self.blob("descriptors", image_id, d_shape, np.uint8, where)
         _check_xy(kp, size, where, low=0.0)
         xy = (kp - 0.5).astype(np.float32)  # COLMAP's pixel centres -> OpenCV's
-        return Features(name, xy, desc, size)
+        strength = None
+        if self.strength:  # what the run's defence keeps the largest of (select: response)
+            if kp_shape[0] == 0:
+                strength = np.zeros(0, np.float32)
+            elif kp_shape[1] == 2:
+                raise InvertInputError(f"{where}: its keypoints have 2 columns (x, y) and no scale, which the "
+                                       "run's defence (defence.select=response) keeps the largest of")
+            else:
+                strength = _check_strength(colmap_scale(blob), where, "scales")
+        return Features(name, xy, desc, size, strength=strength)
 
 
 def _is_int(value: Any) -> bool:
@@ -252,9 +292,11 @@ def _label(name: str, image_id: int | None = None) -> str:
     return f"image {_short(name)}" + (f" (image_id {image_id})" if image_id is not None else "")
 
 
-def colmap_images(path: Path, names: list[str] | None = None,
-                  max_keypoints: int = MAX_KEYPOINTS) -> tuple[int, Iterator[Features]]:
-    """``(count, features of each image)`` of a COLMAP database, read one image at a time.
+def colmap_images(path: Path, names: list[str] | None = None, max_keypoints: int = MAX_KEYPOINTS,
+                  strength: bool = False) -> tuple[int, Iterator[Features]]:
+    """``(count, features of each image)`` of a COLMAP database, read one image at a time; with
+    ``strength`` each image's keypoint scales too (:func:`colmap_scale`; keypoints without one are
+    refused).
 
     The database is opened read-only (any path) and every value is checked: ids, names and
     sizes of the right type, cameras of 1..:data:`MAX_SIDE` px, at most ``max_keypoints``
@@ -263,7 +305,7 @@ def colmap_images(path: Path, names: list[str] | None = None,
     read. A failure is an :class:`InvertInputError` naming the image."""
     if not path.is_file():
         raise InvertInputError(f"{path}: no such file")
-    db = _Database(path, max_keypoints)
+    db = _Database(path, max_keypoints, strength)
     try:
         rows = db.images()
         if names:
@@ -292,9 +334,11 @@ def colmap_images(path: Path, names: list[str] | None = None,
     return len(rows), read()
 
 
-def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS) -> tuple[int, Iterator[Features]]:
+def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS,
+               strength: bool = False) -> tuple[int, Iterator[Features]]:
     """``(count, features of each file)`` of OpenCV-style ``.npz`` feature files (checked as a
-    database's are: sizes, at most ``max_keypoints`` keypoints, each inside its image)."""
+    database's are: sizes, at most ``max_keypoints`` keypoints, each inside its image); with
+    ``strength`` each file's ``response`` too ((N,) numbers: OpenCV's ``KeyPoint.response``)."""
 
     def read() -> Iterator[Features]:
         for path in paths:
@@ -303,6 +347,7 @@ def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS) -> tuple[i
             try:
                 with np.load(path, allow_pickle=False) as z:
                     kp, desc, size = z["keypoints"], z["descriptors"], z["image_size"]
+                    response = z["response"] if strength and "response" in z.files else None
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 raise InvertInputError(f"{where}: not a features file with keypoints, descriptors and image_size "
                                        f"({_short(str(exc), 200)})") from None
@@ -320,7 +365,14 @@ def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS) -> tuple[i
             hw = _check_size(tuple(int(v) for v in flat), where)
             xy = kp[:, :2].astype(np.float64)
             _check_xy(xy, hw, where, low=-0.5)
-            yield Features(name, xy.astype(np.float32), np.ascontiguousarray(desc), hw)
+            if strength:  # what the run's defence keeps the largest of (select: response)
+                if response is None or response.shape != (len(kp),) or response.dtype.kind not in "fiu":
+                    found = "none" if response is None else f"{response.shape} {response.dtype}"
+                    raise InvertInputError(f"{where}: the run's defence (defence.select=response) keeps the "
+                                           f"keypoints of largest response, and the file's response is {found} "
+                                           f"(expected {len(kp)} numbers)")
+                response = _check_strength(response.astype(np.float64), where, "responses")
+            yield Features(name, xy.astype(np.float32), np.ascontiguousarray(desc), hw, strength=response)
 
     return len(paths), read()
 
@@ -655,7 +707,7 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
     kind than the run's; returns ``invert.json``'s content."""
     import cv2
 
-    from reconattack.data.sift import build_maps, grid_xy
+    from reconattack.data.sift.mapper import name_key
     from reconattack.engine.console import iter_progress
 
     out = check_out(Path(out), force, [Path(run_dir), *([Path(colmap)] if colmap else []), *(npz or [])])
@@ -666,40 +718,50 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
     if trained != kind and not other_features:
         raise ConfigError(f"the run {run_dir} was trained on {trained} SIFT, the input holds {kind} SIFT "
                           f"({colmap or 'npz files'}); --other-features tries anyway")
-    count, stream = (colmap_images(colmap, images, max_keypoints) if colmap is not None
-                     else npz_images(list(npz or []), max_keypoints))
+    mapper = threat.mapper  # training's keypoints -> map path, the run's defence included
+    if mapper.needs_reference:
+        raise ConfigError(
+            f"the run {run_dir} was trained with defence.coordinates=withheld: its attacker places each descriptor "
+            "at the position of the nearest descriptor in reference images of its own training split, which invert "
+            "does not have (a run directory names its split, it does not hold the images); refused")
+    strength = mapper.needs_strength
+    count, stream = (colmap_images(colmap, images, max_keypoints, strength) if colmap is not None
+                     else npz_images(list(npz or []), max_keypoints, strength))
     if count == 0:
         raise InvertInputError("no image to invert")
-    side = threat.image_size
     records, taken, batch = [], set(), []
     with _staging(out) as tmp:
         def flush() -> None:
-            maps = build_maps([grid_xy(f.xy, f.size, side) for f in batch], [f.desc for f in batch], side,
-                              threat.compress, device=dev, placement=threat.placement,
-                              positions_only=threat.positions_only)
+            maps = mapper.maps([xy for _, xy, _ in batch], [desc for _, _, desc in batch], device=dev)
             with torch.no_grad():
                 recon = module.reconstruct({"input": maps}).clamp(-1, 1)
             placed = (maps != 0).flatten(2).any(1).sum(1).tolist()
-            for f, img, n in zip(batch, recon, placed):
+            for (f, xy, _), img, n in zip(batch, recon, placed):
                 file = safe_filename(f.name, taken)
                 rgb = ((img.float().cpu().permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
                 if not cv2.imwrite(str(tmp / file), np.ascontiguousarray(rgb[:, :, ::-1])):
                     raise OSError(f"could not write {tmp / file}")
-                records.append({"name": f.name, "file": file, "keypoints": int(len(f.xy)), "placed": int(n),
-                                "original_size": list(f.size)})
+                records.append({"name": f.name, "file": file, "keypoints": int(len(f.xy)), "shared": int(len(xy)),
+                                "placed": int(n), "original_size": list(f.size)})
             batch.clear()
 
         for f in iter_progress(stream, total=count, desc="invert"):
-            batch.append(f)
+            # onto the model's grid and through the run's defence, its draws seeded by the image's name
+            batch.append((f, *mapper.share(f.xy, f.desc, f.strength, f.size, key=name_key(f.name), features=kind)))
             if len(batch) == batch_size:
                 flush()
         if batch:
             flush()
+        settings = mapper.settings()
+        defence = settings.pop("defence")
+        if defence is not None:
+            defence = {**defence, "applied": mapper.defence.describe(),
+                       "draws": "numpy.random.default_rng([seed, *name_key(image name)]): the first 16 bytes of "
+                                "the SHA-256 of the name as four 32-bit words (reconattack.data.sift.mapper)"}
         summary = {"run": str(run_dir), "checkpoint": str(ckpt), "features": kind, "trained_on": trained,
                    "other_features": bool(other_features and trained != kind),
                    "input": str(colmap) if colmap else [str(p) for p in npz],
-                   "image_size": side, "map": {"compress": threat.compress, "placement": threat.placement,
-                                                "positions_only": threat.positions_only},
+                   "image_size": settings.pop("image_size"), "map": settings, "defence": defence,
                    "images": records}
         (tmp / "invert.json").write_text(json.dumps(summary, indent=2))
         _publish(tmp, out, force)  # every image read and written: the folder becomes --out whole

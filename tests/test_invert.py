@@ -21,7 +21,8 @@ import pytest
 import torch
 import yaml
 
-from reconattack.data.sift import build_maps, extract, grid_xy
+from reconattack.data.sift.extraction import extract
+from reconattack.data.sift.maps import build_maps, grid_xy
 from reconattack.invert import InvertInputError, invert, main
 from reconattack.run import run
 from tests.helpers import coarse_only, compose_cfg

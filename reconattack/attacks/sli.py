@@ -18,7 +18,7 @@ that shares keypoint positions only: the threat's 1-channel occupancy map) is th
 alone on that map (``attack=sli_b``).
 
 The SLI map is the SIFT threat's with ``compress: false`` and ``placement: sli`` (colliding
-keypoints moved to a free neighbour; :func:`reconattack.data.sift.build_maps`); the ``sli_*``
+keypoints moved to a free neighbour; :func:`reconattack.data.sift.maps.build_maps`); the ``sli_*``
 experiments set both.
 """
 
@@ -173,7 +173,7 @@ class SLI(Attack):
             raise ConfigError(f"SLI's U-Nets of {depth} stages take image sides divisible by {2 ** depth}, "
                               f"got data.image_size={threat.image_size}")
         if self.with_lbp and threat.input_example().shape[1] == 1:
-            raise ConfigError("SLI's LBP stage reads descriptors; with threat.positions_only=true use attack=sli_b")
+            raise ConfigError("SLI's LBP stage reads descriptors; with threat.occupancy=true use attack=sli_b")
         if not any(w["per"] > 0 or w["style"] > 0 for s, w in self.weights.items() if s in self.stages):
             return
         v = self.loss_cfg.vgg

@@ -1,12 +1,15 @@
 """Data of the SIFT threat: images with their sparse SIFT keypoints, seeded splits, and the
 LightningDataModule every attack on SIFT features reads.
 
-Samples carry the resized image and the cached sparse keypoints; the dense SIFT maps are built
-per batch on the training device by :func:`reconattack.data.sift.build_maps`, in the
-DataModule's ``on_after_batch_transfer``. Batches on the device are what an attack on the
+Samples carry the resized image and its sparse keypoints as the attacker holds them (through the
+run's defence); the dense SIFT maps are built per batch on the training device, in the
+DataModule's ``on_after_batch_transfer``. Both steps are the run's
+:class:`~reconattack.data.sift.mapper.SiftMapper` (:attr:`SiftDataModule.mapper`), the one path
+from keypoints to maps that ``python -m reconattack.invert`` takes too. Batches on the device are what an attack on the
 ``sift`` threat reads:
 
-- ``"input"``: (B, 128, S, S) SIFT descriptor maps in [-1, 1] (0 = no keypoint);
+- ``"input"``: (B, 128, S, S) SIFT descriptor maps in [-1, 1] (0 = no keypoint; (B, 1, S, S) of 0
+  and 1 with ``occupancy``);
 - ``"target"``: (B, 3, H, H) RGB images in [-1, 1];
 - at evaluation also ``"shuffled_input"``: the map of the previous test image (cyclically), the
   input of the shuffled-SIFT control;
@@ -24,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -44,8 +46,10 @@ from reconattack.data.sampling import (
     loader_generator,
     trainer_rank_and_world,
 )
-from reconattack.data.sift import FEATURES, SiftCache, build_maps, grid_xy
-from reconattack.defences.sift import SiftDefence, sift_defence
+from reconattack.data.sift.cache import SiftCache
+from reconattack.data.sift.extraction import FEATURES
+from reconattack.data.sift.mapper import SiftMapper, evaluation_key, training_key
+from reconattack.defences.sift import sift_defence
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
 from reconattack.utils.distributed import per_process_batch
@@ -172,82 +176,79 @@ def _scan_one(i: int) -> tuple[str, str | None]:
 
 
 class SiftImageDataset(Dataset):
-    """Items of a source with their cached SIFT keypoints.
+    """Items of a source with their SIFT keypoints as the attacker holds them.
 
     ``__getitem__(k)`` returns ``{"image": uint8 (3, S, S), "xy": float32 (N, 2), "desc": uint8
-    (N, 128), "index": int}`` where S is ``image_size``; ``__getitem__((k, item_seed))`` (the
-    training sampler's keys, :class:`~reconattack.data.sampling.ResumableSampler`) draws the
-    item's augmentation from ``item_seed`` and adds ``"seed": item_seed``, so an item's
-    augmentation is the same in any loader worker and after a restart (a plain ``k`` draws it
-    from the global torch RNG). With ``hflip`` the image is mirrored
-    with probability 0.5, and with ``shift`` translated by up to ``shift`` px in each direction
-    (borders replicated), *before* SIFT extraction, so keypoints always belong to the image that
-    is shown (flips are cached; shifted images are extracted afresh, not cached). With ``neighbour`` the item also carries the
-    keypoints of item ``k - 1`` (cyclically) as ``"other_xy"`` / ``"other_desc"`` (the
-    shuffled-SIFT control; independent of batching and of the process split). With ``stored``
-    (``[(variant, its cache)]``, :func:`stored_variants`) the item also carries ``"stored"``:
-    ``{name: (xy, desc)}``, the image's SIFT as that variant extracts it, ``xy`` mapped onto the
-    ``image_size`` grid (:func:`~reconattack.data.sift.grid_xy`, as ``invert`` maps a database's).
+    (N, 128), "index": int}`` where S is the mapper's ``image_size``; ``__getitem__((k,
+    item_seed))`` (the training sampler's keys, :class:`~reconattack.data.sampling.
+    ResumableSampler`) draws the item's augmentation from ``item_seed`` and adds ``"seed":
+    item_seed``, so an item's augmentation is the same in any loader worker and after a restart (a
+    plain ``k`` draws it from the global torch RNG).
 
-    With ``defence`` every keypoint set an item carries (its own, the neighbour's, the stored
-    ones) is what the defended system shares (:class:`~reconattack.defences.sift.SiftDefence`),
-    drawn from a generator seeded by the defence's seed and the item's seed (training) or
-    ``part`` and ``k`` (evaluation); ``references`` (``{features: [(source index, xy, desc)]}``)
-    are the reference images of ``coordinates: withheld`` (an item is never its own reference).
+    An item is made in four steps, each a method:
+
+    - :meth:`_augment`: with ``hflip`` the image is mirrored with probability 0.5, with ``shift``
+      translated by up to ``shift`` px in each direction (borders replicated), *before* SIFT
+      extraction, so keypoints always belong to the image that is shown;
+    - :meth:`_features`: its SIFT from ``cache`` (flipped images are cached; shifted ones are
+      extracted afresh, not cached);
+    - :meth:`_share`: through the ``mapper``'s defence
+      (:meth:`~reconattack.data.sift.mapper.SiftMapper.share`), keyed by the item's seed (training)
+      or ``part`` and ``k`` (evaluation);
+    - the controls and checks: with ``neighbour`` the keypoints of item ``k - 1`` (cyclically) as
+      ``"other_xy"`` / ``"other_desc"`` (the shuffled-SIFT control; independent of batching and of
+      the process split); with ``stored`` (``[(variant, its cache)]``, :func:`stored_variants`)
+      ``"stored"``: ``{name: (xy, desc)}``, the image's SIFT as that variant extracts it, mapped
+      onto the model's grid by the same mapper (:meth:`_stored`, as ``invert`` maps a database's).
     """
 
-    def __init__(self, source, indices: Sequence[int], image_size: int, cache: SiftCache,
+    def __init__(self, source, indices: Sequence[int], mapper: SiftMapper, cache: SiftCache,
                  hflip: bool = False, neighbour: bool = False, shift: int = 0,
-                 stored: Sequence[tuple[StoredVariant, SiftCache]] = (), defence: SiftDefence | None = None,
-                 references: dict | None = None, part: str = "train"):
-        self.source, self.indices, self.image_size, self.cache = source, list(indices), image_size, cache
+                 stored: Sequence[tuple[StoredVariant, SiftCache]] = (), part: str = "train"):
+        self.source, self.indices, self.mapper, self.cache = source, list(indices), mapper, cache
+        self.image_size = mapper.image_size
         self.hflip, self.neighbour, self.shift = hflip, neighbour, int(shift)
         self.stored = list(stored)
-        self.defence, self.references = defence, dict(references or {})
-        self.part_code = zlib.crc32(part.encode())
+        self.part = part
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ``k``'s keypoints at the model's size, unaugmented, as the defence leaves them."""
-        feats = self.cache.get(resize(self.source.load(self.indices[k]), self.image_size),
-                               with_strength=self._strength)
-        return self._defend(feats, self.cache, k, None)
-
-    @property
-    def _strength(self) -> bool:
-        return self.defence is not None and self.defence.needs_strength
-
-    def _defend(self, feats: tuple, cache: SiftCache, k: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """``feats`` (xy, desc[, strength]) of item ``k`` through the defence (unchanged without one)."""
-        if self.defence is None:
-            return feats[0], feats[1]
-        key = [seed & 0xFFFFFFFFFFFFFFFF] if seed is not None else [self.part_code, k]
-        rng = np.random.default_rng([self.defence.seed, *key])
-        reference = None
-        if self.defence.needs_reference:
-            refs = [r for r in self.references.get(cache.features, []) if r[0] != self.indices[k]]
-            refs = refs[: self.defence.reference_images]
-            reference = (np.concatenate([r[1] for r in refs]).reshape(-1, 2) if refs else np.zeros((0, 2), np.float32),
-                         np.concatenate([r[2] for r in refs]).reshape(-1, 128) if refs else np.zeros((0, 128), np.uint8))
-        return self.defence(feats[0], feats[1], feats[2] if len(feats) > 2 else None, rng, reference)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        k, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        raw = self.source.load(self.indices[k])
-        img = resize(raw, self.image_size)
+    # -- the steps of an item ---------------------------------------------------------------
+    def _augment(self, img: np.ndarray, gen: torch.Generator | None) -> tuple[np.ndarray, bool]:
+        """The image as shown (flipped, shifted) and whether it was shifted (not cached)."""
         if self.hflip and torch.rand((), generator=gen) < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
         dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,), generator=gen).tolist()
                   if self.shift else (0, 0))
         if dy or dx:
-            img = _translate(img, dy, dx)
-            feats = self.cache.extract(img, with_strength=self._strength)
-        else:
-            feats = self.cache.get(img, with_strength=self._strength)
-        xy, desc = self._defend(feats, self.cache, k, seed)
+            return _translate(img, dy, dx), True
+        return img, False
+
+    def _features(self, img: np.ndarray, cache: SiftCache, cached: bool = True) -> tuple[np.ndarray, ...]:
+        """(xy, desc[, strength]) of ``img`` from ``cache`` (or extracted afresh)."""
+        strength = self.mapper.needs_strength
+        return cache.get(img, with_strength=strength) if cached else cache.extract(img, with_strength=strength)
+
+    def _share(self, feats: tuple, cache: SiftCache, k: int, seed: int | None,
+               source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``feats`` (xy, desc[, strength]) of item ``k`` as the attacker holds them."""
+        xy, desc, *strength = feats
+        key = training_key(seed) if seed is not None else evaluation_key(self.part, k)
+        return self.mapper.share(xy, desc, strength[0] if strength else None, source_size, key=key,
+                                 features=cache.features, exclude=self.indices[k])
+
+    def _keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``k``'s keypoints at the model's size, unaugmented, as the attacker holds them."""
+        img = resize(self.source.load(self.indices[k]), self.image_size)
+        return self._share(self._features(img, self.cache), self.cache, k, None)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        k, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        raw = self.source.load(self.indices[k])
+        img, shifted = self._augment(resize(raw, self.image_size), gen)
+        xy, desc = self._share(self._features(img, self.cache, cached=not shifted), self.cache, k, seed)
         item = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
                 "xy": torch.from_numpy(xy), "desc": torch.from_numpy(desc), "index": k}
         if seed is not None:
@@ -270,10 +271,8 @@ class SiftImageDataset(Dataset):
         else:
             side = max(int(round(variant.size * self.image_size)), 1)
             image = resize(raw, side, source=f"threat.stored.{variant.name}")
-        xy, desc, *strength = cache.get(image, with_strength=self._strength)
-        if image is not img:
-            xy = grid_xy(xy, image.shape[:2], self.image_size)
-        xy, desc = self._defend((xy, desc, *strength), cache, k, None)
+        xy, desc = self._share(self._features(image, cache), cache, k, None,
+                               source_size=None if image is img else image.shape[:2])
         return torch.from_numpy(xy), torch.from_numpy(desc)
 
 
@@ -342,9 +341,10 @@ class SiftDataModule(pl.LightningDataModule):
             (COLMAP's, through pycolmap: what SfM / localisation systems store); ``colmap``: its
             extraction options overrides.
         placement: where a keypoint whose pixel is taken goes (threat setting):
-            :data:`~reconattack.data.sift.PLACEMENTS` (``first``: dropped, CFGAN; ``sli``: to a
+            :data:`~reconattack.data.sift.maps.PLACEMENTS` (``first``: dropped, CFGAN; ``sli``: to a
             free neighbour, SLI).
-        positions_only: share keypoint positions only, a 1-channel occupancy map (SLI-B).
+        occupancy: a 1-channel occupancy map of the keypoint positions instead of the descriptors
+            (SLI-B; threat setting).
         stored: more test rows: the held-out images' SIFT as other systems store it (another
             extractor, the photos' own resolution), ``{name: {features, size}}``
             (:func:`stored_variants`); test batches then carry ``"stored": {name: map}``.
@@ -361,17 +361,18 @@ class SiftDataModule(pl.LightningDataModule):
                  run_dir: str | None = None, cache_dir: str = "./cache/sift", batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, selection_seed: int = 0,
                  hflip: bool = False, map_seed: int = 0, shift: int = 0, name: str | None = None,
-                 placement: str = "first", positions_only: bool = False, features: str = "opencv",
+                 placement: str = "first", occupancy: bool = False, features: str = "opencv",
                  colmap: dict | None = None, stored: dict | None = None, defence: dict | None = None):
         super().__init__()
-        self.defence = sift_defence(defence)
+        #: keypoints -> the model's input maps, the run's defence included (training and invert alike)
+        self.mapper = SiftMapper(image_size, compress, placement, occupancy, sift_defence(defence))
+        self.defence = self.mapper.defence
         if self.defence is not None:
             log.info("SIFT defence: %s (the training pairs and the test features alike)", self.defence.describe())
-        self.placement, self.positions_only = str(placement), bool(positions_only)
         self.name = name
         self.source_cfg = source
-        self.image_size, self.compress = int(image_size), bool(compress)
-        self.map_size = self.image_size // 2 if self.compress else self.image_size
+        self.image_size, self.compress = self.mapper.image_size, self.mapper.compress
+        self.map_size = self.mapper.map_size
         self.contrast_threshold = contrast_threshold
         self.val, self.test, self.max_images = val, test, max_images
         self.split_file, self.run_dir = split_file, Path(run_dir) if run_dir else None
@@ -486,14 +487,12 @@ class SiftDataModule(pl.LightningDataModule):
             atomic_write_text(self.run_dir / "split.json", json.dumps(
                 {**self._split_basis(), "split": split, "unreadable": dict(sorted(unreadable.items()))},
                 indent=1))
-        references = self._references(source, [index_of[n] for n in split.get("train", [])])
-        self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]],
-                                                self.image_size, self.cache,
+        mapper = self.mapper.with_references(self._references(source, [index_of[n] for n in split.get("train", [])]))
+        self.datasets = {part: SiftImageDataset(source, [index_of[n] for n in split[part]], mapper, self.cache,
                                                 hflip=self.hflip and part == "train",
                                                 shift=self.shift if part == "train" else 0,
                                                 neighbour=part != "train",
-                                                stored=self.stored if part == "test" else (),
-                                                defence=self.defence, references=references, part=part)
+                                                stored=self.stored if part == "test" else (), part=part)
                          for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
 
@@ -560,16 +559,13 @@ class SiftDataModule(pl.LightningDataModule):
     def device_batch(self, batch: dict, device: torch.device | str,
                      generator: torch.Generator | None = None) -> dict:
         """The batch as attacks read it (see the module docstring), built on ``device``."""
-        layout = {"placement": self.placement, "positions_only": self.positions_only}
+        maps = self.mapper.maps
         out = {"target": batch["image"].to(device).float() / 127.5 - 1, "index": batch["index"],
-               "input": build_maps(batch["xy"], batch["desc"], self.image_size, self.compress,
-                                   generator=generator, device=device, **layout)}
+               "input": maps(batch["xy"], batch["desc"], generator=generator, device=device)}
         if "other_xy" in batch:
-            out["shuffled_input"] = build_maps(batch["other_xy"], batch["other_desc"], self.image_size,
-                                               self.compress, device=device, **layout)
+            out["shuffled_input"] = maps(batch["other_xy"], batch["other_desc"], device=device)
         if "stored" in batch:
-            out["stored"] = {name: build_maps(xys, descs, self.image_size, self.compress, device=device, **layout)
-                             for name, (xys, descs) in batch["stored"].items()}
+            out["stored"] = {name: maps(xys, descs, device=device) for name, (xys, descs) in batch["stored"].items()}
         return out
 
     def mean_train_image(self, limit: int | None = None) -> torch.Tensor | None:

@@ -17,11 +17,14 @@ through, in this order:
    own training split (their descriptors quantised alike);
    ``positions_only`` — only keypoint positions are shared (SLI-B's case): every descriptor
    becomes the constant 255, so the map holds +1 at a keypoint in all 128 channels (the
-   information of SLI-B's 1-channel occupancy map, in the shape every SIFT attack reads).
+   information of SLI-B's 1-channel occupancy map, in the shape every SIFT attack reads; the
+   threat's ``occupancy`` setting is that 1-channel map itself, for SLI-B).
 
-Random draws come from a generator the data module seeds per item: from the defence's seed and the
-training item's seed (a function of the run seed, the epoch and the position), or its split and
-index at evaluation, so a test image is defended the same way in every run and process.
+Random draws come from a generator seeded per image by
+:class:`~reconattack.data.sift.mapper.SiftMapper`, the one path from keypoints to the model's map:
+from the defence's seed and the training item's seed (a function of the run seed, the epoch and the
+position), its split and index at evaluation, or its name in ``python -m reconattack.invert``, so
+a test image is defended the same way in every run and process.
 """
 
 from __future__ import annotations

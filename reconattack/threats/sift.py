@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from reconattack.data.images import DataNotFoundError
-from reconattack.data.sift import DESC_DIM, PLACEMENTS
+from reconattack.data.sift.mapper import SiftMapper
 from reconattack.data.sift_data import SiftDataModule
-from reconattack.errors import ConfigError
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.utils.config import build, plain
 
@@ -86,9 +85,10 @@ class SiftThreat(ThreatModel):
         compress: 2x2 block compression of the map (paper; Table III ablation: false).
         cache_dir: the sparse keypoint cache (shared by runs, keyed by image content + settings).
         placement: a keypoint whose pixel is taken is dropped (``first``, CFGAN) or moved to a free
-            neighbour (``sli``, SLI's map; :func:`reconattack.data.sift.build_maps`).
-        positions_only: the system shares where its keypoints are, not their descriptors: a
-            1-channel occupancy map (SLI-B).
+            neighbour (``sli``, SLI's map; :func:`reconattack.data.sift.maps.build_maps`).
+        occupancy: the system shares where its keypoints are, not their descriptors: a 1-channel
+            occupancy map (SLI-B). (``defence.positions_only`` is another thing: the 128 channels
+            kept, every descriptor 255, for attacks that read descriptor maps.)
         features: whose SIFT the system shares: ``opencv`` (the CFGAN paper's) or ``colmap``
             (COLMAP's, what structure-from-motion and localisation databases hold); ``colmap``:
             COLMAP extraction options overrides (default: COLMAP's defaults).
@@ -106,24 +106,25 @@ class SiftThreat(ThreatModel):
 
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
-                 positions_only: bool = False, features: str = "opencv", colmap: Any = None,
+                 occupancy: bool = False, features: str = "opencv", colmap: Any = None,
                  stored: Any = None, defence: Any = None, **base: Any) -> None:
         super().__init__(data, seed=seed, defence=defence, **base)
-        if placement not in PLACEMENTS:
-            raise ConfigError(f"threat.placement must be one of {PLACEMENTS}, got {placement!r}")
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
-        self.placement, self.positions_only = str(placement), bool(positions_only)
+        self.placement, self.occupancy = str(placement), bool(occupancy)
         self.features, self.colmap = str(features), plain(colmap) or {}
-        self.channels = 1 if self.positions_only else DESC_DIM
         self.cache_dir = str(cache_dir)
-        self.image_size = int(data.image_size)
-        self.map_size = self.image_size // 2 if self.compress else self.image_size
         self.dm: SiftDataModule = build(data, _recursive_=False, compress=self.compress,
                                         contrast_threshold=self.contrast_threshold,
                                         cache_dir=self.cache_dir, map_seed=self.seed,
-                                        placement=self.placement, positions_only=self.positions_only,
+                                        placement=self.placement, occupancy=self.occupancy,
                                         features=self.features, colmap=self.colmap,
                                         stored=plain(stored) or {}, defence=self.defence)
+        #: keypoints -> the model's input map with the run's settings and defence (training's and
+        #: ``invert``'s; without the reference images of ``coordinates: withheld``, which the data
+        #: module adds at set-up)
+        self.mapper: SiftMapper = self.dm.mapper
+        self.image_size, self.map_size = self.mapper.image_size, self.mapper.map_size
+        self.channels = self.mapper.channels
         self.mean_image: torch.Tensor | None = None
 
     def missing_inputs(self) -> list[str]:

@@ -88,11 +88,11 @@ def test_sli_demo_trains_both_stages_and_loads_each_checkpoint_strictly(tmp_path
                      r"does not fit SLIStage.*net\.down\.0\.0\.weight")
 
 
-def test_sli_b_reads_the_positions_only_map(tmp_path):
+def test_sli_b_reads_the_occupancy_map(tmp_path):
     cfg = compose_cfg([*experiment_overrides(None, tmp_path, extra=["attack=sli_b", "threat.compress=false"]),
                        "attack.steps.image=2", "data.image_size=32", "model.lbp.widths=[4,4,4,4,4]",
                        "metrics.metrics=[mse,psnr]"])
-    assert cfg.threat.positions_only and list(cfg.attack.stages) == ["image"]
+    assert cfg.threat.occupancy and list(cfg.attack.stages) == ["image"]
     metrics = run(cfg)
     assert isinstance(metrics["test/psnr"], float)
 

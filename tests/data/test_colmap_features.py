@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from reconattack.data.sift import SiftCache, build_maps, extract, extract_colmap
+from reconattack.data.sift.cache import SiftCache
+from reconattack.data.sift.extraction import extract, extract_colmap
+from reconattack.data.sift.maps import build_maps
 
 pycolmap = pytest.importorskip("pycolmap")
 

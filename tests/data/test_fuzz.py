@@ -1,6 +1,6 @@
 """Fuzzing the readers of untrusted bytes with hypothesis: the ``.bin`` reader
 (:func:`~reconattack.data.faces.load_bin`), the SIFT cache reader
-(:class:`~reconattack.data.sift.SiftCache`) and the image decoder
+(:class:`~reconattack.data.sift.cache.SiftCache`) and the image decoder
 (:func:`~reconattack.data.images.decode_image`).
 
 Random bytes, truncations of valid files, byte flips and splices must end in the reader's
@@ -32,10 +32,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from reconattack.data import sift
 from reconattack.data.faces import BinFormatError, load_bin
 from reconattack.data.images import ImageReadError, decode_image
-from reconattack.data.sift import DESC_DIM, SiftCache
+from reconattack.data.sift import cache as sift_cache
+from reconattack.data.sift.cache import SiftCache
+from reconattack.data.sift.extraction import DESC_DIM, extract
 from tests.data.fuzz_cases import PICKLE_OPCODES, SIGNATURES, bin_files, image_encodings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,7 +280,7 @@ def _sift_image(size: int = 64) -> np.ndarray:
 
 
 SIFT_IMAGE = _sift_image()
-SIFT_XY, SIFT_DESC = sift.extract(SIFT_IMAGE)
+SIFT_XY, SIFT_DESC = extract(SIFT_IMAGE)
 with tempfile.TemporaryDirectory() as _tmp:  # a valid entry, as the cache writes it
     _cache = SiftCache(_tmp)
     _cache.get(SIFT_IMAGE)
@@ -299,7 +300,7 @@ def _sift_warnings():
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
-    logger = logging.getLogger(sift.__name__)
+    logger = logging.getLogger(sift_cache.__name__)
     level = logger.level
     logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
@@ -323,7 +324,7 @@ _bad_entries = st.one_of(
 @given(buf=_bad_entries)
 def test_decode_entry_rejects_corrupt_entries(buf):
     with pytest.raises(ValueError):
-        sift._decode_entry(bytearray(buf))
+        sift_cache._decode_entry(bytearray(buf))
 
 
 @CHEAP
@@ -340,7 +341,7 @@ def test_decode_entry_rejects_corrupt_entries(buf):
 def test_decode_entry_arbitrary_bytes(buf):
     """ValueError, or arrays of the shapes the header declares — nothing else."""
     try:
-        xy, desc = sift._decode_entry(bytearray(buf))
+        xy, desc = sift_cache._decode_entry(bytearray(buf))
     except ValueError:
         return
     assert xy.dtype == np.float32 and xy.ndim == 2 and xy.shape[1] == 2

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from reconattack.data.lbp import grey_of, lbp_map, lbp_target
-from reconattack.data.sift import build_maps, extract
+from reconattack.data.sift.extraction import extract
+from reconattack.data.sift.maps import build_maps
 
 
 def lbp_per_pixel(grey: np.ndarray) -> np.ndarray:
@@ -98,8 +99,8 @@ def test_sli_collision_rule_matches_the_per_keypoint_loop():
     first = build_maps([xy], [desc], size, compress=False)  # the CFGAN rule drops the collisions
     occupied = lambda m: int((m != 0).any(0).sum())  # noqa: E731
     assert occupied(got[0]) > occupied(first[0]) and occupied(got[0]) == int((want != 0).any(0).sum())
-    # positions only (SLI-B): one channel, 1 at each kept keypoint
-    pos = build_maps([xy], [desc], size, compress=False, positions_only=True)
+    # the occupancy map (SLI-B): one channel, 1 at each kept keypoint
+    pos = build_maps([xy], [desc], size, compress=False, occupancy=True)
     assert pos.shape == (1, 1, size, size) and set(pos.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(pos[0, 0] != 0, (first[0] != 0).any(0))
 

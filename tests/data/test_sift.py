@@ -1,4 +1,5 @@
-"""SIFT extraction, dense maps and the sparse cache (reconattack.data.sift, SPEC §2.1)."""
+"""SIFT extraction, dense maps and the sparse cache (reconattack.data.sift: extraction, maps, cache;
+SPEC §2.1)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 import skimage.data
 import torch
 
-from reconattack.data import sift
 from reconattack.data.images import resize
-from reconattack.data.sift import SiftCache, build_maps, extract, to_map
+from reconattack.data.sift import cache as sift_cache
+from reconattack.data.sift.cache import SiftCache
+from reconattack.data.sift.extraction import extract
+from reconattack.data.sift.maps import build_maps, to_map
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sift.py"
 
@@ -224,7 +227,7 @@ def test_cache_hit_does_not_recompute(tmp_path, real_images, monkeypatch):
     np.testing.assert_array_equal(desc, ref_desc)
 
     calls = []
-    monkeypatch.setattr(sift, "extract", lambda *a, **k: calls.append(1) or ref)
+    monkeypatch.setattr(sift_cache, "extract", lambda *a, **k: calls.append(1) or ref)
     ref = (ref_xy, ref_desc)
     xy2, desc2 = cache.get(img.copy())  # same content, another array
     assert calls == []

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from reconattack.data.images import DataNotFoundError, resize
-from reconattack.data.sift import build_maps, extract, grid_xy
+from reconattack.data.sift.extraction import extract
+from reconattack.data.sift.maps import build_maps, grid_xy
 from reconattack.data.sift_data import (
     SiftDataModule,
     collate_sift,
@@ -226,8 +227,6 @@ def test_shift_extracts_sift_of_the_shifted_image(tmp_path):
     dm.setup()
     ds = dm.datasets["train"]
     assert dm.datasets["test"].shift == 0  # evaluation images are never shifted
-    from reconattack.data.sift import extract
-
     torch.manual_seed(0)
     seen = set()
     for _ in range(12):
