@@ -96,7 +96,12 @@ class SiftCache:
             }
             name = f"sift-ct{self.contrast_threshold:g}"
         else:
-            import pycolmap
+            try:
+                import pycolmap
+            except ImportError:
+                raise ConfigError("COLMAP's SIFT (threat.features=colmap, or a threat.stored row with features: "
+                                  "colmap) needs pycolmap, which is not installed; install it, or set those rows "
+                                  "to null (threat.stored.colmap=null ...)") from None
 
             self.settings = {"features": "colmap", "pycolmap": pycolmap.__version__, "opencv_grey": cv2.__version__,
                              "colmap": json.loads(json.dumps(self.colmap, sort_keys=True, default=str)),
