@@ -1,11 +1,15 @@
 """``python -m reconattack.invert``: reconstruct from a COLMAP database (built here with pycolmap
 from images the test makes: several sizes, an image without keypoints) or from OpenCV-style
-``.npz`` files, with a tiny trained run; the files, names, refusals and messages."""
+``.npz`` files, with tiny trained runs (some through a SIFT defence); the maps it feeds the model
+against the CFGAN placement and the defences written out here, the files, names, refusals and
+messages. Only the tests that extract COLMAP's SIFT or read a COLMAP database need pycolmap: they
+skip without it, the others run."""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import pickle
 import re
@@ -14,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -22,31 +27,127 @@ import torch
 import yaml
 
 from reconattack.data.sift.extraction import extract
-from reconattack.data.sift.maps import build_maps, grid_xy
-from reconattack.invert import InvertInputError, invert, main
+from reconattack.data.sift.maps import grid_xy
+from reconattack.invert import InvertInputError, colmap_scale, invert, main
 from reconattack.run import run
 from tests.helpers import coarse_only, compose_cfg
 
-pycolmap = pytest.importorskip("pycolmap")
 ROOT = Path(__file__).resolve().parents[1]
+SIDE = 64  # the tiny runs' data.image_size
+
+
+def _pycolmap():
+    """pycolmap, or the calling test skipped: only COLMAP's SIFT and databases need it."""
+    return pytest.importorskip("pycolmap")
+
+
+class Runs:
+    """Tiny CFGAN coarse-only runs, each trained once per module when a test first asks for it:
+    ``trained["opencv"]``, ``trained["colmap"]`` (skips without pycolmap), ``trained.get("opencv",
+    "defence=sift", ...)``; each kept as the command line keeps a run (``.hydra``)."""
+
+    def __init__(self, factory) -> None:
+        self.factory, self.done = factory, {}
+
+    def get(self, kind: str, *extra: str) -> Path:
+        from omegaconf import OmegaConf
+
+        if kind == "colmap":
+            _pycolmap()
+        if (kind, *extra) not in self.done:
+            tmp = self.factory.mktemp(kind)
+            # the stored-features rows of COLMAP's SIFT are not what invert reads (and need pycolmap)
+            rows = ["threat.stored.colmap=null", "threat.stored.colmap_native=null"] if kind == "opencv" else []
+            overrides = coarse_only(tmp, f"threat.features={kind}", *rows, *extra)
+            cfg = compose_cfg(overrides)
+            run(cfg)
+            (tmp / "run" / ".hydra").mkdir()
+            OmegaConf.save(cfg, tmp / "run" / ".hydra" / "config.yaml")
+            (tmp / "run" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+            self.done[kind, *extra] = tmp / "run"
+        return self.done[kind, *extra]
+
+    def __getitem__(self, kind: str) -> Path:
+        return self.get(kind)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny CFGAN coarse-only run on COLMAP features, and one on OpenCV's."""
-    from omegaconf import OmegaConf
+    return Runs(tmp_path_factory)
 
-    out = {}
-    for kind in ("colmap", "opencv"):
-        tmp = tmp_path_factory.mktemp(kind)
-        overrides = coarse_only(tmp, f"threat.features={kind}")
-        cfg = compose_cfg(overrides)
-        run(cfg)
-        (tmp / "run" / ".hydra").mkdir()
-        OmegaConf.save(cfg, tmp / "run" / ".hydra" / "config.yaml")  # as the command line's run keeps them
-        (tmp / "run" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        out[kind] = tmp / "run"
+
+@pytest.fixture
+def fed(monkeypatch):
+    """What invert feeds the run's model: ``fed.maps`` (each batch's input maps, in order) and
+    ``fed.net`` (the model)."""
+    import reconattack.invert as module
+
+    seen = SimpleNamespace(maps=[], net=None)
+    real = module.load_run
+
+    def loading(*args, **kwargs):
+        cfg, threat, net, ckpt = real(*args, **kwargs)
+        forward = net.reconstruct
+        net.reconstruct = lambda batch: seen.maps.append(batch["input"].clone()) or forward(batch)
+        seen.net = net
+        return cfg, threat, net, ckpt
+
+    monkeypatch.setattr(module, "load_run", loading)
+    return seen
+
+
+# --------------------------------------------------------- the map, written out independently
+def opencv_sift(image: np.ndarray, contrast_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's SIFT as the CFGAN paper runs it (SPEC §2.1): ``cv2.SIFT_create(contrastThreshold)``
+    on the grey image, other parameters default; keypoint centres, descriptors rounded to uint8,
+    detector responses."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    keypoints, desc = cv2.SIFT_create(contrastThreshold=contrast_threshold).detectAndCompute(grey, None)
+    xy = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8) if desc is not None else np.zeros((0, 128), np.uint8)
+    return xy, desc, np.array([k.response for k in keypoints], np.float32)
+
+
+def paper_map(xy, values, side: int = SIDE, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The CFGAN map at evaluation, compressed (SPEC §2.1), written out: keypoint i (in the
+    extractor's order, OpenCV's pixel convention) of an image of ``size`` (H, W; default the
+    model's) first goes where ``cv2.resize`` to ``side`` takes its pixel centre from, ``(x + 0.5) *
+    side / W - 0.5``; it lands in row ``ceil(y) - 1``, column ``ceil(x) - 1`` (clamped to the image);
+    the first keypoint of a pixel wins, and an aligned 2x2 block keeps its first-placed pixel
+    winner, which is the first keypoint landing in the block; the block holds ``values[i]`` in its
+    128 channels (``desc / 127.5 - 1``), 0 elsewhere."""
+    h, w = size or (side, side)
+    out = np.zeros((128, side // 2, side // 2), np.float64)
+    taken = set()
+    for (x, y), v in zip(np.asarray(xy, np.float64), values):
+        if (h, w) != (side, side):
+            x, y = (x + 0.5) * side / w - 0.5, (y + 0.5) * side / h - 0.5
+        row, col = min(max(math.ceil(y) - 1, 0), side - 1), min(max(math.ceil(x) - 1, 0), side - 1)
+        if (row // 2, col // 2) not in taken:
+            taken.add((row // 2, col // 2))
+            out[:, row // 2, col // 2] = v
     return out
+
+
+def descriptor_values(desc: np.ndarray) -> np.ndarray:
+    """``desc / 127.5 - 1`` (SPEC §2.1)."""
+    return desc.astype(np.float64) / 127.5 - 1
+
+
+def _astronaut(width: int = SIDE, height: int = SIDE) -> np.ndarray:
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _contrast(run_dir: Path) -> float:
+    return float(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["threat"]["contrast_threshold"])
+
+
+def _fed_one(fed) -> np.ndarray:
+    """The one map invert fed the model (one image)."""
+    assert len(fed.maps) == 1 and fed.maps[0].shape[0] == 1
+    return fed.maps[0][0].numpy()
 
 
 def _photos(tmp: Path) -> dict[str, np.ndarray]:
@@ -59,7 +160,7 @@ def _photos(tmp: Path) -> dict[str, np.ndarray]:
 
 def make_database(path: Path, photos: dict[str, np.ndarray]) -> Path:
     """A COLMAP database of ``photos`` (name: image), each with COLMAP's SIFT of it."""
-    db = pycolmap.Database.open(str(path))
+    db = _pycolmap().Database.open(str(path))
     for name, img in photos.items():
         xy, desc = extract(img, features="colmap")
         _write_image(db, name, img.shape[:2], xy + 0.5, desc)  # back to COLMAP's convention, as a database stores them
@@ -67,16 +168,33 @@ def make_database(path: Path, photos: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def _write_image(db, name: str, size: tuple[int, int], xy, desc: np.ndarray) -> None:
-    """One image with its own camera of ``size`` (H, W) and keypoints ``xy`` in COLMAP's convention."""
+def _write_image(db, name: str, size: tuple[int, int], xy, desc: np.ndarray, shape=None) -> None:
+    """One image with its own camera of ``size`` (H, W) and keypoints ``xy`` in COLMAP's convention,
+    their affine ``shape`` (N, 4: a11 a12 a21 a22; default the identity)."""
+    pycolmap = _pycolmap()
     h, w = size
     cam = db.write_camera(pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[w, w / 2, h / 2, 0]))
     image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam))
     kp = np.zeros((len(xy), 6), np.float32)
     kp[:, :2] = xy
-    kp[:, 2] = kp[:, 5] = 1
+    if shape is None:
+        kp[:, 2] = kp[:, 5] = 1
+    else:
+        kp[:, 2:] = shape
     db.write_keypoints(image_id, kp)
     db.write_descriptors(image_id, pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT, desc))
+
+
+def _npz(path: Path, xy, size=(10, 10), desc=None, **more) -> Path:
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    desc = np.zeros((len(xy), 128), np.uint8) if desc is None else desc
+    np.savez(path, keypoints=xy, descriptors=desc, image_size=np.array(size), **more)
+    return path
+
+
+def _blank(tmp: Path) -> Path:
+    """An ``.npz`` of an image without keypoints."""
+    return _npz(tmp / "blank.npz", np.zeros((0, 2)), size=(50, 70))
 
 
 def test_grid_mapping_is_that_of_resizing_the_whole_image():
@@ -85,6 +203,62 @@ def test_grid_mapping_is_that_of_resizing_the_whole_image():
     g = grid_xy(xy, (120, 160), 64)
     np.testing.assert_allclose(g[2], [31.5, 31.5], atol=1e-5)  # the centre stays the centre
     assert g[0, 0] < 0 < g[1, 0] < 64 and g[1, 1] < 64
+    np.testing.assert_array_equal(grid_xy(xy, (64, 64), 64), xy)  # at the grid's size: exactly kept
+
+
+def test_npz_features_at_the_models_size_give_the_papers_map(trained, fed, tmp_path):
+    """OpenCV's SIFT of a 64x64 image, as the paper extracts it, written to an .npz: invert feeds
+    the model the paper's map of them, value by value, and the PNG is the model's output on it."""
+    run_dir = trained["opencv"]
+    img = _astronaut()
+    xy, desc, _ = opencv_sift(img, _contrast(run_dir))
+    assert len(xy) > 20
+    np.savez(tmp_path / "astro.npz", keypoints=xy, descriptors=desc, image_size=np.array([SIDE, SIDE]))
+    summary = invert(run_dir, tmp_path / "out", npz=[tmp_path / "astro.npz"], device="cpu")
+    want = paper_map(xy, descriptor_values(desc))
+    np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
+    record = summary["images"][0]
+    assert record["keypoints"] == record["shared"] == len(xy) and summary["defence"] is None
+    assert record["placed"] == int((want != 0).any(0).sum())
+    with torch.no_grad():
+        out = fed.net.reconstruct({"input": torch.from_numpy(want).float()[None]}).clamp(-1, 1)[0]
+    rgb = ((out.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "astro.png"))[:, :, ::-1], rgb)
+
+
+def test_npz_features_of_a_larger_photo_are_placed_as_resizing_maps_pixel_centres(trained, fed, tmp_path):
+    """OpenCV's SIFT of a 160x120 photo: each keypoint where cv2.resize of the whole photo to 64x64
+    takes its pixel centre from, then the paper's map."""
+    img = _astronaut(160, 120)
+    xy, desc, _ = opencv_sift(img, 0.03)
+    np.savez(tmp_path / "astro.npz", keypoints=xy, descriptors=desc, image_size=np.array(img.shape[:2]))
+    summary = invert(trained["opencv"], tmp_path / "out", npz=[tmp_path / "astro.npz"], device="cpu")
+    assert summary["images"][0]["file"] == "astro.png" and summary["features"] == "opencv"
+    assert summary["images"][0]["original_size"] == [120, 160]
+    want = paper_map(xy, descriptor_values(desc), size=(120, 160))
+    np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
+    assert summary["images"][0]["placed"] == int((want != 0).any(0).sum())
+
+
+def test_a_database_image_at_the_models_size_gives_the_papers_map(trained, fed, tmp_path):
+    """COLMAP's SIFT of a 64x64 image (pycolmap, COLMAP's defaults), as a database stores it: invert
+    feeds the paper's map of it, COLMAP's pixel centres (0.5, 0.5 the top-left one's) moved to
+    OpenCV's."""
+    pycolmap = _pycolmap()
+    run_dir = trained["colmap"]
+    img = _astronaut()
+    keypoints, descriptors = pycolmap.FeatureExtractor.create(
+        pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu).extract_from_uint8_array(
+        cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    stored = np.array([(k.x, k.y) for k in keypoints], np.float32)
+    desc = np.asarray(descriptors.data, np.uint8).reshape(-1, 128)
+    assert len(stored) > 20
+    db = pycolmap.Database.open(str(tmp_path / "database.db"))
+    _write_image(db, "small.png", (SIDE, SIDE), stored, desc)
+    db.close()
+    invert(run_dir, tmp_path / "out", colmap=tmp_path / "database.db", device="cpu")
+    want = paper_map(stored.astype(np.float64) - 0.5, descriptor_values(desc))
+    np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
 
 
 def test_inverting_a_colmap_database(trained, tmp_path):
@@ -95,6 +269,7 @@ def test_inverting_a_colmap_database(trained, tmp_path):
     assert files == ["blank.png", "invert.json", "shots_astronaut.png", "shots_coffee.png"]
     saved = json.loads((out / "invert.json").read_text())
     assert saved == summary and saved["features"] == "colmap" and not saved["other_features"]
+    assert saved["map"] == {"map_size": 32, "compress": True, "placement": "first", "occupancy": False}
     rows = {r["name"]: r for r in saved["images"]}
     assert rows["shots/coffee.png"]["original_size"] == [140, 90] and rows["blank.jpg"]["keypoints"] == 0
     assert 0 < rows["shots/astronaut.jpg"]["placed"] <= rows["shots/astronaut.jpg"]["keypoints"]
@@ -102,28 +277,6 @@ def test_inverting_a_colmap_database(trained, tmp_path):
     assert img.shape == (64, 64, 3)  # the model's size
     only = invert(trained["colmap"], tmp_path / "one", colmap=db, images=["blank.jpg"], device="cpu")
     assert [r["name"] for r in only["images"]] == ["blank.jpg"]
-
-
-def test_a_database_image_at_the_models_size_gives_trainings_own_map(trained, tmp_path):
-    """Extracted at the model's 64x64, the database's keypoints (COLMAP's convention) are placed
-    exactly where training places COLMAP's keypoints of the same image."""
-    photo = cv2.resize(_photos(tmp_path)["shots/astronaut.jpg"], (64, 64), interpolation=cv2.INTER_LINEAR)
-    db = make_database(tmp_path / "database.db", {"small.png": photo})
-    summary = invert(trained["colmap"], tmp_path / "out", colmap=db, device="cpu")
-    xy, desc = extract(photo, features="colmap")
-    np.testing.assert_allclose(grid_xy(xy, (64, 64), 64), xy, atol=1e-5)
-    training = build_maps([xy], [desc], 64, compress=True)
-    assert summary["images"][0]["placed"] == int((training != 0).any(1).sum()) > 0
-
-
-def test_inverting_npz_files_and_the_placement_matches_training(trained, tmp_path):
-    img = _photos(tmp_path)["shots/astronaut.jpg"]
-    xy, desc = extract(img)
-    np.savez(tmp_path / "astro.npz", keypoints=xy, descriptors=desc, image_size=np.array(img.shape[:2]))
-    summary = invert(trained["opencv"], tmp_path / "out", npz=[tmp_path / "astro.npz"], device="cpu")
-    assert summary["images"][0]["file"] == "astro.png" and summary["features"] == "opencv"
-    maps = build_maps([grid_xy(xy, img.shape[:2], 64)], [desc], 64, compress=True)
-    assert summary["images"][0]["placed"] == int((maps != 0).any(1).sum())
 
 
 def test_features_of_another_kind_are_refused_unless_forced(trained, tmp_path):
@@ -134,6 +287,144 @@ def test_features_of_another_kind_are_refused_unless_forced(trained, tmp_path):
     assert not (tmp_path / "out").exists()
     forced = invert(trained["opencv"], tmp_path / "out", colmap=db, other_features=True, device="cpu")
     assert forced["other_features"] and forced["trained_on"] == "opencv"
+
+
+# ------------------------------------------------------------------------- the run's defence
+#: a deterministic defence: the strongest half of the keypoints, descriptors at 2 bits
+STRONGEST_2BITS = ("defence=sift", "defence.keep=0.5", "defence.select=response", "defence.descriptor_bits=2")
+
+
+def _round(x: float) -> int:
+    """``round(keep * N)`` as the defence's configuration defines it: halves up."""
+    return int(np.floor(x + 0.5))
+
+
+def _two_bits(desc: np.ndarray) -> np.ndarray:
+    """Each value to the middle of its 2-bit level: 64 values per level, 32 past its start."""
+    return (desc // 64) * 64 + 32
+
+
+def test_invert_applies_the_runs_defence_as_training_did(trained, fed, tmp_path, capsys):
+    """A run trained through ``keep=0.5, select=response, descriptor_bits=2``: invert shares the
+    strongest half of an image's keypoints (by OpenCV's response) with 2-bit descriptors, as
+    written out here, records the defence, and feeds the model the map training builds of the same
+    image; features without their response are refused."""
+    from reconattack.data.sift_data import collate_sift
+    from reconattack.engine.runner import build_threat
+    from reconattack.invert import run_config
+
+    run_dir = trained.get("opencv", *STRONGEST_2BITS)
+    threat = build_threat(run_config(run_dir))
+    threat.dm.prepare_data()
+    threat.dm.setup()
+    item = threat.dm.datasets["test"][0]
+    img = np.ascontiguousarray(item["image"].permute(1, 2, 0).numpy())
+    xy, desc, response = opencv_sift(img, _contrast(run_dir))
+    n = len(xy)
+    assert n > 10
+    _npz(tmp_path / "face.npz", xy, (SIDE, SIDE), desc, response=response)
+    summary = invert(run_dir, tmp_path / "out", npz=[tmp_path / "face.npz"], device="cpu")
+    kept = sorted(sorted(range(n), key=lambda i: -response[i])[:_round(0.5 * n)])  # the strongest, in order
+    want = paper_map(xy[kept], descriptor_values(_two_bits(desc[kept])))
+    np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
+    training = threat.dm.device_batch(collate_sift([item]), "cpu")["input"][0].numpy()
+    np.testing.assert_array_equal(_fed_one(fed), training)
+    assert summary["images"][0]["shared"] == _round(0.5 * n) and summary["images"][0]["keypoints"] == n
+    defence = summary["defence"]
+    assert (defence["keep"], defence["select"], defence["descriptor_bits"]) == (0.5, "response", 2)
+    assert defence["applied"] == "keep=0.5, select=response, descriptor_bits=2" and "name" in defence["draws"]
+    assert json.loads((tmp_path / "out" / "invert.json").read_text())["defence"] == defence
+
+    _npz(tmp_path / "bare.npz", xy, (SIDE, SIDE), desc)  # no response
+    err = _refused(capsys, run_dir, "--npz", tmp_path / "bare.npz", "--out", tmp_path / "bare")
+    assert err.startswith("InvertInputError: image 'bare'") and "keeps the keypoints of largest response" in err
+    assert not (tmp_path / "bare").exists()
+
+
+def test_a_random_defence_is_drawn_per_image_name(trained, fed, tmp_path):
+    """``keep=0.5`` at random: half of the keypoints, the same half for the same image name in
+    every inversion, another half for another name; every block holds a keypoint of the image."""
+    run_dir = trained.get("opencv", "defence=sift", "defence.keep=0.5")
+    xy, desc, _ = opencv_sift(_astronaut(), _contrast(run_dir))
+    n = len(xy)
+    files = [_npz(tmp_path / f"{name}.npz", xy, (SIDE, SIDE), desc) for name in ("a", "a_copy")]
+    first = invert(run_dir, tmp_path / "one", npz=files, device="cpu")
+    again = invert(run_dir, tmp_path / "two", npz=files[:1], device="cpu")
+    (a, copy), (a_again,) = fed.maps[0].numpy(), fed.maps[1].numpy()
+    np.testing.assert_array_equal(a, a_again)  # the same name: the same draw
+    assert not np.array_equal(a, copy)  # another name: another half
+    assert [r["shared"] for r in first["images"] + again["images"]] == [_round(0.5 * n)] * 3
+    everything = paper_map(xy, descriptor_values(desc))
+    for m in (a, copy):
+        occupied = (m != 0).any(0)
+        assert occupied.sum() < (everything != 0).any(0).sum() and not (occupied & ~(everything != 0).any(0)).any()
+        for r, c in zip(*np.nonzero(occupied)):  # a descriptor of a keypoint in that block
+            inside = [i for i, (x, y) in enumerate(xy) if (math.ceil(y) - 1) // 2 == r and (math.ceil(x) - 1) // 2 == c]
+            assert any(np.allclose(m[:, r, c], descriptor_values(desc[i]), atol=1e-6) for i in inside)
+
+
+def test_positions_only_is_plus_one_in_every_channel(trained, fed, tmp_path):
+    """``defence.positions_only``: every shared descriptor is 255, +1 in all 128 channels."""
+    run_dir = trained.get("opencv", "defence=sift", "defence.positions_only=true")
+    xy, desc, _ = opencv_sift(_astronaut(), _contrast(run_dir))
+    summary = invert(run_dir, tmp_path / "out", npz=[_npz(tmp_path / "p.npz", xy, (SIDE, SIDE), desc)], device="cpu")
+    np.testing.assert_allclose(_fed_one(fed), paper_map(xy, np.ones((len(xy), 128))), rtol=0, atol=1e-6)
+    assert summary["defence"]["positions_only"] is True and summary["images"][0]["shared"] == len(xy)
+
+
+def test_withheld_coordinates_are_refused(trained, tmp_path, capsys):
+    """A run trained with ``coordinates: withheld`` places descriptors by reference images of its
+    own training split, which invert does not have: exit 2, one line saying so, nothing written."""
+    run_dir = trained.get("opencv", "defence=sift", "defence.coordinates=withheld")
+    err = _refused(capsys, run_dir, "--npz", _blank(tmp_path), "--out", tmp_path / "out")
+    assert err.startswith("ConfigError: ") and "defence.coordinates=withheld" in err
+    assert "reference images of its own training split, which invert does not have" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.invert-*"))
+
+
+def test_colmap_scale_is_colmaps_own():
+    """A database's keypoint scale (what ``select: response`` keeps the largest of for COLMAP's
+    SIFT) is pycolmap's ``compute_scale`` of the keypoint, from 6 columns (affine shape) or 4
+    (x, y, scale, orientation)."""
+    pycolmap = _pycolmap()
+    keypoints, _ = pycolmap.FeatureExtractor.create(pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu
+                                                    ).extract_from_uint8_array(cv2.cvtColor(_astronaut(), cv2.COLOR_RGB2GRAY))
+    six = np.array([(k.x, k.y, k.a11, k.a12, k.a21, k.a22) for k in keypoints], np.float32)
+    np.testing.assert_allclose(colmap_scale(six), [k.compute_scale() for k in keypoints], rtol=1e-5)
+    four = np.array([(k.x, k.y, k.compute_scale(), k.compute_orientation()) for k in keypoints], np.float32)
+    np.testing.assert_allclose(colmap_scale(four), [k.compute_scale() for k in keypoints], rtol=1e-6)
+
+
+def test_a_strongest_keypoints_defence_reads_a_databases_scales(trained, fed, tmp_path, capsys):
+    """``select: response`` on a COLMAP database keeps the keypoints of largest scale
+    (``(|(a11, a21)| + |(a12, a22)|) / 2``, COLMAP's); keypoints stored without a shape are refused."""
+    pycolmap = _pycolmap()
+    run_dir = trained.get("opencv", *STRONGEST_2BITS)
+    img = _astronaut()
+    keypoints, descriptors = pycolmap.FeatureExtractor.create(
+        pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu).extract_from_uint8_array(
+        cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    stored = np.array([(k.x, k.y) for k in keypoints], np.float32)
+    shape = np.array([(k.a11, k.a12, k.a21, k.a22) for k in keypoints], np.float32)
+    desc = np.asarray(descriptors.data, np.uint8).reshape(-1, 128)
+    db = pycolmap.Database.open(str(tmp_path / "database.db"))
+    _write_image(db, "small.png", (SIDE, SIDE), stored, desc, shape)
+    db.close()
+    invert(run_dir, tmp_path / "out", colmap=tmp_path / "database.db", other_features=True, device="cpu")
+    a11, a12, a21, a22 = shape.astype(np.float64).T
+    scale = (np.sqrt(a11 ** 2 + a21 ** 2) + np.sqrt(a12 ** 2 + a22 ** 2)) / 2
+    n = len(stored)
+    kept = sorted(sorted(range(n), key=lambda i: -scale[i])[:_round(0.5 * n)])
+    want = paper_map(stored[kept].astype(np.float64) - 0.5, descriptor_values(_two_bits(desc[kept])))
+    np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
+
+    con = sqlite3.connect(tmp_path / "database.db")
+    con.execute("UPDATE keypoints SET cols = 2, data = ? WHERE image_id = 1", (stored.tobytes(),))
+    con.commit()
+    con.close()
+    err = _refused(capsys, run_dir, "--colmap", tmp_path / "database.db", "--out", tmp_path / "two",
+                   "--other-features")
+    assert "image 'small.png' (image_id 1): its keypoints have 2 columns (x, y) and no scale" in err
 
 
 def _corrupt(db: Path, sql: str, *args) -> Path:
@@ -211,7 +502,7 @@ def test_bad_databases_end_in_a_message_naming_the_image_and_nothing_is_written(
     ([[0.0, 0.0], [10.0, 10.0]], None),  # COLMAP's convention: a 10x10 camera spans [0, 10] in x and y
 ])
 def test_keypoints_outside_their_camera_are_refused(xy, outside, trained, tmp_path):
-    db = pycolmap.Database.open(str(tmp_path / "database.db"))
+    db = _pycolmap().Database.open(str(tmp_path / "database.db"))
     _write_image(db, "tiny.png", (10, 10), np.array(xy, np.float32), np.zeros((len(xy), 128), np.uint8))
     db.close()
     if outside is None:
@@ -243,12 +534,6 @@ def test_a_database_path_with_uri_characters(trained, tmp_path):
     make_database(tmp_path / "we", {"decoy.jpg": photos["blank.jpg"]})
     summary = invert(trained["colmap"], tmp_path / "out", colmap=db, device="cpu")
     assert [r["name"] for r in summary["images"]] == ["shots/coffee.png"] and summary["input"] == str(db)
-
-
-def _npz(path: Path, xy, size=(10, 10)) -> Path:
-    xy = np.asarray(xy, np.float32).reshape(-1, 2)
-    np.savez(path, keypoints=xy, descriptors=np.zeros((len(xy), 128), np.uint8), image_size=np.array(size))
-    return path
 
 
 def test_bad_coordinates_are_refused(trained, tmp_path):
@@ -313,9 +598,9 @@ def test_the_payloads_are_live(tmp_path):
 
 def test_a_copied_run_directory_inverts(trained, tmp_path):
     """The copy the hostile tests start from is accepted as it is (YAML written again by PyYAML)."""
-    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-    summary = invert(_foreign(trained["colmap"], tmp_path), tmp_path / "out", colmap=db, device="cpu")
-    assert [r["name"] for r in summary["images"]] == ["blank.jpg"]
+    blank = _blank(tmp_path)
+    summary = invert(_foreign(trained["opencv"], tmp_path), tmp_path / "out", npz=[blank], device="cpu")
+    assert [r["name"] for r in summary["images"]] == ["blank"]
 
 
 @pytest.mark.parametrize("node,value,named", [
@@ -339,9 +624,9 @@ def test_a_run_config_naming_other_classes_is_refused_and_runs_nothing(node, val
         return _payload(marker) if v == "payload" else {k: hostile(x) for k, x in v.items()} if isinstance(
             v, dict) else [hostile(x) for x in v] if isinstance(v, list) else v
 
-    run_dir = _foreign(trained["colmap"], tmp_path, {node: hostile(value)})
-    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out", "--device", "cpu")
+    run_dir = _foreign(trained["opencv"], tmp_path, {node: hostile(value)})
+    blank = _blank(tmp_path)
+    err = _refused(capsys, run_dir, "--npz", blank, "--out", tmp_path / "out", "--device", "cpu")
     assert err.startswith("ConfigError: ") and f".hydra/config.yaml has {named} = " in err
     assert "invert builds only this checkout's configs" in err
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -357,10 +642,10 @@ def test_the_issues_torch_load_optimizer_runs_nothing(trained, tmp_path):
         torch.load(tmp_path / "control.pt", weights_only=False)
     assert control.exists()
     node = {"_target_": "torch.load", "f": "${paths.output_dir}/extra.pt", "weights_only": False}
-    run_dir = _foreign(trained["colmap"], tmp_path, {"attack.optimizer": node})
+    run_dir = _foreign(trained["opencv"], tmp_path, {"attack.optimizer": node})
     shutil.copy(tmp_path / "extra.pt", run_dir / "extra.pt")
-    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-    res = subprocess.run([sys.executable, "-m", "reconattack.invert", str(run_dir), "--colmap", str(db),
+    blank = _blank(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "reconattack.invert", str(run_dir), "--npz", str(blank),
                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "ConfigError: " in res.stderr and "has attack.optimizer._target_ = 'torch.load'" in res.stderr
@@ -398,9 +683,9 @@ def test_run_overrides_may_only_choose_configs_and_set_plain_values(override, co
     marker = tmp_path / "marker"
     nodes = {k: (_payload(marker) if v == "payload" else [_payload(marker)] if v == ["payload"] else v)
              for k, v in config.items()}
-    run_dir = _foreign(trained["colmap"], tmp_path, nodes, (override.replace("MARKER", str(marker)),))
-    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
+    run_dir = _foreign(trained["opencv"], tmp_path, nodes, (override.replace("MARKER", str(marker)),))
+    blank = _blank(tmp_path)
+    err = _refused(capsys, run_dir, "--npz", blank, "--out", tmp_path / "out")
     assert err.startswith("ConfigError: ") and "overrides.yaml: the override " in err and message in err
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -408,9 +693,9 @@ def test_run_overrides_may_only_choose_configs_and_set_plain_values(override, co
 def test_recorded_settings_must_be_those_the_overrides_give(trained, tmp_path, capsys):
     """A setting of the map changed in config.yaml alone (the picture would silently be another
     model's): refused, naming it."""
-    run_dir = _foreign(trained["colmap"], tmp_path, {"threat.compress": False})
-    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
+    run_dir = _foreign(trained["opencv"], tmp_path, {"threat.compress": False})
+    blank = _blank(tmp_path)
+    err = _refused(capsys, run_dir, "--npz", blank, "--out", tmp_path / "out")
     assert "has threat.compress = False, this checkout's conf/ with the run's overrides has True" in err
 
 
@@ -422,9 +707,9 @@ def test_nothing_of_the_run_config_is_resolved(trained, tmp_path):
     marker = tmp_path / "marker"
     OmegaConf.register_new_resolver("test_touch", lambda p: Path(p).touch() or p)
     try:
-        run_dir = _foreign(trained["colmap"], tmp_path, {"paths.data_dir": f"${{test_touch:{marker}}}"})
-        db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-        invert(run_dir, tmp_path / "out", colmap=db, device="cpu")
+        run_dir = _foreign(trained["opencv"], tmp_path, {"paths.data_dir": f"${{test_touch:{marker}}}"})
+        blank = _blank(tmp_path)
+        invert(run_dir, tmp_path / "out", npz=[blank], device="cpu")
     finally:
         OmegaConf.clear_resolver("test_touch")
     assert not marker.exists() and (tmp_path / "out" / "invert.json").exists()
@@ -441,13 +726,13 @@ def test_nothing_of_the_run_config_is_resolved(trained, tmp_path):
 ])
 def test_damaged_run_files_are_refused(file, text, message, trained, tmp_path, capsys):
     marker = tmp_path / "marker"
-    run_dir = _foreign(trained["colmap"], tmp_path)
+    run_dir = _foreign(trained["opencv"], tmp_path)
     if text is None:
         (run_dir / ".hydra" / file).unlink()
     else:
         (run_dir / ".hydra" / file).write_text(text.replace("MARKER", str(marker)))
-    db = make_database(tmp_path / "database.db", {"blank.jpg": _photos(tmp_path)["blank.jpg"]})
-    err = _refused(capsys, run_dir, "--colmap", db, "--out", tmp_path / "out")
+    blank = _blank(tmp_path)
+    err = _refused(capsys, run_dir, "--npz", blank, "--out", tmp_path / "out")
     assert err.startswith("ConfigError: ") and message in err
     assert not marker.exists() and not (tmp_path / "out").exists()
 

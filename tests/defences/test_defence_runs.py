@@ -1,9 +1,13 @@
-"""Defences in runs: a two-point sweep and its report, the threat's refusal of another threat's
-defence, the AVIH defence setting the threat's parameters."""
+"""Defences in runs: a two-point sweep and its report, what the attacker reads in a defended run
+(every batch of its training and its test), the threat's refusal of another threat's defence, the
+AVIH defence setting the threat's parameters."""
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from reconattack.defences.avih import avih_defence
@@ -30,6 +34,63 @@ def test_a_two_point_keep_sweep_and_its_report(tmp_path):
     assert "| CFGAN (defence.keep=0.25) |" in layout and "| CFGAN (defence.keep=1.0) |" in layout
     assert "| mean training image |" in layout
     assert (tmp_path / "report_test_psnr.png").is_file() and "report_test_psnr.png" in report
+
+
+def _batches_read(monkeypatch, tmp, *overrides: str) -> list[SimpleNamespace]:
+    """Run the default experiment (coarse stage, tiny) with ``overrides`` in this process, and return
+    every batch its attack read, as the data module handed it over: the stage (``train``, ``val``,
+    ``test``), the items' indices and seeds, each item's keypoint count, descriptors, and the input
+    maps."""
+    from reconattack.data.sift_data import SiftDataModule
+
+    seen: list[SimpleNamespace] = []
+    real = SiftDataModule.on_after_batch_transfer
+
+    def watching(self, batch, dataloader_idx):
+        out = real(self, batch, dataloader_idx)
+        stage = "train" if self.trainer.training else "test" if self.trainer.testing else "val"
+        seen.append(SimpleNamespace(stage=stage, index=batch["index"].tolist(),
+                                    seed=batch["seed"].tolist() if "seed" in batch else None,
+                                    counts=[len(x) for x in batch["xy"]], desc=[d.clone() for d in batch["desc"]],
+                                    maps=out["input"].detach().cpu().clone()))
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(SiftDataModule, "on_after_batch_transfer", watching)
+        run(compose_cfg(coarse_only(tmp, "threat.stored.colmap=null", "threat.stored.colmap_native=null",
+                                    *overrides)))
+    return seen
+
+
+def _blocks(maps: torch.Tensor) -> torch.Tensor:
+    """(B, S, S): the map cells that hold a keypoint (a descriptor value d / 127.5 - 1 is never 0)."""
+    return (maps != 0).any(1)
+
+
+def test_the_attacker_trains_and_is_tested_on_defended_features(monkeypatch, tmp_path):
+    """The batches that reach the attack's training and test steps of a run with ``defence=sift``
+    hold the defended features: with ``keep=0.25`` a quarter of each image's keypoints (against the
+    same image's in the run without a defence, batch by batch: the same seeds, the same images) and
+    their map cells among the undefended map's; with ``descriptor_bits=2`` every descriptor value
+    the middle of its 2-bit level; with ``positions_only`` +1 in every channel of every keypoint."""
+    plain = _batches_read(monkeypatch, tmp_path / "plain")
+    kept = _batches_read(monkeypatch, tmp_path / "kept", "defence=sift", "defence.keep=0.25",
+                         "defence.descriptor_bits=2")
+    positions = _batches_read(monkeypatch, tmp_path / "positions", "defence=sift", "defence.positions_only=true")
+    stages = [b.stage for b in plain]
+    assert "train" in stages and "test" in stages
+    assert [b.stage for b in kept] == [b.stage for b in positions] == stages
+    levels = {(32 + 64 * j) / 127.5 - 1 for j in range(4)}  # 2 bits: 32, 96, 160, 224
+    for p, k, o in zip(plain, kept, positions):
+        assert p.index == k.index == o.index and p.seed == k.seed == o.seed  # the same images, the same draws
+        assert k.counts == [int(np.floor(0.25 * n + 0.5)) for n in p.counts] and o.counts == p.counts
+        assert all(set(np.unique(d.numpy() // 64 * 64 + 32)) == set(np.unique(d.numpy())) for d in k.desc)
+        assert not (_blocks(k.maps) & ~_blocks(p.maps)).any()  # a kept keypoint's cell holds one undefended too
+        values = k.maps[k.maps != 0]
+        assert all(any(abs(v - level) < 1e-6 for level in levels) for v in values.unique().tolist())
+        torch.testing.assert_close(_blocks(o.maps), _blocks(p.maps))
+        assert (o.maps[o.maps != 0] == 1).all() and (o.maps == 1).all(1)[_blocks(o.maps)].all()
+    assert sum(sum(b.counts) for b in kept) < sum(sum(b.counts) for b in plain) / 2
 
 
 def test_a_threat_refuses_another_threats_defence(tmp_path):
