@@ -108,6 +108,15 @@ def opencv_sift(image: np.ndarray, contrast_threshold: float) -> tuple[np.ndarra
     return xy, desc, np.array([k.response for k in keypoints], np.float32)
 
 
+def colmap_sift(image: np.ndarray) -> tuple[list, np.ndarray]:
+    """COLMAP's SIFT (pycolmap on the CPU, COLMAP's default options) of the grey image: its
+    keypoints (COLMAP's convention and affine shapes) and uint8 descriptors (N, 128)."""
+    pycolmap = _pycolmap()
+    extractor = pycolmap.FeatureExtractor.create(pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu)
+    keypoints, descriptors = extractor.extract_from_uint8_array(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+    return list(keypoints), np.asarray(descriptors.data, np.uint8).reshape(-1, 128)
+
+
 def paper_map(xy, values, side: int = SIDE, size: tuple[int, int] | None = None) -> np.ndarray:
     """The CFGAN map at evaluation, compressed (SPEC §2.1), written out: keypoint i (in the
     extractor's order, OpenCV's pixel convention) of an image of ``size`` (H, W; default the
@@ -247,11 +256,8 @@ def test_a_database_image_at_the_models_size_gives_the_papers_map(trained, fed, 
     pycolmap = _pycolmap()
     run_dir = trained["colmap"]
     img = _astronaut()
-    keypoints, descriptors = pycolmap.FeatureExtractor.create(
-        pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu).extract_from_uint8_array(
-        cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    keypoints, desc = colmap_sift(img)
     stored = np.array([(k.x, k.y) for k in keypoints], np.float32)
-    desc = np.asarray(descriptors.data, np.uint8).reshape(-1, 128)
     assert len(stored) > 20
     db = pycolmap.Database.open(str(tmp_path / "database.db"))
     _write_image(db, "small.png", (SIDE, SIDE), stored, desc)
@@ -386,9 +392,7 @@ def test_colmap_scale_is_colmaps_own():
     """A database's keypoint scale (what ``select: response`` keeps the largest of for COLMAP's
     SIFT) is pycolmap's ``compute_scale`` of the keypoint, from 6 columns (affine shape) or 4
     (x, y, scale, orientation)."""
-    pycolmap = _pycolmap()
-    keypoints, _ = pycolmap.FeatureExtractor.create(pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu
-                                                    ).extract_from_uint8_array(cv2.cvtColor(_astronaut(), cv2.COLOR_RGB2GRAY))
+    keypoints, _ = colmap_sift(_astronaut())
     six = np.array([(k.x, k.y, k.a11, k.a12, k.a21, k.a22) for k in keypoints], np.float32)
     np.testing.assert_allclose(colmap_scale(six), [k.compute_scale() for k in keypoints], rtol=1e-5)
     four = np.array([(k.x, k.y, k.compute_scale(), k.compute_orientation()) for k in keypoints], np.float32)
@@ -401,12 +405,9 @@ def test_a_strongest_keypoints_defence_reads_a_databases_scales(trained, fed, tm
     pycolmap = _pycolmap()
     run_dir = trained.get("opencv", *STRONGEST_2BITS)
     img = _astronaut()
-    keypoints, descriptors = pycolmap.FeatureExtractor.create(
-        pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu).extract_from_uint8_array(
-        cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    keypoints, desc = colmap_sift(img)
     stored = np.array([(k.x, k.y) for k in keypoints], np.float32)
     shape = np.array([(k.a11, k.a12, k.a21, k.a22) for k in keypoints], np.float32)
-    desc = np.asarray(descriptors.data, np.uint8).reshape(-1, 128)
     db = pycolmap.Database.open(str(tmp_path / "database.db"))
     _write_image(db, "small.png", (SIDE, SIDE), stored, desc, shape)
     db.close()
@@ -418,10 +419,7 @@ def test_a_strongest_keypoints_defence_reads_a_databases_scales(trained, fed, tm
     want = paper_map(stored[kept].astype(np.float64) - 0.5, descriptor_values(_two_bits(desc[kept])))
     np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
 
-    con = sqlite3.connect(tmp_path / "database.db")
-    con.execute("UPDATE keypoints SET cols = 2, data = ? WHERE image_id = 1", (stored.tobytes(),))
-    con.commit()
-    con.close()
+    _corrupt(tmp_path / "database.db", "UPDATE keypoints SET cols = 2, data = ? WHERE image_id = 1", stored.tobytes())
     err = _refused(capsys, run_dir, "--colmap", tmp_path / "database.db", "--out", tmp_path / "two",
                    "--other-features")
     assert "image 'small.png' (image_id 1): its keypoints have 2 columns (x, y) and no scale" in err
