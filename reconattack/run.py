@@ -56,12 +56,16 @@ def run(cfg: DictConfig) -> dict:
 def summary(metrics: dict) -> str:
     """The final metrics as printed, one ``  name: value`` line each (floats to 4 decimals); a
     metric that could not be computed says ``missing (N)``, and each reason (N) is printed once
-    after them instead of on every row (``metrics.json`` keeps it on every row)."""
+    after them instead of on every row (``metrics.json`` keeps it on every row). The collapse
+    checks' warnings come last, a line each (:func:`~reconattack.metrics.diagnostics.warning_lines`)."""
+    from reconattack.metrics.diagnostics import WARNINGS_KEY, warning_lines
     from reconattack.metrics.suite import MISSING_PREFIX
 
     reasons: dict[str, int] = {}
     lines = []
     for key, value in sorted(metrics.items()):
+        if key == WARNINGS_KEY:  # the collapse checks' flags: after the numbers, a line each
+            continue
         if isinstance(value, str) and value.startswith(MISSING_PREFIX):
             n = reasons.setdefault(value[len(MISSING_PREFIX):], len(reasons) + 1)
             value = f"missing ({n})"
@@ -69,6 +73,7 @@ def summary(metrics: dict) -> str:
             value = round(value, 4)
         lines.append(f"  {key}: {value}")
     lines += [f"  ({n}) missing: {reason}" for reason, n in reasons.items()]
+    lines += [f"  {line}" for line in warning_lines(metrics)]
     return "\n".join(lines)
 
 

@@ -138,6 +138,10 @@ class GANStage(AttackStage):
         self.grad_clip = float(grad_clip) if grad_clip else None
         self.iterations = int(iterations)
         self.log_prefix = log_prefix
+        #: the last training iteration's loss terms as logged, without the prefix (``loss_d``,
+        #: ``loss_g/<term>``; detached): what the run's loss checks record
+        #: (:class:`reconattack.engine.diagnostics.LossHistory`)
+        self.step_losses: dict[str, torch.Tensor] = {}
 
     @property
     def optimizer_steps_per_iteration(self) -> int:  # type: ignore[override]
@@ -223,6 +227,7 @@ class GANStage(AttackStage):
             self.untoggle_optimizer(opt_g)
         self._step_schedulers()
         logs.update({f"loss_g/{k}": v.detach() for k, v in terms.items()})
+        self.step_losses = logs
         n = fake.shape[0]
         self.log_dict({f"{self.log_prefix}{k}": v for k, v in logs.items()}, batch_size=n)
         self.log(f"{self.log_prefix}loss", terms["total"].detach(), prog_bar=True, logger=False,

@@ -229,6 +229,10 @@ class RunContext:
                               is_global_zero=self.rank == 0)
         self.preempt_signals = list(cfg.get("preempt_signals") or [])
         self._logger = None
+        from reconattack.engine.diagnostics import RunDiagnostics
+
+        # the collapse checks (conf/diagnostics/); their settings are checked here, before any work
+        self.diagnostics = RunDiagnostics(cfg.get("diagnostics"), self.run_dir, is_global_zero=self.rank == 0)
         from reconattack.engine.tracking import image_policy
 
         image_policy(cfg.get("logger"))  # a misspelt logger.images is refused before any work

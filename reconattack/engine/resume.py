@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = "state"
 #: settings a resumed run may change: they do not change what the run computes
 FREE_KEYS = ("resume", "data.num_workers", "logger", "trainer.callbacks", "trainer.enable_progress_bar",
-             "preempt_signals")
+             "preempt_signals", "diagnostics")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

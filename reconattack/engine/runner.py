@@ -5,9 +5,10 @@ check the configuration (:func:`check_config`) and that the machine has the trai
 can read its leak, that every input is there and that the networks take the configured sizes →
 prepare the threat (data, caches, artifacts) → fit the attack's stages in order, one Lightning
 Trainer each, with checkpoints → evaluate the final stage and the threat's controls in one
-streaming pass through the shared metrics callback → ``samples/`` and the flat metrics (the
-caller writes ``metrics.json``). ``resume=true`` continues a stopped run where it was
-(:mod:`reconattack.engine.resume`).
+streaming pass through the shared metrics callback and the collapse checks
+(:mod:`reconattack.engine.diagnostics`) → ``samples/`` and the flat metrics with the checks'
+``warnings`` (the caller writes ``metrics.json``). ``resume=true`` continues a stopped run where
+it was (:mod:`reconattack.engine.resume`).
 
 Nothing here names an attack or a threat model: they come from ``cfg.threat`` and ``cfg.attack``
 (``_target_``), and their configs travel down into them; the runner reads only the generic
@@ -37,6 +38,7 @@ from reconattack.engine.resume import (
 )
 from reconattack.engine.tracking import ValidationSamples
 from reconattack.errors import ConfigError, NonFiniteLossError, UserError
+from reconattack.metrics.diagnostics import WARNINGS_KEY
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
 from reconattack.utils.config import build
@@ -197,8 +199,10 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     dm = threat.datamodule(iterations)
     dm.setup("fit")
     last = last_checkpoint(ctx.run_dir, stage)
+    history = ctx.diagnostics.loss_history(iterations)
     callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS, log_prefix=f"{stage}/"), RNGState(),
-                 Preemption(last, ctx.preempt_signals, stage), ValidationSamples(stage, attack.num_samples)]
+                 Preemption(last, ctx.preempt_signals, stage), ValidationSamples(stage, attack.num_samples),
+                 *([history] if history is not None else [])]
     if attack.checkpoint_every:
         callbacks.append(LatestState(last, attack.checkpoint_every * per_iteration))
     resume = require_file(attack.resume.get(stage), f"attack.resume.{stage}") or ctx.state.latest_state(stage)
@@ -221,6 +225,7 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     # said explicitly, else Lightning logs that it defaulted to it
     trainer.save_checkpoint(str(ckpt), weights_only=False)
     log.info("stage %s: checkpoint %s", stage, ckpt)
+    ctx.diagnostics.stage_done(stage, history, threat.attack_row)  # the loss checks: diagnostics/<stage>.json
     return ckpt
 
 
@@ -335,14 +340,23 @@ class ReleaseFreedMemory(pl.Callback):
         release_freed_memory()
 
 
+def _paired_row(ctx: RunContext, threat: ThreatModel) -> str | None:
+    """The metrics row of the threat's control that runs the trained attack on another image's
+    input (``diagnostics.outputs.shuffled_control``; None where the threat has none)."""
+    control = ctx.diagnostics.cfg.shuffled_control
+    return threat.control_rows().get(str(control)) if control else None
+
+
 def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
              stage: AttackStage | None) -> dict:
-    """The final evaluation; returns ``{"<row>/<metric>": value}`` and writes the sample grid."""
+    """The final evaluation; returns ``{"<row>/<metric>": value}`` and writes the sample grid.
+    The output collapse checks run in the same pass (``ctx.diagnostics``)."""
     evaluator = Evaluator(stage, threat.scoring(), threat.attack_row, threat.control_rows(),
                           threat.visualise, attack.num_samples if attack is not None else 8)
     cb = ctx.metric_callback(("test",))
     dm = threat.datamodule()
-    trainer = ctx.trainer("evaluation", callbacks=[cb, ReleaseFreedMemory()],
+    checks = ctx.diagnostics.output_checks(threat.attack_row, _paired_row(ctx, threat)) if stage is not None else None
+    trainer = ctx.trainer("evaluation", callbacks=[cb, ReleaseFreedMemory(), *([checks] if checks else [])],
                           first_step=first_steps(attack)["evaluation"])
     trainer.test(evaluator, datamodule=dm, verbose=False)
     if ctx.is_global_zero:
@@ -376,6 +390,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = dict(threat.prepare(ctx))
         final = fit_attack(ctx, threat, attack) if attack is not None else None
         metrics.update(evaluate(ctx, threat, attack, final))
+        if ctx.diagnostics.enabled:  # a flag beside the numbers: reconattack/metrics/diagnostics.py
+            metrics[WARNINGS_KEY] = ctx.diagnostics.report(list(attack.stages) if attack is not None else [])
     except BaseException:
         ctx.close_logger(status="failed")
         raise
