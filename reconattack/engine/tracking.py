@@ -16,7 +16,9 @@
 - :class:`ValidationSamples` — a grid of target | reconstruction at every validation (on disk,
   ``samples/val/``, when the images stay local).
 - :func:`finish` — the final metrics, the final sample grids, ``metrics.json`` as the W&B run
-  summary; a W&B run is finished so the next job of a sweep in this process starts its own.
+  summary (with the collapse checks' ``warnings``, their count, and the tag ``flagged`` on a
+  flagged run: :func:`wandb_summary`); a W&B run is finished so the next job of a sweep in this
+  process starts its own.
 - :func:`log_report_tables` — the report's tables (``python -m reconattack.report``) as W&B
   Tables, in a ``report`` run of each group the jobs logged to.
 """
@@ -35,6 +37,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from reconattack.metrics.diagnostics import WARNINGS_KEY, warnings_of
 from reconattack.utils.files import atomic_write_text
 from reconattack.utils.grids import grid, save_grid
 
@@ -272,8 +275,24 @@ def finish(logger, metrics: Mapping[str, Any], images: Mapping[str, Path] | None
     logger.finalize(status)
     if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
         if status == "success":
-            logger.experiment.summary.update(dict(metrics))
+            logger.experiment.summary.update(wandb_summary(metrics))
+            if warnings_of(metrics):  # a flagged run stands out in the project's run list
+                logger.experiment.tags = (*(logger.experiment.tags or ()), FLAGGED_TAG)
         logger.experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+#: the W&B tag of a run whose collapse checks flagged it (:mod:`reconattack.metrics.diagnostics`)
+FLAGGED_TAG = "flagged"
+
+
+def wandb_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The W&B run summary of a run's final ``metrics``: ``metrics.json`` as it is (its
+    ``warnings`` list of the collapse checks included), and ``warnings_count``, a number W&B's run
+    table can filter and sort on, when the checks ran."""
+    out = dict(metrics)
+    if WARNINGS_KEY in metrics:
+        out["warnings_count"] = len(warnings_of(metrics))
+    return out
 
 
 def wandb_group(experiment: str, sweep: str | None) -> str:

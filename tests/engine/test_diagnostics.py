@@ -25,6 +25,17 @@ def _constant(monkeypatch) -> None:
     monkeypatch.setattr(CFGANStage, "reconstruct", lambda self, batch: torch.full_like(batch["target"], -0.1))
 
 
+def _perfect(monkeypatch) -> None:
+    """A perfect attack: the image of the SIFT map it is given (another image's for the shuffled
+    control, within the batch)."""
+    def reconstruct(self, batch):
+        if batch["input"] is batch.get("shuffled_input"):
+            return torch.roll(batch["target"], 1, 0)
+        return batch["target"]
+
+    monkeypatch.setattr(CFGANStage, "reconstruct", reconstruct)
+
+
 def test_a_collapsed_attack_is_flagged_and_its_numbers_stay(tmp_path, monkeypatch, capsys):
     _constant(monkeypatch)
     metrics = run(compose_cfg(coarse_only(tmp_path)))
@@ -43,14 +54,7 @@ def test_a_collapsed_attack_is_flagged_and_its_numbers_stay(tmp_path, monkeypatc
 
 
 def test_an_attack_that_reads_its_input_is_not_flagged(tmp_path, monkeypatch):
-    """A perfect attack: the image of the SIFT map it is given (another image's for the shuffled
-    control, within the batch)."""
-    def reconstruct(self, batch):
-        if batch["input"] is batch.get("shuffled_input"):
-            return torch.roll(batch["target"], 1, 0)
-        return batch["target"]
-
-    monkeypatch.setattr(CFGANStage, "reconstruct", reconstruct)
+    _perfect(monkeypatch)
     metrics = run(compose_cfg(coarse_only(tmp_path)))
     assert metrics["warnings"] == []
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == []
@@ -132,3 +136,26 @@ def test_a_continued_stage_keeps_the_losses_before_its_restart(tmp_path):
     (tmp_path / "whole" / "run" / "metrics.json").unlink()
     again = run(compose_cfg([*over, "resume=true"]))
     assert [w for w in again["warnings"] if w.get("stage")] == [w for w in whole["warnings"] if w.get("stage")]
+
+
+# ------------------------------------------------------------------------------ W&B
+def test_wandb_gets_the_warnings_in_the_summary_and_a_tag(tmp_path, monkeypatch):
+    from tests.engine.test_tracking import _offline_runs, wandb_run_contents
+
+    _constant(monkeypatch)
+    metrics = run(compose_cfg(coarse_only(tmp_path, "logger=wandb")))
+    (wandb_run,) = _offline_runs(tmp_path / "run")
+    contents = wandb_run_contents(wandb_run)
+    assert contents["summary"]["warnings"] == metrics["warnings"] != []
+    assert contents["summary"]["warnings_count"] == len(metrics["warnings"])
+    assert "flagged" in contents["tags"]
+
+
+def test_wandb_summary_of_a_run_not_flagged(tmp_path, monkeypatch):
+    from tests.engine.test_tracking import _offline_runs, wandb_run_contents
+
+    _perfect(monkeypatch)
+    run(compose_cfg(coarse_only(tmp_path, "logger=wandb")))
+    contents = wandb_run_contents(_offline_runs(tmp_path / "run")[0])
+    assert contents["summary"]["warnings"] == [] and contents["summary"]["warnings_count"] == 0
+    assert "flagged" not in contents["tags"]
