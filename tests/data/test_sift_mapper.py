@@ -94,7 +94,8 @@ def test_the_threat_and_its_data_module_share_one_mapper(tmp_path):
     from tests.helpers import compose_cfg, experiment_overrides
 
     cfg = compose_cfg([*experiment_overrides(None, tmp_path), "defence=sift", "defence.descriptor_bits=3",
-                       "threat.compress=false", "threat.placement=sli"])
+                       "threat.compress=false", "threat.placement=sli",
+                       "threat.stored.colmap=null", "threat.stored.colmap_native=null"])  # (COLMAP rows need pycolmap)
     threat = build_threat(cfg)
     mapper = threat.mapper
     assert mapper is threat.dm.mapper and mapper.defence == SiftDefence(descriptor_bits=3)
