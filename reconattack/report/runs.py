@@ -253,7 +253,9 @@ def group_jobs(jobs: list[Job], options: Options) -> tuple[list[Group], list[str
 
 
 def metric_names(groups: list[Group]) -> list[str]:
-    names = {k for g in groups for j in g.finished for k in j.metrics}
+    """The metrics of the finished runs: every key of their ``metrics.json`` that holds a number or
+    a text (not the collapse checks' ``warnings`` list, which marks rows instead)."""
+    names = {k for g in groups for j in g.finished for k, v in j.metrics.items() if not isinstance(v, (list, dict))}
     return sorted(names, key=lambda k: (k not in MAIN_METRICS,
                                         MAIN_METRICS.index(k) if k in MAIN_METRICS else 0, k))
 

@@ -15,6 +15,7 @@ import yaml
 
 from reconattack.defences.base import META_KEYS
 from reconattack.errors import ConfigError, InputNotFoundError
+from reconattack.metrics.diagnostics import warnings_of
 from reconattack.report.runs import (
     EMPTY,
     Group,
@@ -150,6 +151,45 @@ class Row:
     prefix: str = ""  # metrics prefix (attack_row or a control's row)
     of: str = ""  # paper rows: the label of the row they sit beside
     source: str = ""  # paper rows: "paper: <source>, <tables>"
+
+    def flags(self) -> list[Flag]:
+        """The collapse checks' warnings of this row in its runs (``metrics.json``'s ``warnings``
+        naming the row's metrics prefix), per block (:func:`row_flags`)."""
+        return row_flags(self) if self.kind != "paper" else []
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags())
+
+
+@dataclass
+class Flag:
+    """A collapse warning of a row: the runs of its block's setting that have it (their job
+    names), of how many finished runs, and the message (:mod:`reconattack.metrics.diagnostics`)."""
+
+    block: str
+    check: str
+    message: str
+    jobs: list[str]
+    runs: int
+
+
+def row_flags(row: Row) -> list[Flag]:
+    """The warnings of ``row`` in the finished runs of each block's setting, one :class:`Flag` per
+    block, check and message."""
+    out: dict[tuple, Flag] = {}
+    for block, g in row.groups.items():
+        for job in g.finished:
+            for w in warnings_of(job.metrics, row.prefix):
+                key = (block, str(w.get("check")), str(w.get("message")))
+                flag = out.setdefault(key, Flag(block, key[1], key[2], [], len(g.finished)))
+                flag.jobs.append(job.name)
+    return list(out.values())
+
+
+def group_flagged(g: Group) -> int:
+    """How many finished runs of a setting the collapse checks flagged (any row)."""
+    return sum(bool(warnings_of(j.metrics)) for j in g.finished)
 
 
 @dataclass

@@ -9,9 +9,18 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
+from reconattack.metrics.diagnostics import MARK, MEANING, warnings_of
 from reconattack.report.figures import figure_path, write_grids, write_plots
 from reconattack.report.runs import EMPTY, MISSING, Options, Stat
-from reconattack.report.tables import ARROWS, Report, build_report, reported
+from reconattack.report.tables import (
+    ARROWS,
+    Report,
+    Row,
+    Table,
+    build_report,
+    group_flagged,
+    reported,
+)
 from reconattack.utils.files import atomic_write_text
 
 TEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
@@ -70,17 +79,23 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
 
     md += ["", "## All metrics", ""]
     md += _md_table(["setting", "runs", "no result"] + report.metrics,
-                    [[g.setting, str(len(g.finished)), str(len(g.jobs) - len(g.finished))]
+                    [[_marked(g.setting, group_flagged(g) > 0), str(len(g.finished)), str(len(g.jobs) - len(g.finished))]
                      + [cell(g.stats.get(m, EMPTY)) for m in report.metrics] for g in report.groups])
+    if any(group_flagged(g) for g in report.groups):
+        md += ["", f"{MARK} a run of the setting was flagged by its collapse checks (\"Warnings\" below)."]
     if report.tables:
         md += ["", "## Paper layout"]
     for table in report.tables:
         heading = report.layout.title + (f": {table.title}" if table.title else "")
         several = len(table.blocks) > 1
         head = ["row"] + [f"{b + ': ' if several else ''}{c} {ARROWS[d]}" for b in table.blocks for c, d in table.columns]
-        lines = [[r.label] + [cell(r.cells.get(b, {}).get(c, EMPTY)) for b in table.blocks for c, _ in table.columns]
+        lines = [[_marked(r.label, r.flagged).replace("|", "\\|")]
+                 + [cell(r.cells.get(b, {}).get(c, EMPTY)) for b in table.blocks for c, _ in table.columns]
                  for r in table.rows]
         md += ["", f"### {heading}", ""] + _md_table(head, lines)
+        legend = _legend(table)
+        if legend:
+            md += ["", legend[0], ""] + [f"- {line}".replace("|", "\\|") for line in legend[1:]]
         if table.settings:
             md += ["", f"Settings: {table.settings}."]
         if table.paper_note:
@@ -100,6 +115,14 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
                    + ", ".join(f"`{t}`" for t in titles) + f" (the first {report.options.grid_rows} held-out images at most, from the first "
                    f"finished run of each setting). The tiles at their own pixels, untitled: `{path.name}`.", ""]
         md += [f"- {n}" for n in report.notes]
+    flagged = [j for j in jobs if j.status == "finished" and warnings_of(j.metrics)]
+    if flagged:
+        md += ["", "## Warnings", "", f"The runs' collapse checks (`warnings` in their metrics.json; "
+               f"conf/diagnostics/): {MEANING}.", ""]
+        md += _md_table(["job", "row", "check", "value", "threshold", "message"],
+                        [[j.name, str(w.get("row")), str(w.get("check")), str(w.get("value", "")),
+                          str(w.get("threshold", "")), str(w.get("message", ""))]
+                         for j in flagged for w in warnings_of(j.metrics)])
     bad = [j for j in jobs if j.status != "finished"]
     if bad:
         common = set(report.common)
@@ -110,6 +133,26 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
     if reasons:
         md += ["", "Metrics the runs reported as missing (no pretrained weights):", ""] + [f"- {r}" for r in reasons]
     return "\n".join(md) + "\n"
+
+
+def _marked(label: str, flagged: bool) -> str:
+    """A row's or a setting's label, with the collapse mark when a run of it was flagged."""
+    return f"{label} {MARK}" if flagged else label
+
+
+def _legend(table: Table) -> list[str]:
+    """Under a table with flagged rows: what the mark means, then a line per row, block and
+    warning (how many of the setting's runs have it, which)."""
+    lines = []
+    for r in table.rows:
+        for f in r.flags():
+            where = f", {f.block}" if len(table.blocks) > 1 else ""
+            runs = (f" ({len(f.jobs)} of {f.runs} runs: {', '.join(f.jobs)})" if f.runs > 1
+                    else f" (run {f.jobs[0]})" if f.jobs[0] != "." else "")
+            lines.append(f"{r.label}{where}{runs}: {f.message}")
+    if not lines:
+        return []
+    return [f"{MARK} flagged by the runs' collapse checks (`warnings` in metrics.json): {MEANING}."] + lines
 
 
 def _possessive(name: str) -> str:
@@ -155,20 +198,22 @@ def _write_csv(report: Report) -> list[Path]:
     root = report.root
     with io.StringIO(newline="") as f:
         w = csv.writer(f)
-        w.writerow(["setting", "runs", "no result"] + [c for m in report.metrics for c in (f"{m} mean", f"{m} std", f"{m} n")])
+        w.writerow(["setting", "runs", "no result"] + [c for m in report.metrics for c in (f"{m} mean", f"{m} std", f"{m} n")]
+                   + ["flagged runs"])
         for g in report.groups:
             row = [g.setting, len(g.finished), len(g.jobs) - len(g.finished)]
             for m in report.metrics:
                 s = g.stats.get(m, EMPTY)
                 row += [s.mean, "" if s.std is None else s.std, s.n] if s.mean is not None else [s.text, "", s.n]
-            w.writerow(row)
+            w.writerow(row + [group_flagged(g)])
         out = [atomic_write_text(root / "report.csv", f.getvalue())]
     if report.tables:
         with io.StringIO(newline="") as f:
             w = csv.writer(f)
-            w.writerow(["table", "block", "row", "source", "column", "mean", "std", "n", "text"])
+            w.writerow(["table", "block", "row", "source", "column", "mean", "std", "n", "text", "flagged runs"])
             for t in report.tables:
                 for r in t.rows:
+                    flagged = _flagged_runs(r)
                     for b in t.blocks:
                         for c, _ in t.columns:
                             s = r.cells.get(b, {}).get(c)
@@ -176,16 +221,23 @@ def _write_csv(report: Report) -> list[Path]:
                                 continue
                             w.writerow([t.title, b, r.of or r.label, r.source or "ours", c,
                                         "" if s.mean is None else s.mean, "" if s.std is None else s.std,
-                                        "" if r.kind == "paper" else s.n, s.text])
+                                        "" if r.kind == "paper" else s.n, s.text,
+                                        "" if r.kind == "paper" else flagged.get(b, 0)])
             out.append(atomic_write_text(root / "report_layout.csv", f.getvalue()))
     return out
+
+
+def _flagged_runs(row: Row) -> dict[str, int]:
+    """``{block: how many of its setting's runs flagged this row}``."""
+    return {b: sum(bool(warnings_of(j.metrics, row.prefix)) for j in g.finished) for b, g in row.groups.items()}
 
 
 # ------------------------------------------------------------------------------ LaTeX
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "†": r"$^\dagger$", "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
+        "±": r"$\pm$", "†": r"$^\dagger$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
+        MARK: r"\textsuperscript{(!)}"}
 
 
 def tex_escape(text: str) -> str:
@@ -235,11 +287,13 @@ def _tex(report: Report) -> str:
             if r.kind == "paper":
                 label = r"\textit{$^\dagger$ " + tex_escape(r.label.removeprefix("† ")) + "}"
             else:
-                label = tex_escape(r.label)
+                label = tex_escape(_marked(r.label, r.flagged))
             cells = [_tex_cell(r.cells.get(b, {}).get(c, EMPTY), d) for b in t.blocks for c, _ in t.columns]
             out.append(" & ".join([label] + cells) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
-        for text in (f"Settings: {t.settings}." if t.settings else "", t.paper_note):
+        legend = _legend(t)
+        for text in (f"Settings: {t.settings}." if t.settings else "", t.paper_note,
+                     legend[0] if legend else ""):
             if text:
                 out += [r"\par\smallskip\footnotesize " + tex_escape(text)]
         out += [r"\end{table}", ""]
