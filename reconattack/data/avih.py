@@ -253,12 +253,12 @@ class BinGallery:
         pool = 0 if pool is None else int(pool)
         order = np.random.default_rng(seed).permutation(n_pairs)  # pool first, then held-out candidates
         digest = [image_digest(im) for im in images]  # at the stored size: the same photo, the same bytes
-        held_pool = {digest[2 * p] for p in order[:pool]}
+        pool_photos = {digest[2 * p] for p in order[:pool]}
         held, removed = [], 0
         for p in order[pool:]:
             if len(held) == n_gallery - pool:
                 break
-            if digest[2 * p] in held_pool or digest[2 * p + 1] in held_pool:
+            if digest[2 * p] in pool_photos or digest[2 * p + 1] in pool_photos:
                 removed += 1
             else:
                 held.append(p)
@@ -269,11 +269,10 @@ class BinGallery:
             log.info("%s: %d held-out candidate pair(s) passed over: they share a photo with the "
                      "attacker's pool", path, removed)
         chosen = np.concatenate([order[:pool], np.asarray(held, np.int64)]).astype(np.int64)
-        images = _fit_size(images, size, str(path))
         unknown = np.full(n_gallery, -1, np.int64)
-        gallery = ImageSet(images[2 * chosen], unknown, [f"{path.name}#pair{i}/0" for i in chosen])
-        queries = ImageSet(images[2 * chosen + 1], unknown.copy(),
-                           [f"{path.name}#pair{i}/1" for i in chosen])
+        pairs = _fit_size(images[np.stack([2 * chosen, 2 * chosen + 1], axis=1).ravel()], size, str(path))
+        gallery = ImageSet(pairs[0::2], unknown, [f"{path.name}#pair{i}/0" for i in chosen])
+        queries = ImageSet(pairs[1::2], unknown.copy(), [f"{path.name}#pair{i}/1" for i in chosen])
         same = np.arange(n_gallery, dtype=np.int64)
         return GalleryParts(gallery, queries, same, same.copy(), is_same[chosen].astype(bool),
                             heldout_removed=removed)
