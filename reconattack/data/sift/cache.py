@@ -153,9 +153,9 @@ class SiftCache:
             atomic_write_bytes(info, json.dumps(self.settings, indent=2).encode())
         self._dir_ready = True
 
-    def extract(self, image: np.ndarray, with_strength: bool = False) -> tuple[np.ndarray, ...]:
+    def extract(self, image: np.ndarray, with_strength: bool = False, with_scale: bool = False) -> tuple[np.ndarray, ...]:
         """:func:`extract` with this cache's settings (not cached)."""
-        return extract(image, self.contrast_threshold, self.features, self.colmap, with_strength)
+        return extract(image, self.contrast_threshold, self.features, self.colmap, with_strength, with_scale)
 
     def _compute_and_store(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         entry = self.extract(image, with_strength=True)
@@ -164,22 +164,28 @@ class SiftCache:
         return entry
 
     # -- public API ----------------------------------------------------------------------
-    def get(self, image: np.ndarray, with_strength: bool = False) -> tuple[np.ndarray, ...]:
+    def get(self, image: np.ndarray, with_strength: bool = False, with_scale: bool = False) -> tuple[np.ndarray, ...]:
         """SIFT of ``image`` from the cache, computed and stored on a miss.
 
         Args:
             image: uint8 ``(H, W, 3)`` RGB in ``[0, 255]`` (as passed to :func:`extract`).
             with_strength: also each keypoint's strength (:func:`extract`).
+            with_scale: also each keypoint's scale (:func:`extract`). COLMAP's entries hold it
+                (their strength is the scale); OpenCV's do not (their strength is the detector
+                response, and the entry format stays 3), so OpenCV's SIFT is then extracted
+                afresh, not cached: the same keypoints in the same order.
 
         Returns:
             ``(xy, desc)`` as :func:`extract`: float32 ``(N, 2)``, uint8 ``(N, 128)``; with
-            ``with_strength`` also float32 ``(N,)``.
+            ``with_strength`` also float32 ``(N,)``; then with ``with_scale`` float32 ``(N,)``.
         """
+        if with_scale and self.features != "colmap":
+            return self.extract(image, with_strength, with_scale=True)
         path = self.path(image)
         entry = self._read(path)
         if entry is None:
             entry = self._compute_and_store(image, path)
-        return entry if with_strength else entry[:2]
+        return entry[:2] + (entry[2],) * (int(with_strength) + int(with_scale))
 
     def __contains__(self, image: np.ndarray) -> bool:
         """True when an entry for ``image`` exists (it is not validated)."""

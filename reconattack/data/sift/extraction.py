@@ -3,7 +3,7 @@ detector per process, thread and setting.
 
 :func:`extract` runs SIFT on an image as given (no resize) and returns the *sparse* result:
 keypoint coordinates in OpenCV's pixel convention (the top-left pixel's centre at (0, 0)), uint8
-descriptors and, on request, each keypoint's strength. What the features become next lives beside
+descriptors and, on request, each keypoint's strength and scale. What the features become next lives beside
 it: :mod:`~reconattack.data.sift.cache` keeps them on disk, :mod:`~reconattack.data.sift.mapper`
 turns them into the model's input map.
 """
@@ -80,7 +80,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 def extract_colmap(image: np.ndarray, options: dict | None = None,
-                   with_strength: bool = False) -> tuple[np.ndarray, ...]:
+                   with_strength: bool = False, with_scale: bool = False) -> tuple[np.ndarray, ...]:
     """COLMAP's SIFT (pycolmap, CPU) on an RGB image, as given: what a structure-from-motion or
     localisation system stores in its database. The grey image is OpenCV's ``RGB2GRAY``;
     ``FeatureExtractor.create(FeatureExtractionOptions(), device=cpu).extract_from_uint8_array``
@@ -89,28 +89,29 @@ def extract_colmap(image: np.ndarray, options: dict | None = None,
     (0.5, 0.5), OpenCV at (0, 0): 0.5 is subtracted so that the coordinates follow OpenCV's, as
     the maps place them. Returns ``(xy, desc)`` as :func:`extract` (COLMAP's uint8 descriptors as
     stored; with ``with_strength`` also each keypoint's scale, what COLMAP keeps first when it
-    limits the number of features: it stores no detector response)."""
+    limits the number of features: it stores no detector response; with ``with_scale`` that
+    scale again, as :func:`extract` returns it)."""
     grey = _grey(image)
     keypoints, descriptors = _colmap_extractor(colmap_options_key(options)).extract_from_uint8_array(grey)
     if len(keypoints) == 0:
-        return _empty(with_strength)
+        return _empty(with_strength, with_scale)
     xy = np.asarray([(k.x, k.y) for k in keypoints], dtype=np.float32).reshape(-1, 2) - 0.5
     desc = np.asarray(descriptors.data)
     if desc.dtype != np.uint8:  # float descriptors (other options): COLMAP's own uint8 conversion
         desc = np.clip(np.rint(desc * 512), 0, 255).astype(np.uint8)
     out = (xy, np.array(desc.reshape(-1, DESC_DIM), dtype=np.uint8))  # a writable copy
-    if with_strength:
-        out += (np.asarray([k.compute_scale() for k in keypoints], dtype=np.float32),)
-    return out
+    scale = np.asarray([k.compute_scale() for k in keypoints], dtype=np.float32)
+    return out + (scale,) * (int(with_strength) + int(with_scale))
 
 
-def _empty(with_strength: bool) -> tuple[np.ndarray, ...]:
+def _empty(with_strength: bool, with_scale: bool = False) -> tuple[np.ndarray, ...]:
     out = (np.zeros((0, 2), np.float32), np.zeros((0, DESC_DIM), np.uint8))
-    return out + (np.zeros(0, np.float32),) if with_strength else out
+    return out + (np.zeros(0, np.float32),) * (int(with_strength) + int(with_scale))
 
 
 def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str = "opencv",
-            colmap: dict | None = None, with_strength: bool = False) -> tuple[np.ndarray, ...]:
+            colmap: dict | None = None, with_strength: bool = False,
+            with_scale: bool = False) -> tuple[np.ndarray, ...]:
     """Run SIFT on an RGB image, as given (no resize): OpenCV's (``features="opencv"``, the CFGAN
     paper's) or COLMAP's (``"colmap"``, :func:`extract_colmap` with the ``colmap`` options).
 
@@ -126,23 +127,31 @@ def extract(image: np.ndarray, contrast_threshold: float = 0.03, features: str =
         with_strength: also return each keypoint's strength, float32 ``(N,)``: OpenCV's detector
             response (``KeyPoint.response``); COLMAP's scale (:func:`extract_colmap`). What a
             system keeps when it shares its strongest keypoints (``defence.select=response``).
+        with_scale: also each keypoint's scale, float32 ``(N,)``: the standard deviation (in
+            the image's pixels) of the Gaussian it was detected at, the SIFT ``sigma``: OpenCV's
+            ``KeyPoint.size / 2`` (OpenCV's size is the diameter ``2 sigma``), COLMAP's scale
+            (``compute_scale``). What :mod:`~reconattack.data.sift.stats` compares.
 
     Returns:
         ``(xy, desc)``: ``xy`` float32 ``(N, 2)``, OpenCV keypoint coordinates ``(x, y)`` in
         pixels (``x`` along the width), in OpenCV's keypoint order; ``desc`` uint8
         ``(N, 128)`` in ``[0, 255]`` (OpenCV's float descriptors, rounded and clipped).
-        ``N`` may be 0: shapes ``(0, 2)`` and ``(0, 128)``.
+        ``N`` may be 0: shapes ``(0, 2)`` and ``(0, 128)``. Then the strength and the scale,
+        each when asked for, in that order.
     """
     if features == "colmap":
-        return extract_colmap(image, colmap, with_strength)
+        return extract_colmap(image, colmap, with_strength, with_scale)
     if features != "opencv":
         raise ConfigError(f"threat.features must be one of {FEATURES}, got {features!r}")
     grey = _grey(image)
     keypoints, desc = _detector(contrast_threshold).detectAndCompute(grey, None)
     if not keypoints or desc is None:
-        return _empty(with_strength)
+        return _empty(with_strength, with_scale)
     xy = np.asarray(cv2.KeyPoint_convert(keypoints), dtype=np.float32).reshape(-1, 2)
     desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
+    out: tuple[np.ndarray, ...] = (xy, desc)
     if with_strength:
-        return xy, desc, np.asarray([k.response for k in keypoints], dtype=np.float32)
-    return xy, desc
+        out += (np.asarray([k.response for k in keypoints], dtype=np.float32),)
+    if with_scale:
+        out += (np.asarray([k.size / 2 for k in keypoints], dtype=np.float32),)
+    return out
