@@ -49,6 +49,7 @@ from reconattack.data.sampling import (
 from reconattack.data.sift.cache import SiftCache
 from reconattack.data.sift.extraction import FEATURES
 from reconattack.data.sift.mapper import SiftMapper, evaluation_key, training_key
+from reconattack.data.sift.stats import KeypointStats, summarise
 from reconattack.defences.sift import sift_defence
 from reconattack.errors import ConfigError, InputNotFoundError
 from reconattack.utils.config import build
@@ -113,33 +114,47 @@ def drop_unreadable(split: dict[str, list[str]], unreadable: Any) -> dict[str, l
 STORED_SIZES = ("model", "native")
 
 
+#: the scale filters a stored-features row may apply (:class:`StoredVariant`)
+SCALE_FILTERS = ("training",)
+
+
 @dataclass(frozen=True)
 class StoredVariant:
     """One way another system may have stored the held-out images' SIFT (``threat.stored``):
     ``features`` (``opencv`` | ``colmap``) extracted from the image at ``size`` (``"model"``: the
     model's ``data.image_size``; ``"native"``: as its source stores it; a float: that factor of
-    the model's size, the source image resized to it), then mapped onto the model's grid."""
+    the model's size, the source image resized to it), then mapped onto the model's grid; with
+    ``scale_filter="training"`` only the keypoints whose scale on the model's grid lies in the
+    range training saw are kept (:mod:`reconattack.data.sift.stats`, as ``invert --scale-filter
+    training`` keeps them)."""
 
     name: str
     features: str
     size: str | float
+    scale_filter: str | None = None
 
 
 def stored_variants(spec: Any, own_features: str) -> list[StoredVariant]:
     """``threat.stored`` (``{row name: {features: opencv | colmap | null, size: model | native |
-    factor}}``, ``features: null`` = the threat's own) as variants, in order. A variant that is
-    the training features themselves (own features at the model's size), or repeats an earlier one,
-    is left out with a log line: its row would be ``test`` or that one again; a ``null`` entry is left
-    out (an experiment drops a default row so)."""
+    factor, scale_filter: training | null}}``, ``features: null`` = the threat's own) as variants,
+    in order. A variant that is the training features themselves (own features at the model's
+    size, unfiltered), or repeats an earlier one, is left out with a log line: its row would be
+    ``test`` or that one again; a ``null`` entry is left out (an experiment drops a default row
+    so)."""
     out: list[StoredVariant] = []
-    seen = {(own_features, "model"): "test"}
+    seen = {(own_features, "model", None): "test"}
     for name, v in dict(spec or {}).items():
         if v is None:
             continue
         v = dict(v)
-        unknown = set(v) - {"features", "size"}
+        unknown = set(v) - {"features", "size", "scale_filter"}
         if unknown:
-            raise ConfigError(f"threat.stored.{name}: unknown key(s) {sorted(unknown)}; expected features, size")
+            raise ConfigError(f"threat.stored.{name}: unknown key(s) {sorted(unknown)}; expected features, size, "
+                              "scale_filter")
+        scale_filter = v.get("scale_filter")
+        if scale_filter is not None and scale_filter not in SCALE_FILTERS:
+            raise ConfigError(f"threat.stored.{name}.scale_filter must be one of {SCALE_FILTERS} or null, got "
+                              f"{scale_filter!r}")
         features = str(v.get("features") or own_features)
         if features not in FEATURES:
             raise ConfigError(f"threat.stored.{name}.features must be one of {FEATURES} or null, got {features!r}")
@@ -148,11 +163,11 @@ def stored_variants(spec: Any, own_features: str) -> list[StoredVariant]:
             raise ConfigError(f"threat.stored.{name}.size must be model, native or a positive factor of "
                               f"data.image_size, got {size!r}")
         size = "model" if size == 1 else size if isinstance(size, str) else float(size)
-        if (features, size) in seen:
-            log.info("threat.stored.%s is the same extraction as %r; left out", name, seen[features, size])
+        if (features, size, scale_filter) in seen:
+            log.info("threat.stored.%s is the same extraction as %r; left out", name, seen[features, size, scale_filter])
             continue
-        seen[features, size] = str(name)
-        out.append(StoredVariant(str(name), features, size))
+        seen[features, size, scale_filter] = str(name)
+        out.append(StoredVariant(str(name), features, size, scale_filter))
     return out
 
 
@@ -199,7 +214,8 @@ class SiftImageDataset(Dataset):
       ``"other_xy"`` / ``"other_desc"`` (the shuffled-SIFT control; independent of batching and of
       the process split); with ``stored`` (``[(variant, its cache)]``, :func:`stored_variants`)
       ``"stored"``: ``{name: (xy, desc)}``, the image's SIFT as that variant extracts it, mapped
-      onto the model's grid by the same mapper (:meth:`_stored`, as ``invert`` maps a database's).
+      onto the model's grid by the same mapper (:meth:`_stored`, as ``invert`` maps a database's),
+      a variant with a scale filter keeping the keypoints in :attr:`scale_range`.
     """
 
     def __init__(self, source, indices: Sequence[int], mapper: SiftMapper, cache: SiftCache,
@@ -210,6 +226,9 @@ class SiftImageDataset(Dataset):
         self.hflip, self.neighbour, self.shift = hflip, neighbour, int(shift)
         self.stored = list(stored)
         self.part = part
+        #: the training range of grid scales (:meth:`SiftDataModule.use_stats`) the stored rows
+        #: with ``scale_filter: training`` keep
+        self.scale_range: tuple[float, float] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -231,12 +250,14 @@ class SiftImageDataset(Dataset):
         return cache.get(img, with_strength=strength) if cached else cache.extract(img, with_strength=strength)
 
     def _share(self, feats: tuple, cache: SiftCache, k: int, seed: int | None,
-               source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               source_size: tuple[int, int] | None = None, scale: np.ndarray | None = None,
+               scale_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``feats`` (xy, desc[, strength]) of item ``k`` as the attacker holds them."""
         xy, desc, *strength = feats
         key = training_key(seed) if seed is not None else evaluation_key(self.part, k)
         return self.mapper.share(xy, desc, strength[0] if strength else None, source_size, key=key,
-                                 features=cache.features, exclude=self.indices[k])
+                                 features=cache.features, exclude=self.indices[k], scale=scale,
+                                 scale_range=scale_range)
 
     def _keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``k``'s keypoints at the model's size, unaugmented, as the attacker holds them."""
@@ -263,7 +284,8 @@ class SiftImageDataset(Dataset):
     def _stored(self, variant: StoredVariant, cache: SiftCache, raw: np.ndarray, img: np.ndarray,
                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The SIFT of item ``k``'s image ``raw`` (as its source stores it; ``img``: at the model's
-        size) as ``variant`` extracts it, keypoints on the model's grid, through the defence."""
+        size) as ``variant`` extracts it, keypoints on the model's grid (with its scale filter,
+        those whose grid scale is in :attr:`scale_range`), through the defence."""
         if variant.size == "model":
             image = img
         elif variant.size == "native":
@@ -271,8 +293,16 @@ class SiftImageDataset(Dataset):
         else:
             side = max(int(round(variant.size * self.image_size)), 1)
             image = resize(raw, side, source=f"threat.stored.{variant.name}")
-        xy, desc = self._share(self._features(image, cache), cache, k, None,
-                               source_size=None if image is img else image.shape[:2])
+        source_size = None if image is img else image.shape[:2]
+        if variant.scale_filter is None:
+            xy, desc = self._share(self._features(image, cache), cache, k, None, source_size=source_size)
+        else:
+            if self.scale_range is None:
+                raise ConfigError(f"threat.stored.{variant.name}.scale_filter={variant.scale_filter} keeps the "
+                                  "keypoints in the training range of scales, and this run has no training statistics")
+            *feats, scale = cache.get(image, with_strength=self.mapper.needs_strength, with_scale=True)
+            xy, desc = self._share(tuple(feats), cache, k, None, source_size=source_size, scale=scale,
+                                   scale_range=self.scale_range)
         return torch.from_numpy(xy), torch.from_numpy(desc)
 
 
@@ -319,7 +349,10 @@ class SiftDataModule(pl.LightningDataModule):
         val, test: fractions (< 1) or counts (>= 1) of the selected images; ``test: 1.0`` puts
             every image in the test split (generalisation sets such as FFHQ).
         max_images: random subset size before splitting (paper: 50,000 LSUN images), or None.
-        split_file: a ``split.json`` written by an earlier run; reused when given.
+        split_file: a ``split.json`` written by an earlier run; reused when given. Without it, a
+            source that fixes its own split (a ``fixed_split()`` method returning ``{"train":
+            [names], "val": [...], "test": [...]}``: :func:`reconattack.data.photos.photo_crops`,
+            whose test crops come from photos training never sees) gives it.
         run_dir: where ``split.json`` is written: the split, and the images this run could not
             read (``unreadable``: name -> error), left out of the part they fell in
             (:func:`drop_unreadable`). A run started again in the same directory with the same
@@ -473,6 +506,11 @@ class SiftDataModule(pl.LightningDataModule):
             if missing:
                 raise ConfigError(f"{len(missing)} image(s) of split file {path} are not in the data "
                                   f"source (e.g. {missing[0]!r})")
+        elif callable(getattr(source, "fixed_split", None)):  # the source's own (held-out photos)
+            split = {part: list(source.fixed_split().get(part, [])) for part in ("train", "val", "test")}
+            missing = [n for part in split.values() for n in part if n not in index_of]
+            if missing:
+                raise ConfigError(f"the data source's own split names {missing[0]!r}, which it does not hold")
         else:  # a function of the listing and the seed alone; what this run cannot read goes after
             split = make_split([names[i] for i in self._selected(names)], self.val, self.test,
                                self.selection_seed)
@@ -495,6 +533,31 @@ class SiftDataModule(pl.LightningDataModule):
                                                 stored=self.stored if part == "test" else (), part=part)
                          for part in split}
         log.info("data split: %s", {k: len(v) for k, v in split.items()})
+
+    # -- what training saw of its keypoints ------------------------------------------------
+    def keypoint_stats(self, max_images: int = 1000, scale_range: tuple[float, float] = (0.01, 0.99)
+                       ) -> KeypointStats | None:
+        """The keypoint statistics of the training split (:mod:`reconattack.data.sift.stats`):
+        the first ``max_images`` training images (the split's random order) at the model's size,
+        unaugmented, with the run's own SIFT (COLMAP's scales from the cache; OpenCV's extracted
+        again, the cache holding no scale); None without a training split."""
+        ds = self.datasets.get("train")
+        if ds is None or len(ds) == 0:
+            return None
+        scales = [self.cache.get(resize(ds.source.load(i), self.image_size), with_scale=True)[-1]
+                  for i in ds.indices[:max_images]]
+        return summarise(scales, self.cache.features, self.image_size, scale_range)
+
+    def use_stats(self, stats: KeypointStats | None) -> None:
+        """The training statistics the stored rows' scale filters keep the range of; a row with
+        a scale filter and no statistics (no training split) is a ConfigError."""
+        filtered = [v.name for v, _ in self.stored if v.scale_filter is not None]
+        if filtered and stats is None:
+            raise ConfigError(f"threat.stored.{filtered[0]}.scale_filter keeps the keypoints in the range of "
+                              "scales training saw, and this run has no training split to measure it on; set it "
+                              "to null")
+        for ds in self.datasets.values():
+            ds.scale_range = stats.scale_range if stats is not None else None
 
     def _references(self, source, train: list[int]) -> dict:
         """The reference images of ``defence.coordinates=withheld``: ``{features: [(source index,

@@ -32,8 +32,12 @@ A defence's random draws (``keep`` with ``select: random``, ``descriptor_noise``
 reference images' (:attr:`SiftMapper.references`: the first ``reference_images`` images of the
 attacker's own training split, per feature kind; an image is never its own reference).
 
-A keypoint filter of the images' own (for example by scale) belongs in :meth:`SiftMapper.share`,
-where it sees the keypoints in the source image's pixels, before the grid and the defence.
+The scale filter (``scale_range``: ``invert --scale-filter training``, a ``threat.stored`` row's
+``scale_filter: training``) is the first step of :meth:`SiftMapper.share`: it keeps the keypoints
+whose scale, mapped onto the model's grid (:func:`~reconattack.data.sift.stats.grid_scale`), lies in
+the range training saw (:mod:`reconattack.data.sift.stats`), before the grid and the defence: what a
+photo larger than the model's input holds beyond what the model learnt is left out, as if the
+system had shared only those keypoints.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import torch
 
 from reconattack.data.sift.extraction import DESC_DIM
 from reconattack.data.sift.maps import PLACEMENTS, build_maps, grid_xy, map_side
+from reconattack.data.sift.stats import grid_scale, in_range
 from reconattack.defences.sift import SiftDefence
 from reconattack.errors import ConfigError
 
@@ -141,9 +146,10 @@ class SiftMapper:
 
     def share(self, xy: np.ndarray, desc: np.ndarray, strength: np.ndarray | None = None,
               source_size: tuple[int, int] | None = None, *, key: Sequence[int], features: str = "opencv",
-              exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """What the attacker holds of one image: its keypoints on the model's grid, through the
-        defence.
+              exclude: int | None = None, scale: np.ndarray | None = None,
+              scale_range: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What the attacker holds of one image: with ``scale_range`` only its keypoints whose
+        grid scale lies in it, then its keypoints on the model's grid, through the defence.
 
         Args:
             xy: float (N, 2) keypoint (x, y) in the image's pixels (OpenCV's convention).
@@ -155,10 +161,23 @@ class SiftMapper:
             features: the keypoints' SIFT (``opencv`` | ``colmap``): which reference images place
                 them when coordinates are withheld.
             exclude: the image's source index (never its own reference).
+            scale: float (N,) keypoint scales in the image's pixels (SIFT sigma,
+                :func:`~reconattack.data.sift.extraction.extract` ``with_scale``); read by the
+                scale filter alone.
+            scale_range: ``(lo, hi)``: keep only the keypoints whose scale on the model's grid
+                (:func:`~reconattack.data.sift.stats.grid_scale`) is in ``[lo, hi]`` (order kept);
+                None: every keypoint.
 
         Returns:
             ``(xy, desc)``: float32 (M, 2) on the model's grid, uint8 (M, 128).
         """
+        if scale_range is not None:
+            if scale is None or len(scale) != len(xy):
+                raise ValueError(f"the scale filter needs a scale per keypoint ({len(xy)}), got "
+                                 f"{'none' if scale is None else len(scale)}")
+            keep = in_range(grid_scale(scale, source_size, self.image_size), scale_range)
+            xy, desc = np.asarray(xy)[keep], np.asarray(desc)[keep]
+            strength = None if strength is None else np.asarray(strength)[keep]
         if source_size is not None:
             xy = grid_xy(np.asarray(xy, np.float32), source_size, self.image_size)
         if self.defence is None:
