@@ -108,8 +108,10 @@ class OutputExistsError(UserError, FileExistsError):
 @dataclass
 class Features:
     """One image's stored features: ``xy`` float32 (N, 2) in OpenCV's pixel convention, ``desc``
-    uint8 (N, 128), the image's original ``size`` (H, W) and, when asked for, each keypoint's
-    ``strength`` float32 (N,) (COLMAP's scale; an ``.npz`` file's ``response``)."""
+    uint8 (N, 128), the image's original ``size`` (H, W), when asked for each keypoint's
+    ``strength`` float32 (N,) (COLMAP's scale; an ``.npz`` file's ``response``) and, when the
+    input holds it, each keypoint's ``scale`` float32 (N,): its SIFT sigma in the image's pixels
+    (a database's scale, an ``.npz`` file's ``scale`` or ``size / 2``)."""
 
     name: str
     xy: np.ndarray
@@ -117,6 +119,7 @@ class Features:
     size: tuple[int, int]
     extra: dict = field(default_factory=dict)
     strength: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -155,10 +158,13 @@ def _sqlite_uri(path: Path) -> str:
     return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
 
 
-def _check_strength(strength: np.ndarray, label: str, what: str) -> np.ndarray:
-    """``strength`` as float32 when every value is finite, else InvertInputError naming the image."""
+def _check_strength(strength: np.ndarray, label: str, what: str, low: float | None = None) -> np.ndarray:
+    """``strength`` as float32 when every value is finite (and at least ``low``), else
+    InvertInputError naming the image."""
     if not np.isfinite(strength).all():
         raise InvertInputError(f"{label}: keypoint {what} that is not finite (NaN or inf)")
+    if low is not None and len(strength) and float(strength.min()) < low:
+        raise InvertInputError(f"{label}: a keypoint {what[:-1]} of {float(strength.min()):.6g} (expected >= {low:g})")
     return strength.astype(np.float32)
 
 
@@ -271,16 +277,18 @@ class _Database:
         desc = self.blob("descriptors", image_id, d_shape, np.uint8, where)
         _check_xy(kp, size, where, low=0.0)
         xy = (kp - 0.5).astype(np.float32)  # COLMAP's pixel centres -> OpenCV's
+        scale = None  # 2 columns: x, y alone
+        if kp_shape[0] == 0:
+            scale = np.zeros(0, np.float32)
+        elif kp_shape[1] != 2:
+            scale = _check_strength(colmap_scale(blob), where, "scales", low=0.0)
         strength = None
         if self.strength:  # what the run's defence keeps the largest of (select: response)
-            if kp_shape[0] == 0:
-                strength = np.zeros(0, np.float32)
-            elif kp_shape[1] == 2:
+            if scale is None:
                 raise InvertInputError(f"{where}: its keypoints have 2 columns (x, y) and no scale, which the "
                                        "run's defence (defence.select=response) keeps the largest of")
-            else:
-                strength = _check_strength(colmap_scale(blob), where, "scales")
-        return Features(name, xy, desc, size, strength=strength)
+            strength = scale
+        return Features(name, xy, desc, size, strength=strength, scale=scale)
 
 
 def _is_int(value: Any) -> bool:
@@ -338,7 +346,9 @@ def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS,
                strength: bool = False) -> tuple[int, Iterator[Features]]:
     """``(count, features of each file)`` of OpenCV-style ``.npz`` feature files (checked as a
     database's are: sizes, at most ``max_keypoints`` keypoints, each inside its image); with
-    ``strength`` each file's ``response`` too ((N,) numbers: OpenCV's ``KeyPoint.response``)."""
+    ``strength`` each file's ``response`` too ((N,) numbers: OpenCV's ``KeyPoint.response``); a
+    file's keypoint scales when it holds them: ``scale`` (N,) (SIFT sigma, in pixels) or else
+    ``size`` (N,) (OpenCV's ``KeyPoint.size``, the diameter: sigma is half of it)."""
 
     def read() -> Iterator[Features]:
         for path in paths:
@@ -348,6 +358,7 @@ def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS,
                 with np.load(path, allow_pickle=False) as z:
                     kp, desc, size = z["keypoints"], z["descriptors"], z["image_size"]
                     response = z["response"] if strength and "response" in z.files else None
+                    given = next(((k, z[k]) for k in ("scale", "size") if k in z.files), None)
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 raise InvertInputError(f"{where}: not a features file with keypoints, descriptors and image_size "
                                        f"({_short(str(exc), 200)})") from None
@@ -372,7 +383,16 @@ def npz_images(paths: list[Path], max_keypoints: int = MAX_KEYPOINTS,
                                            f"keypoints of largest response, and the file's response is {found} "
                                            f"(expected {len(kp)} numbers)")
                 response = _check_strength(response.astype(np.float64), where, "responses")
-            yield Features(name, xy.astype(np.float32), np.ascontiguousarray(desc), hw, strength=response)
+            scale = None
+            if given is not None:
+                key, value = given
+                if value.shape != (len(kp),) or value.dtype.kind not in "fiu":
+                    raise InvertInputError(f"{where}: its {key} is {value.shape} {value.dtype} (expected {len(kp)} "
+                                           "numbers, one per keypoint)")
+                scale = _check_strength(value.astype(np.float64) / (2 if key == "size" else 1), where, "scales",
+                                        low=0.0)
+            yield Features(name, xy.astype(np.float32), np.ascontiguousarray(desc), hw, strength=response,
+                           scale=scale)
 
     return len(paths), read()
 
@@ -698,16 +718,63 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
         raise OutputExistsError(f"--out {out}: could not put the result there ({exc})") from None
 
 
+# ---------------------------------------------------------------- how far from training
+#: ``--scale-filter``: none, or keep the keypoints whose grid scale lies in the training range
+SCALE_FILTERS = ("none", "training")
+#: per-image warning lines printed before the summary line
+MAX_WARNING_LINES = 10
+
+
+def training_stats(run_dir: Path, features: str, image_size: int):
+    """``(statistics or None, what invert.json says of them)``: the run's ``sift_stats.json``
+    (:mod:`reconattack.data.sift.stats`), checked as untrusted; absent (a run made before they were
+    recorded) or refused, None and a ``status`` (``missing`` | ``refused``) with a message."""
+    from reconattack.data.sift.stats import STATS_FILE, StatsError, load_stats
+
+    path = run_dir / STATS_FILE
+    try:
+        stats = load_stats(path, features, image_size)
+    except FileNotFoundError:
+        return None, {"status": "missing", "message": f"no training statistics: the run directory holds no "
+                      f"{STATS_FILE} (a run made before they were recorded); how far each image lies from "
+                      "what the model learnt is not measured"}
+    except (StatsError, OSError) as exc:
+        return None, {"status": "refused", "message": f"the training statistics are not used: {exc}"}
+    return stats, {"status": "ok", "file": str(path), **stats.summary()}
+
+
+def _warn_summary(records: list[dict], note: dict, scale_filter: str) -> list[str]:
+    """The console lines of the inversion's warnings (logged once every image is done)."""
+    lines = [] if note["status"] == "ok" else [note["message"]]
+    unscaled = [r["name"] for r in records if r["keypoints"] and r["grid_scale"] is None]
+    if unscaled:
+        lines.append(f"{len(unscaled)} of {len(records)} images hold no keypoint scales (x, y only; e.g. "
+                     f"{_short(unscaled[0])}): their scales are not compared with training's")
+    flagged = [r for r in records if r.get("warnings")]
+    for r in flagged[:MAX_WARNING_LINES]:
+        lines.append(f"{r['name']}: " + "; ".join(w["message"] for w in r["warnings"]))
+    if flagged:
+        advice = ("" if scale_filter == "training" else "; --scale-filter training keeps the keypoints in training's "
+                  "range of scales")
+        lines.append(f"{len(flagged)} of {len(records)} images lie outside what the run trained on (keypoint count or "
+                     f"scales; invert.json images[].warnings){advice}: their reconstructions say less than the "
+                     "run's test metrics")
+    return lines
+
+
 # ------------------------------------------------------------------------------- inverting
 def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path] | None = None,
            images: list[str] | None = None, force: bool = False, other_features: bool = False,
-           batch_size: int = 16, device: str | None = None, max_keypoints: int = MAX_KEYPOINTS) -> dict:
+           batch_size: int = 16, device: str | None = None, max_keypoints: int = MAX_KEYPOINTS,
+           scale_filter: str = "none") -> dict:
     """Reconstruct every image of the input into the folder ``out`` (see the module docstring):
     ``force`` replaces an earlier inversion there, ``other_features`` inverts features of another
-    kind than the run's; returns ``invert.json``'s content."""
+    kind than the run's, ``scale_filter="training"`` keeps only the keypoints whose scale on the
+    model's grid lies in the training range; returns ``invert.json``'s content."""
     import cv2
 
     from reconattack.data.sift.mapper import name_key
+    from reconattack.data.sift.stats import check, distance
     from reconattack.engine.console import iter_progress
 
     out = check_out(Path(out), force, [Path(run_dir), *([Path(colmap)] if colmap else []), *(npz or [])])
@@ -724,6 +791,16 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
             f"the run {run_dir} was trained with defence.coordinates=withheld: its attacker places each descriptor "
             "at the position of the nearest descriptor in reference images of its own training split, which invert "
             "does not have (a run directory names its split, it does not hold the images); refused")
+    if scale_filter not in SCALE_FILTERS:
+        raise ConfigError(f"--scale-filter must be one of {', '.join(SCALE_FILTERS)}, got {scale_filter!r}")
+    trust = threat.trust  # threat.keypoint_stats: the thresholds of the warnings
+    stats, note = training_stats(Path(run_dir), trained, mapper.image_size)
+    scale_range = None
+    if scale_filter == "training":
+        if stats is None:
+            raise ConfigError(f"--scale-filter training keeps the keypoints in the range of scales the run trained on, "
+                              f"and {note['message']}")
+        scale_range = stats.scale_range
     strength = mapper.needs_strength
     count, stream = (colmap_images(colmap, images, max_keypoints, strength) if colmap is not None
                      else npz_images(list(npz or []), max_keypoints, strength))
@@ -741,17 +818,27 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
                 rgb = ((img.float().cpu().permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
                 if not cv2.imwrite(str(tmp / file), np.ascontiguousarray(rgb[:, :, ::-1])):
                     raise OSError(f"could not write {tmp / file}")
-                records.append({"name": f.name, "file": file, "keypoints": int(len(f.xy)), "shared": int(len(xy)),
-                                "placed": int(n), "original_size": list(f.size)})
+                dist = distance(f.scale, len(f.xy), f.size, mapper.image_size, stats)
+                record = {"name": f.name, "file": file, "keypoints": int(len(f.xy)), "shared": int(len(xy)),
+                          "placed": int(n), "original_size": list(f.size), **dist}
+                if scale_range is not None:
+                    record["kept_by_scale_filter"] = dist["in_training_scales"]
+                warnings = check(dist, len(f.xy), stats, trust) if stats is not None else []
+                records.append({**record, "warnings": warnings})
             batch.clear()
 
         for f in iter_progress(stream, total=count, desc="invert"):
-            # onto the model's grid and through the run's defence, its draws seeded by the image's name
-            batch.append((f, *mapper.share(f.xy, f.desc, f.strength, f.size, key=name_key(f.name), features=kind)))
+            if scale_range is not None and f.scale is None:
+                raise InvertInputError(f"{_label(f.name)}: its keypoints hold no scale (x, y only), which "
+                                       "--scale-filter training keeps the keypoints by")
+            # the scale filter, onto the model's grid and through the run's defence, its draws seeded by the name
+            batch.append((f, *mapper.share(f.xy, f.desc, f.strength, f.size, key=name_key(f.name), features=kind,
+                                           scale=f.scale, scale_range=scale_range)))
             if len(batch) == batch_size:
                 flush()
         if batch:
             flush()
+        lines = _warn_summary(records, note, scale_filter)
         settings = mapper.settings()
         defence = settings.pop("defence")
         if defence is not None:
@@ -762,9 +849,20 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
                    "other_features": bool(other_features and trained != kind),
                    "input": str(colmap) if colmap else [str(p) for p in npz],
                    "image_size": settings.pop("image_size"), "map": settings, "defence": defence,
+                   "training_stats": note,
+                   "trust": {"range": list(stats.range if stats is not None else trust.range),
+                             "max_outside": trust.max_outside,
+                             "count_range": list(stats.count_range) if stats is not None else None,
+                             "grid_scale_range": list(stats.scale_range) if stats is not None else None},
+                   "scale_filter": None if scale_range is None else {
+                       "mode": "training", "grid_scale_range": list(scale_range),
+                       "quantiles": list(stats.range)},
+                   "warnings": lines, "flagged_images": sum(bool(r["warnings"]) for r in records),
                    "images": records}
         (tmp / "invert.json").write_text(json.dumps(summary, indent=2))
         _publish(tmp, out, force)  # every image read and written: the folder becomes --out whole
+    for line in lines:
+        log.warning("%s", line)
     return summary
 
 
@@ -783,6 +881,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="invert features of another kind (opencv / colmap) than the run was trained on")
     ap.add_argument("--max-keypoints", type=int, default=MAX_KEYPOINTS,
                     help=f"refuse an image with more keypoints (default {MAX_KEYPOINTS})")
+    ap.add_argument("--scale-filter", choices=SCALE_FILTERS, default="none",
+                    help="training: keep only the keypoints whose scale on the model's grid lies in the range the "
+                         "run trained on (its sift_stats.json; threat.keypoint_stats.range)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     args = ap.parse_args(argv)
@@ -790,7 +891,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = invert(args.run_dir, args.out, colmap=args.colmap, npz=args.npz, images=args.images,
                          force=args.force, other_features=args.other_features, batch_size=args.batch_size,
-                         device=args.device, max_keypoints=args.max_keypoints)
+                         device=args.device, max_keypoints=args.max_keypoints, scale_filter=args.scale_filter)
     except UserError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

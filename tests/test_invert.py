@@ -824,3 +824,182 @@ def test_a_killed_runs_hidden_folder_is_removed_by_the_next_run(trained, tmp_pat
         os.close(fd)
     assert sorted(p.name for p in out.iterdir()) == ["blank.png", "invert.json"]
     assert list(tmp_path.glob(".out.invert-*")) == [held]
+
+
+# ------------------------------------------------------------- how far from what training saw
+def _stats_file(run_dir: Path) -> dict:
+    return json.loads((run_dir / "sift_stats.json").read_text())
+
+
+def _at_quantile(stats: dict, key: str, q: float) -> float:
+    return stats[key][stats["quantiles"].index(q)]
+
+
+def test_a_run_records_the_keypoints_its_training_images_had(trained):
+    """``sift_stats.json``: numpy's quantiles of the per-image counts and of the pooled scales
+    (OpenCV's ``KeyPoint.size / 2``) of the training split's faces at the model's size, as
+    extracted here from the split the run wrote."""
+    from reconattack.data.images import lfw_faces, resize
+
+    run_dir = trained["opencv"]
+    stats = _stats_file(run_dir)
+    source = lfw_faces()
+    names = [source.name(i) for i in range(len(source))]
+    train = json.loads((run_dir / "split.json").read_text())["split"]["train"]
+    detector = cv2.SIFT_create(contrastThreshold=_contrast(run_dir))
+    scales = []
+    for name in train:
+        grey = cv2.cvtColor(resize(source.load(names.index(name)), SIDE), cv2.COLOR_RGB2GRAY)
+        scales.append([k.size / 2 for k in detector.detectAndCompute(grey, None)[0]])
+    q = stats["quantiles"]
+    assert stats["features"] == "opencv" and stats["image_size"] == SIDE and stats["images"] == len(train)
+    np.testing.assert_allclose(stats["grid_scale"], np.quantile(np.concatenate(scales), q), rtol=1e-6)
+    np.testing.assert_allclose(stats["count"], np.quantile([len(s) for s in scales], q))
+    assert stats["range"] == [0.01, 0.99] and stats["keypoints"] == sum(map(len, scales))
+
+
+def _colmap_database(tmp: Path, photos: dict[str, np.ndarray]) -> tuple[Path, dict]:
+    """A COLMAP database of ``photos`` with COLMAP's SIFT and its affine shapes, and ``{name:
+    (xy in COLMAP's convention, desc, scale)}``, the scale written out as COLMAP computes it."""
+    pycolmap = _pycolmap()
+    db = pycolmap.Database.open(str(tmp / "database.db"))
+    kept = {}
+    for name, img in photos.items():
+        keypoints, desc = colmap_sift(img)
+        xy = np.array([(k.x, k.y) for k in keypoints], np.float32)
+        shape = np.array([(k.a11, k.a12, k.a21, k.a22) for k in keypoints], np.float32)
+        _write_image(db, name, img.shape[:2], xy, desc, shape)
+        a11, a12, a21, a22 = shape.astype(np.float64).T
+        kept[name] = xy, desc, (np.sqrt(a11 ** 2 + a21 ** 2) + np.sqrt(a12 ** 2 + a22 ** 2)) / 2
+    db.close()
+    return tmp / "database.db", kept
+
+
+def test_invert_json_says_how_far_each_image_lies_from_training(trained, tmp_path, caplog):
+    """A database of a photo at 4x the model's size (256x256) and one at its size: per image the
+    keypoint count against the training median, the 10/50/90th percentiles of the scales on the
+    model's grid (scale * 64 / 256), the share outside training's [1st, 99th] percentile range,
+    and the warnings those give by their definitions (the count outside training's range of
+    per-image counts; more than max_outside of the keypoints outside the scales). The 4x photo,
+    with many more and finer keypoints than training showed, is flagged, with a console line."""
+    import logging
+
+    run_dir = trained["colmap"]
+    db, kept = _colmap_database(tmp_path, {"big.png": _astronaut(256, 256), "small.png": _astronaut()})
+    with caplog.at_level(logging.WARNING, logger="reconattack.invert"):
+        summary = invert(run_dir, tmp_path / "out", colmap=db, device="cpu")
+    stats = _stats_file(run_dir)
+    lo, hi = (_at_quantile(stats, "grid_scale", q) for q in (0.01, 0.99))
+    c_lo, c_hi = (_at_quantile(stats, "count", q) for q in (0.01, 0.99))
+    median = _at_quantile(stats, "count", 0.5)
+    max_outside = float(compose_cfg(["threat.features=colmap"]).threat.keypoint_stats.max_outside)
+    assert summary["training_stats"]["status"] == "ok" and summary["scale_filter"] is None
+    assert summary["trust"] == {"range": [0.01, 0.99], "max_outside": max_outside, "count_range": [c_lo, c_hi],
+                                "grid_scale_range": [lo, hi]}
+    rows = {r["name"]: r for r in summary["images"]}
+    for name, side in (("big.png", 256), ("small.png", SIDE)):
+        _, _, scale = kept[name]
+        grid = scale * SIDE / side
+        n, row = len(grid), rows[name]
+        outside = float(np.mean((grid < lo) | (grid > hi)))
+        assert row["keypoints"] == n and row["count_ratio"] == pytest.approx(n / median)
+        assert row["grid_scale"] == pytest.approx(dict(zip(("p10", "median", "p90"),
+                                                           np.quantile(grid, (0.1, 0.5, 0.9)))), rel=1e-5)
+        assert row["outside_training_scales"] == pytest.approx(outside, abs=1e-9)
+        assert row["in_training_scales"] == int(np.sum((grid >= lo) & (grid <= hi)))
+        want = ["keypoint_count"] * (not c_lo <= n <= c_hi) + ["keypoint_scale"] * (outside > max_outside)
+        assert [w["check"] for w in row["warnings"]] == want
+    assert [w["check"] for w in rows["big.png"]["warnings"]] == ["keypoint_count", "keypoint_scale"]
+    assert summary["flagged_images"] == sum(bool(r["warnings"]) for r in rows.values())
+    assert json.loads((tmp_path / "out" / "invert.json").read_text()) == summary
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("big.png: ") and "outside training's" in m for m in logged)
+    assert any("images lie outside what the run trained on" in m and "--scale-filter training" in m for m in logged)
+
+
+def test_the_scale_filter_keeps_the_keypoints_in_trainings_range(trained, fed, tmp_path):
+    """``--scale-filter training``: of a 256x256 photo's keypoints only those whose scale on the
+    model's grid lies in training's range are mapped (the written-out filter, then the paper's
+    map), and invert.json records the filter and how many it kept."""
+    run_dir = trained["colmap"]
+    db, kept = _colmap_database(tmp_path, {"big.png": _astronaut(256, 256)})
+    summary = invert(run_dir, tmp_path / "out", colmap=db, device="cpu", scale_filter="training")
+    stats = _stats_file(run_dir)
+    lo, hi = (_at_quantile(stats, "grid_scale", q) for q in (0.01, 0.99))
+    xy, desc, scale = kept["big.png"]
+    keep = [i for i in range(len(xy)) if lo <= scale[i] * SIDE / 256 <= hi]
+    assert 0 < len(keep) < len(xy)
+    want = paper_map(xy[keep].astype(np.float64) - 0.5, descriptor_values(desc[keep]), size=(256, 256))
+    np.testing.assert_allclose(_fed_one(fed), want, rtol=0, atol=1e-6)
+    assert summary["scale_filter"] == {"mode": "training", "grid_scale_range": [lo, hi], "quantiles": [0.01, 0.99]}
+    row = summary["images"][0]
+    assert row["kept_by_scale_filter"] == row["shared"] == len(keep) and row["keypoints"] == len(xy)
+
+
+def _npz_sizes(path: Path, xy, hw, desc, sizes) -> Path:
+    """An ``.npz`` with OpenCV's keypoint ``size`` (diameters) beside its keypoints."""
+    np.savez(path, keypoints=np.asarray(xy, np.float32), descriptors=desc, image_size=np.array(hw), size=sizes)
+    return path
+
+
+def test_a_run_without_statistics_inverts_and_says_so(trained, tmp_path, capsys):
+    """A run made before the statistics were recorded: invert.json says "no training statistics"
+    (and the console), nothing fails; the scale filter, which needs them, is refused (exit 2)."""
+    run_dir = _foreign(trained["opencv"], tmp_path)
+    (run_dir / "sift_stats.json").unlink()
+    xy, desc, _ = opencv_sift(_astronaut(), 0.03)
+    features = _npz(tmp_path / "a.npz", xy, (SIDE, SIDE), desc)
+    summary = invert(run_dir, tmp_path / "out", npz=[features], device="cpu")
+    note = summary["training_stats"]
+    assert note["status"] == "missing" and note["message"].startswith("no training statistics")
+    assert summary["warnings"][0] == note["message"] and summary["trust"]["grid_scale_range"] is None
+    assert summary["warnings"][1].startswith("1 of 1 images hold no keypoint scales (x, y only")  # none in the file
+    row = summary["images"][0]
+    assert row["keypoints"] == len(xy) and row["grid_scale"] is None and "count_ratio" not in row
+    assert row["warnings"] == [] and summary["flagged_images"] == 0
+    err = _refused(capsys, run_dir, "--npz", features, "--out", tmp_path / "two", "--scale-filter", "training")
+    assert err.startswith("ConfigError: --scale-filter training keeps the keypoints") and "no training statistics" in err
+    assert not (tmp_path / "two").exists()
+
+
+@pytest.mark.parametrize("text,reason", [
+    ('{"schema": "reconattack.sift_stats/1", "quantiles": [0.5]}', "quantiles are not"),
+    ("[" * 5000 + "]" * 5000, "not JSON"),
+    (None, "statistics of colmap SIFT"),
+])
+def test_a_hostile_statistics_file_is_not_used(text, reason, trained, tmp_path, capsys):
+    """sift_stats.json is untrusted: one that is damaged, hostile or of other features is not
+    used (invert.json and the console say why; nothing fails); the scale filter is refused."""
+    run_dir = _foreign(trained["opencv"], tmp_path)
+    path = run_dir / "sift_stats.json"
+    if text is None:
+        path.write_text(path.read_text().replace('"opencv"', '"colmap"'))
+    else:
+        path.write_text(text)
+    xy, desc, _ = opencv_sift(_astronaut(), 0.03)
+    size = np.array([2.0] * len(xy), np.float32)
+    features = _npz_sizes(tmp_path / "a.npz", xy, (SIDE, SIDE), desc, size)
+    summary = invert(run_dir, tmp_path / "out", npz=[features], device="cpu")
+    note = summary["training_stats"]
+    assert note["status"] == "refused" and reason in note["message"] and summary["warnings"] == [note["message"]]
+    assert summary["images"][0]["grid_scale"] == {"p10": 1.0, "median": 1.0, "p90": 1.0}  # size / 2
+    err = _refused(capsys, run_dir, "--npz", features, "--out", tmp_path / "two", "--scale-filter", "training")
+    assert "ConfigError: " in err and reason in err
+
+
+def test_npz_scales_are_read_from_scale_or_half_the_size(trained, tmp_path):
+    run_dir = trained["opencv"]
+    xy, desc, _ = opencv_sift(_astronaut(256, 256), 0.03)
+    n = len(xy)
+    scale = np.linspace(0.5, 20, n).astype(np.float32)
+    files = [_npz(tmp_path / "s.npz", xy, (256, 256), desc, scale=scale),
+             _npz_sizes(tmp_path / "z.npz", xy, (256, 256), desc, 2 * scale)]
+    summary = invert(run_dir, tmp_path / "out", npz=files, device="cpu")
+    want = dict(zip(("p10", "median", "p90"), np.quantile(scale.astype(np.float64) * SIDE / 256, (0.1, 0.5, 0.9))))
+    for row in summary["images"]:
+        assert row["grid_scale"] == pytest.approx(want, rel=1e-6)
+    for bad, message in ((scale[:-1], r"its scale is \(\d+,\) float32 \(expected \d+ numbers"),
+                         (-scale, "a keypoint scale of -20 \\(expected >= 0\\)")):
+        with pytest.raises(InvertInputError, match=message):
+            invert(run_dir, tmp_path / "o", npz=[_npz(tmp_path / "b.npz", xy, (256, 256), desc, scale=bad)],
+                   device="cpu")

@@ -21,10 +21,17 @@ held-out images with their SIFT as another system stores it — COLMAP's instead
 extracted at the photos' own resolution and mapped onto the model's grid as ``python -m
 reconattack.invert`` maps a database's (:class:`~reconattack.data.sift_data.StoredVariant`): how far
 the attack carries over to a real database.
+
+Training statistics (``threat.keypoint_stats``): when it prepares its data the threat measures
+what the model will see of its keypoints — the per-image keypoint counts and the keypoint scales
+of the training images at the model's size (:mod:`reconattack.data.sift.stats`) — and writes them
+to ``sift_stats.json`` in the run directory: ``invert`` compares each database image with them, and
+the stored rows with ``scale_filter: training`` keep the keypoints in their range of scales.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -34,9 +41,11 @@ import torch.nn.functional as F
 
 from reconattack.data.images import DataNotFoundError
 from reconattack.data.sift.mapper import SiftMapper
+from reconattack.data.sift.stats import STATS_FILE, KeypointStats, TrustSettings
 from reconattack.data.sift_data import SiftDataModule
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
 from reconattack.utils.config import build, plain
+from reconattack.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +107,9 @@ class SiftThreat(ThreatModel):
         defence: the run's ``defence`` config (``conf/defence/``): a SIFT defence
             (:mod:`reconattack.defences.sift`) transforms every keypoint set the attacker sees,
             its training pairs included.
+        keypoint_stats: the training statistics' settings
+            (:class:`~reconattack.data.sift.stats.TrustSettings`: how many training images, the
+            range of quantiles, the share outside it that ``invert`` warns of).
     """
 
     provides = frozenset({"sift_map", "paired_images"})
@@ -107,7 +119,7 @@ class SiftThreat(ThreatModel):
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
                  occupancy: bool = False, features: str = "opencv", colmap: Any = None,
-                 stored: Any = None, defence: Any = None, **base: Any) -> None:
+                 stored: Any = None, defence: Any = None, keypoint_stats: Any = None, **base: Any) -> None:
         super().__init__(data, seed=seed, defence=defence, **base)
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
         self.placement, self.occupancy = str(placement), bool(occupancy)
@@ -126,6 +138,10 @@ class SiftThreat(ThreatModel):
         self.image_size, self.map_size = self.mapper.image_size, self.mapper.map_size
         self.channels = self.mapper.channels
         self.mean_image: torch.Tensor | None = None
+        #: how the training statistics are made and read (``threat.keypoint_stats``)
+        self.trust = TrustSettings.from_config(plain(keypoint_stats))
+        #: the training statistics (:meth:`prepare`; None without a training split)
+        self.stats: KeypointStats | None = None
 
     def missing_inputs(self) -> list[str]:
         try:
@@ -141,6 +157,15 @@ class SiftThreat(ThreatModel):
         self.mean_image = self.dm.mean_train_image()
         if self.mean_image is None:
             log.warning("no training split: the mean-image control is not applicable")
+        self.stats = self.dm.keypoint_stats(self.trust.max_images, self.trust.range)
+        self.dm.use_stats(self.stats)
+        if self.stats is not None:
+            lo, hi = self.stats.scale_range
+            log.info("training keypoints (%d images): median %g per image, grid scales [%.3g, %.3g] between the "
+                     "quantiles %g and %g (%s)", self.stats.images, self.stats.median_count, lo, hi,
+                     *self.stats.range, STATS_FILE)
+            if ctx.is_global_zero:
+                atomic_write_text(ctx.run_dir / STATS_FILE, json.dumps(self.stats.to_json(), indent=1))
         return {}
 
     def datamodule(self, iterations: int | None = None) -> SiftDataModule:
