@@ -29,6 +29,7 @@ from reconattack.metrics.diagnostics import (
     OutputChecks,
     format_warning,
     loss_warnings,
+    loss_windows,
 )
 from reconattack.utils.files import atomic_write_text
 
@@ -86,9 +87,7 @@ def _summary(history: dict[str, np.ndarray], cfg: DiagnosticsConfig) -> dict[str
     the last window below ``losses.discriminator.below``."""
     out = {}
     for term, v in history.items():
-        n = len(v)
-        first, last = math.ceil(cfg.first * n), math.ceil(cfg.last * n)
-        start, end = v[:first][np.isfinite(v[:first])], v[n - last:][np.isfinite(v[n - last:])]
+        start, end = loss_windows(v, cfg)
         row: dict[str, Any] = {"iterations": int(np.isfinite(v).sum()),
                                "first_mean": float(start.mean()) if len(start) else None,
                                "last_mean": float(end.mean()) if len(end) else None}

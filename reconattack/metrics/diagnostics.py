@@ -193,9 +193,13 @@ def warnings_of(metrics: Mapping[str, Any] | None, row: str | None = None) -> li
 
 
 # ------------------------------------------------------------------------------ loss checks
-def _window(values: np.ndarray, start: int, stop: int) -> np.ndarray:
-    part = values[start:stop]
-    return part[np.isfinite(part)]
+def loss_windows(values: Sequence[float] | np.ndarray, cfg: DiagnosticsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The recorded (finite) values of a stage's first ``ceil(first * N)`` and last
+    ``ceil(last * N)`` iterations, ``N = len(values)``."""
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    start, end = v[:math.ceil(cfg.first * n)], v[n - math.ceil(cfg.last * n):]
+    return start[np.isfinite(start)], end[np.isfinite(end)]
 
 
 def loss_warnings(stage: str, history: Mapping[str, Sequence[float] | np.ndarray], cfg: DiagnosticsConfig,
@@ -206,31 +210,28 @@ def loss_warnings(stage: str, history: Mapping[str, Sequence[float] | np.ndarray
     reaches (the attack's)."""
     out: list[dict] = []
     for term, values in history.items():
-        v = np.asarray(values, dtype=np.float64)
-        n = len(v)
+        n = len(values)
         if n < max(cfg.min_iterations, 1):
             continue
+        start, end = loss_windows(values, cfg)
         first, last = math.ceil(cfg.first * n), math.ceil(cfg.last * n)
-        end = _window(v, n - last, n)
+        found = []  # (check, value, threshold, what was seen)
         if term in cfg.discriminator_terms and len(end):
             share = float((end < cfg.discriminator_below).mean())
             if share >= cfg.discriminator_share:
-                out.append(warning(
-                    row, "discriminator_loss", share, cfg.discriminator_share,
-                    f"stage {stage}: the discriminator's {term} was below {cfg.discriminator_below:g} on "
-                    f"{share:.0%} of the last {last} iterations (threshold {cfg.discriminator_share:.0%}; "
-                    f"mean {end.mean():.3g}): the discriminator wins and the generator learns nothing from it",
-                    stage=stage, term=term))
-        start = _window(v, 0, first)
+                found.append(("discriminator_loss", share, cfg.discriminator_share,
+                              f"the discriminator's {term} was below {cfg.discriminator_below:g} on {share:.0%} "
+                              f"of the last {last} iterations (threshold {cfg.discriminator_share:.0%}; mean "
+                              f"{end.mean():.3g}): the discriminator wins and the generator learns nothing from it"))
         if term in cfg.reconstruction_terms and len(end) and len(start) and start.mean() > 0:
             ratio = float(end.mean() / start.mean())
             if ratio >= cfg.reconstruction_ratio:
-                out.append(warning(
-                    row, "reconstruction_loss", ratio, cfg.reconstruction_ratio,
-                    f"stage {stage}: the reconstruction term {term} ended at {end.mean():.3g} (mean of the last "
-                    f"{last} iterations), {ratio:.2f}x its start ({start.mean():.3g}, the first {first}; "
-                    f"threshold {cfg.reconstruction_ratio:g}x): training made the reconstruction worse",
-                    stage=stage, term=term))
+                found.append(("reconstruction_loss", ratio, cfg.reconstruction_ratio,
+                              f"the reconstruction term {term} ended at {end.mean():.3g} (mean of the last {last} "
+                              f"iterations), {ratio:.2f}x its start ({start.mean():.3g}, the first {first}; "
+                              f"threshold {cfg.reconstruction_ratio:g}x): training made the reconstruction worse"))
+        out += [warning(row, check, value, threshold, f"stage {stage}: {seen}", stage=stage, term=term)
+                for check, value, threshold, seen in found]
     return out
 
 
@@ -303,24 +304,21 @@ def output_values(n, pred_sum, pred_sq, target_sum, target_sq, pred_sat, target_
 def output_warnings(row: str, stats: Mapping[str, float], cfg: DiagnosticsConfig,
                     paired_row: str | None = None) -> list[dict]:
     """The output checks' warnings of ``row`` from :func:`output_values` (NaN: not checked)."""
-    out = []
-    spread = stats.get("output_spread", math.nan)
-    if math.isfinite(spread) and spread < cfg.spread:
-        out.append(warning(
-            row, "output_spread", spread, cfg.spread,
-            f"the reconstructions hardly depend on the input: their spread across the {stats['images']:.0f} "
-            f"test images is {spread:.3g} of the images' own (RMS, threshold {cfg.spread:g}); nearly one "
-            f"image for every input"))
-    shuffled = stats.get("shuffled_input", math.nan)
-    if math.isfinite(shuffled) and shuffled < cfg.shuffled:
-        out.append(warning(
-            row, "shuffled_input", shuffled, cfg.shuffled,
-            f"the output hardly changes when the attack is given another image's input"
-            f"{f' ({paired_row})' if paired_row else ''}: the RMS change is {shuffled:.3g} of the RMS "
-            f"difference of two test images (threshold {cfg.shuffled:g})"))
+    spread, shuffled = stats.get("output_spread", math.nan), stats.get("shuffled_input", math.nan)
     sat, target_sat = stats.get("saturation", math.nan), stats.get("target_saturation", math.nan)
-    if math.isfinite(sat) and math.isfinite(target_sat) and sat > target_sat + cfg.saturation_excess:
-        limit = target_sat + cfg.saturation_excess
+    below = [  # (check, value, threshold: flagged below it, what was seen)
+        ("output_spread", spread, cfg.spread,
+         f"the reconstructions hardly depend on the input: their spread across the {stats.get('images', 0):.0f} "
+         f"test images is {spread:.3g} of the images' own (RMS, threshold {cfg.spread:g}); nearly one image "
+         f"for every input"),
+        ("shuffled_input", shuffled, cfg.shuffled,
+         f"the output hardly changes when the attack is given another image's input"
+         f"{f' ({paired_row})' if paired_row else ''}: the RMS change is {shuffled:.3g} of the RMS difference "
+         f"of two test images (threshold {cfg.shuffled:g})")]
+    out = [warning(row, check, value, threshold, seen) for check, value, threshold, seen in below
+           if math.isfinite(value) and value < threshold]
+    limit = target_sat + cfg.saturation_excess
+    if math.isfinite(sat) and math.isfinite(limit) and sat > limit:
         out.append(warning(
             row, "saturation", sat, limit,
             f"the outputs saturate: {sat:.1%} of their values are beyond ±{cfg.saturation_level:g}, the "

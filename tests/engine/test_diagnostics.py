@@ -159,3 +159,17 @@ def test_wandb_summary_of_a_run_not_flagged(tmp_path, monkeypatch):
     contents = wandb_run_contents(_offline_runs(tmp_path / "run")[0])
     assert contents["summary"]["warnings"] == [] and contents["summary"]["warnings_count"] == 0
     assert "flagged" not in contents["tags"]
+
+
+# ------------------------------------------------------------------------------ the real demo
+@pytest.mark.slow  # ~60-90 s on one thread: the CFGAN demo's data and networks, 30 + 15 steps
+def test_the_cfgan_demo_trained_30_plus_15_steps_is_flagged(tmp_path):
+    """The default experiment cut to 30 coarse and 15 fine steps outputs one grey image for every
+    input (the issue's collapsing run): the attack's row is flagged as input-independent, against
+    its spread and against its shuffled-SIFT control."""
+    metrics = run(compose_cfg([*base_overrides(tmp_path), "attack.steps.coarse=30", "attack.steps.fine=15",
+                               "data.num_workers=0", "metrics.metrics=[mse,psnr,ssim]", "threat.stored=null"]))
+    checks = {(w["row"], w["check"]) for w in metrics["warnings"]}
+    assert {("test", "output_spread"), ("test", "shuffled_input")} <= checks, metrics["warnings"]
+    assert (tmp_path / "run" / "diagnostics" / "coarse.json").is_file()
+    assert (tmp_path / "run" / "diagnostics" / "fine.json").is_file()
