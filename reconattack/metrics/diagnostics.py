@@ -145,6 +145,8 @@ class DiagnosticsConfig:
             if f.type in ("float", "int") and (isinstance(v, bool) or not isinstance(v, (int, float))
                                                or not math.isfinite(v) or v < 0):
                 raise bad(f.name, "must be a number >= 0")
+        if not isinstance(self.enabled, bool):
+            raise bad("enabled", "must be true or false")
         for name in ("first", "last", "discriminator_share", "saturation_level"):
             if not 0 < getattr(self, name) <= 1:
                 raise bad(name, "must be in (0, 1]")

@@ -206,6 +206,8 @@ def test_the_config_file_holds_the_defaults_and_bad_settings_are_refused():
         DiagnosticsConfig.of({"outputs": {"sprad": 0.1}})
     with pytest.raises(ConfigError, match="diagnostics.outputs.spread must be a number >= 0"):
         DiagnosticsConfig.of({"outputs": {"spread": -1}})
+    with pytest.raises(ConfigError, match="diagnostics.enabled must be true or false"):
+        DiagnosticsConfig.of({"enabled": "no"})
     with pytest.raises(ConfigError, match="diagnostics.losses.last"):
         DiagnosticsConfig.of({"losses": {"first": 0.5, "last": 0.6}})
 
