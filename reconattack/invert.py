@@ -28,6 +28,21 @@ named after it, and ``invert.json`` (the run, the checkpoint, the features, the 
 defence applied, and per image: keypoints read, shared through the defence and placed, original
 size) make the folder ``--out``.
 
+How far to trust a reconstruction: a model trained at its input size ``S`` has seen a certain
+number of keypoints per image, of certain scales; a photo larger than ``S`` holds many more, most
+of them finer than any training showed once mapped onto the model's grid. The run's
+``sift_stats.json`` (written by the SIFT threat in training; :mod:`reconattack.data.sift.stats`)
+holds the training images' keypoint counts and scales on the grid; ``invert.json`` gives per
+image its keypoint scales on the grid (``grid_scale``: 10th, 50th, 90th percentile; a database's
+scale, an ``.npz`` file's ``scale`` or ``size / 2``), its ``count_ratio`` to the training median,
+the share of its keypoints outside training's range of scales (``outside_training_scales``) and
+``warnings`` by the thresholds of ``threat.keypoint_stats``; the console says which images are
+flagged. ``--scale-filter training`` keeps only the keypoints in training's range of grid scales
+(:meth:`~reconattack.data.sift.mapper.SiftMapper.share`, before the grid and the defence). A run
+made before the statistics were recorded inverts as before, ``invert.json`` saying "no training
+statistics"; a statistics file that is damaged or of another run is not used (the reason is
+recorded); either way ``--scale-filter training`` is refused (exit 2).
+
 Everything ``invert`` reads comes from elsewhere and is untrusted:
 
 - The run directory runs no code. The configuration built is this checkout's ``conf/`` composed
