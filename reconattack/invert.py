@@ -836,9 +836,14 @@ def invert(run_dir: Path, out: Path, colmap: Path | None = None, npz: list[Path]
                 dist = distance(f.scale, len(f.xy), f.size, mapper.image_size, stats)
                 record = {"name": f.name, "file": file, "keypoints": int(len(f.xy)), "shared": int(len(xy)),
                           "placed": int(n), "original_size": list(f.size), **dist}
-                if scale_range is not None:
-                    record["kept_by_scale_filter"] = dist["in_training_scales"]
                 warnings = check(dist, len(f.xy), stats, trust) if stats is not None else []
+                if scale_range is not None:
+                    kept = record["kept_by_scale_filter"] = dist["in_training_scales"]
+                    lo, hi = stats.count_range
+                    if not lo <= kept <= hi:
+                        warnings.append({"check": "keypoint_count_after_filter", "value": kept, "threshold": [lo, hi],
+                                         "message": f"{kept} keypoints after the scale filter, outside training's "
+                                                    f"per-image range [{lo:g}, {hi:g}]"})
                 records.append({**record, "warnings": warnings})
             batch.clear()
 

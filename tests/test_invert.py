@@ -934,6 +934,9 @@ def test_the_scale_filter_keeps_the_keypoints_in_trainings_range(trained, fed, t
     assert summary["scale_filter"] == {"mode": "training", "grid_scale_range": [lo, hi], "quantiles": [0.01, 0.99]}
     row = summary["images"][0]
     assert row["kept_by_scale_filter"] == row["shared"] == len(keep) and row["keypoints"] == len(xy)
+    c_lo, c_hi = (_at_quantile(stats, "count", q) for q in (0.01, 0.99))
+    after = [w for w in row["warnings"] if w["check"] == "keypoint_count_after_filter"]
+    assert len(after) == (not c_lo <= len(keep) <= c_hi)  # what the filter kept, against training's counts
 
 
 def _npz_sizes(path: Path, xy, hw, desc, sizes) -> Path:
