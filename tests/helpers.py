@@ -260,3 +260,21 @@ def demo_tiny(tmp: Path) -> list[str]:
     """The AVIH demo at 16 px with 24 gallery images, in seconds."""
     return [*experiment_overrides("demo_avih", tmp), "data.gallery_size=24", "data.pool=12",
             "threat.key_share=0.1", "threat.encrypt.iterations=3", "attack.steps.attack=2"]
+
+
+def tensor_storages() -> dict[int, int]:
+    """``{storage address: bytes}`` of every tensor alive in this process (for peak-memory tests:
+    what a pass allocates and keeps)."""
+    import gc
+
+    import torch
+
+    out = {}
+    for o in gc.get_objects():
+        if issubclass(type(o), torch.Tensor):  # type(): isinstance would touch deprecated proxies
+            try:
+                st = o.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            out[st.data_ptr()] = st.nbytes()
+    return out

@@ -6,23 +6,10 @@ from __future__ import annotations
 import gc
 
 import pytest
-import torch
 
 import reconattack.engine.runner as runner
 from reconattack.engine.context import RunContext
-from tests.helpers import compose_cfg, experiment_overrides, make_image_folder
-
-
-def _storages() -> dict[int, int]:
-    out = {}
-    for o in gc.get_objects():
-        if issubclass(type(o), torch.Tensor):  # type(): isinstance would touch deprecated proxies
-            try:
-                st = o.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            out[st.data_ptr()] = st.nbytes()
-    return out
+from tests.helpers import compose_cfg, experiment_overrides, make_image_folder, tensor_storages
 
 
 def _peak_evaluation_bytes(tmp, n_test: int, monkeypatch, leak: bool = False) -> int:
@@ -43,12 +30,12 @@ def _peak_evaluation_bytes(tmp, n_test: int, monkeypatch, leak: bool = False) ->
         out = real(self, batch, batch_idx)
         if leak:  # what the old code did: every batch's dense map held until the end
             kept.append(batch["input"])
-        peaks.append(sum(v for k, v in _storages().items() if k not in before))
+        peaks.append(sum(v for k, v in tensor_storages().items() if k not in before))
         return out
 
     monkeypatch.setattr(runner.Evaluator, "test_step", measured)
     gc.collect()
-    before = set(_storages())
+    before = set(tensor_storages())
     metrics = runner.evaluate(ctx, threat, attack, stage)
     assert isinstance(metrics["test/psnr"], float) and len(peaks) == -(-n_test // 4)
     return max(peaks)

@@ -16,7 +16,7 @@ from reconattack.data.avih import BinGallery, DigitsFaces
 from reconattack.data.faces import make_bin
 from reconattack.errors import ConfigError
 from reconattack.utils.files import source_fingerprint
-from tests.helpers import compose_cfg, demo_tiny
+from tests.helpers import compose_cfg, demo_tiny, tensor_storages
 
 
 def _photo(image: np.ndarray) -> str:
@@ -123,18 +123,6 @@ def test_replacing_images_under_the_same_path_rebuilds_the_artifacts(tmp_path):
     assert run(compose_cfg(over))["artifacts/built"] >= 1
 
 
-def _storages() -> dict[int, int]:
-    out = {}
-    for o in gc.get_objects():
-        if issubclass(type(o), torch.Tensor):
-            try:
-                st = o.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            out[st.data_ptr()] = st.nbytes()
-    return out
-
-
 def _peak_build_bytes(tmp, gallery_size: int, monkeypatch, leak: bool) -> int:
     """Peak bytes of tensors alive after an encryption batch while the gallery is built (what
     existed before the build is not counted)."""
@@ -153,12 +141,12 @@ def _peak_build_bytes(tmp, gallery_size: int, monkeypatch, leak: bool) -> int:
         if leak:  # what the old code did: each batch's encryptions and recoveries held until the
             # end, then concatenated (a second copy): four images' worth per job
             kept.extend(batch["image"].clone() for _ in range(4))
-        peaks.append(sum(v for k, v in _storages().items() if k not in before))
+        peaks.append(sum(v for k, v in tensor_storages().items() if k not in before))
         return out
 
     monkeypatch.setattr(AVIHEncryptor, "test_step", measured)
     gc.collect()
-    before |= set(_storages())
+    before |= set(tensor_storages())
     threat.prepare(RunContext(cfg, tmp / "run"))
     monkeypatch.undo()
     return max(peaks)
