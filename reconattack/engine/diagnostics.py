@@ -7,8 +7,9 @@ training-loss records of each stage, the output checks of the evaluation pass, a
   so that a stage continued from ``last.ckpt`` has the whole history.
 - :class:`RunDiagnostics` — the run's checks (``ctx.diagnostics``): a stage's loss warnings when
   it ends, written to ``diagnostics/<stage>.json`` (a resumed run reads those of the stages it
-  finished before), the output checks' callback for the evaluation, and :meth:`~RunDiagnostics.
-  warnings`, the list the runner puts in the metrics.
+  finished before), the output checks' callback for the evaluation (its statistics, flagged or
+  not, in ``diagnostics/evaluation.json``), and :meth:`~RunDiagnostics.warnings`, the list the
+  runner puts in the metrics.
 """
 
 from __future__ import annotations
@@ -170,8 +171,15 @@ class RunDiagnostics:
         return found
 
     def report(self, stages: list[str]) -> list[dict]:
-        """:meth:`warnings`, each also logged as a warning (console and ``run.log``)."""
+        """:meth:`warnings`, each also logged as a warning (console and ``run.log``); the output
+        checks' statistics, flagged or not, in ``diagnostics/evaluation.json`` (rank 0)."""
         found = self.warnings(stages)
         for w in found:
             log.warning("collapse check: %s", format_warning(w))
+        out = self.output
+        if out is not None and out.stats and self.is_global_zero:
+            stats = {k: (v if math.isfinite(v) else None) for k, v in out.stats.items()}
+            record = {"row": out.row, "paired_row": out.paired_row, "statistics": stats,
+                      "warnings": out.warnings()}
+            atomic_write_text(self.path("evaluation"), json.dumps(record, indent=2, allow_nan=False) + "\n")
         return found

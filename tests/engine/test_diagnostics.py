@@ -58,6 +58,11 @@ def test_an_attack_that_reads_its_input_is_not_flagged(tmp_path, monkeypatch):
     metrics = run(compose_cfg(coarse_only(tmp_path)))
     assert metrics["warnings"] == []
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == []
+    # the statistics are kept, flagged or not: the targets themselves have the targets' spread
+    record = json.loads((tmp_path / "run" / "diagnostics" / "evaluation.json").read_text())
+    assert record["row"] == "test" and record["paired_row"] == "baseline/shuffled_sift"
+    assert record["statistics"]["output_spread"] == pytest.approx(1.0)
+    assert record["statistics"]["shuffled_input"] > 0.5 and record["warnings"] == []
 
 
 def test_the_checks_can_be_turned_off(tmp_path, monkeypatch):
