@@ -58,8 +58,8 @@ class GalleryWriter:
         self.row_bytes = int(np.prod(self.shape[1:])) * 4
         self.done = np.zeros(self.jobs, dtype=bool)
         self._curve: list[tuple[int, list[dict]]] = []
-        fresh = not all(self._matches(self.folder / f"{a}.npy") for a in ARRAYS)
-        if fresh:  # another shape or a missing file: start over
+        self.offset = {a: self._data_offset(self.folder / f"{a}.npy") for a in ARRAYS}
+        if None in self.offset.values():  # another shape or a missing file: start over
             for record in self.folder.glob("done-*.pt"):
                 record.unlink()
             for a in ARRAYS:  # the header and a (sparse) file of the full size
@@ -67,7 +67,7 @@ class GalleryWriter:
                                                 shape=self.shape)
                 arr.flush()
                 del arr
-        self.offset = {a: self._data_offset(self.folder / f"{a}.npy") for a in ARRAYS}
+            self.offset = {a: self._data_offset(self.folder / f"{a}.npy") for a in ARRAYS}
         for record in sorted(self.folder.glob("done-*.pt")):
             try:
                 r = torch.load(record, map_location="cpu", weights_only=True)
@@ -81,20 +81,14 @@ class GalleryWriter:
             self.done[slot] = True
             self._curve.append((int(slot.min()) if slot.size else 0, list(r.get("curve", []))))
 
-    def _matches(self, path: Path) -> bool:
+    def _data_offset(self, path: Path) -> int | None:
+        """Where the rows of the ``.npy`` file ``path`` start (after its header), or None when it
+        is missing, unreadable or not float32 of this gallery's shape."""
         try:
             arr = np.load(path, mmap_mode="r")
         except (OSError, ValueError):
-            return False
-        ok = arr.shape == self.shape and arr.dtype == np.float32
-        del arr
-        return ok
-
-    @staticmethod
-    def _data_offset(path: Path) -> int:
-        """Where the rows of an ``.npy`` file start (after its header)."""
-        arr = np.load(path, mmap_mode="r")
-        offset = int(arr.offset)
+            return None
+        offset = int(arr.offset) if arr.shape == self.shape and arr.dtype == np.float32 else None
         del arr
         return offset
 

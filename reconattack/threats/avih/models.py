@@ -93,6 +93,10 @@ def recognition_model(family: FaceModels, role: str, m: Any, models_train: Image
     return family.make(m, checkpoint=str(path / "backbone.pt"), published=False).eval(), spec
 
 
+#: why trained keys without the victim's images are refused
+NEEDS_VICTIM = ("threat.key.train needs the victim's own images (which the attacker does not hold): set "
+                "data.victim (e.g. {_target_: reconattack.data.avih.AuxiliaryFolder, path: ..., key: data.victim}), "
+                "or use an embedded demo source, which has them")
 #: what ``threat.key.train`` takes
 KEY_TRAIN_KEYS = {"steps", "batch_size", "noise", "lr", "signal"}
 
@@ -115,9 +119,7 @@ def key_models(k: Any, victim: Dataset | None, victim_spec: dict, store: Artifac
         if unknown or int(train.get("steps", 0)) < 1:
             raise ConfigError(f"threat.key.train takes steps (>= 1), batch_size, noise, lr, signal; got {train}")
         if victim is None:
-            raise ConfigError("threat.key.train needs the victim's own images (which the attacker does not "
-                              "hold): set data.victim (a folder of images of the category), or use an "
-                              "embedded demo source, which has them")
+            raise ConfigError(NEEDS_VICTIM)
     keys, spec = [], {"net": plain(k.net), "keys": [], **({} if ckpts else init)}
     for i in range(count):
         seed = int(k.seed) + i
@@ -147,4 +149,4 @@ def key_models(k: Any, victim: Dataset | None, victim_spec: dict, store: Artifac
     return keys, spec
 
 
-__all__ = ["FaceModels", "KEY_TRAIN_KEYS", "MODEL_SPEC_KEYS", "key_models", "recognition_model"]
+__all__ = ["FaceModels", "KEY_TRAIN_KEYS", "MODEL_SPEC_KEYS", "NEEDS_VICTIM", "key_models", "recognition_model"]

@@ -75,7 +75,7 @@ from .gallery import (
     save_jobs,
     write_build_record,
 )
-from .models import FaceModels, key_models, recognition_model
+from .models import NEEDS_VICTIM, FaceModels, key_models, recognition_model
 from .roles import Role, draw_leaked, encryption_jobs, leaked_count
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ class AVIHThreat(ThreatModel):
         self._check_victim_apart(data)
         if key.get("train") and not key.get("checkpoints") and self.victim_source is None \
                 and not getattr(self.source, "has_victim", False):
-            raise ConfigError("threat.key.train needs the victim's own images (which the attacker does not "
-                              "hold): set data.victim (e.g. {_target_: reconattack.data.avih.AuxiliaryFolder, "
-                              "path: ..., key: data.victim}), or use an embedded demo source, which has them")
+            raise ConfigError(NEEDS_VICTIM)
         self._given: dict[str, Any] = {}
 
     @staticmethod
