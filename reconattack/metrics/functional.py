@@ -620,3 +620,6 @@ class _Passthrough(torch.nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return features
+
+
+from reconattack.metrics.matching import corner_error, matching_accuracy  # noqa: E402, F401  (the matching utility's public names)
