@@ -39,6 +39,7 @@ from reconattack.engine.resume import (
 from reconattack.engine.tracking import ValidationSamples
 from reconattack.errors import ConfigError, NonFiniteLossError, UserError
 from reconattack.metrics.diagnostics import WARNINGS_KEY
+from reconattack.metrics.roc import write_rocs
 from reconattack.threats.base import ThreatEvaluation, ThreatModel
 from reconattack.utils.checkpoints import load_strict, read_checkpoint, state_dict_of
 from reconattack.utils.config import build
@@ -361,7 +362,9 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
     trainer.test(evaluator, datamodule=dm, verbose=False)
     if ctx.is_global_zero:
         evaluator.save_samples(ctx.run_dir / "samples" / "test_grid.png")
+        write_rocs(ctx.run_dir, cb.curves.get("test", {}))
     return dict(cb.results.get("test", {}))
+
 
 
 # ------------------------------------------------------------------------------ the run

@@ -59,6 +59,7 @@ class ReconstructionMetrics(pl.Callback):
     Attributes:
         suites: ``{stage: MetricSuite}``.
         results: ``{stage: {f"{stage}/{name}": float | "missing: ..."}}`` of the last epoch.
+        curves: ``{stage: {row: ROC}}`` of the last epoch (see the attribute).
     """
 
     STAGES = ("val", "test")
@@ -83,6 +84,10 @@ class ReconstructionMetrics(pl.Callback):
         self.group_suites: dict[str, dict[str, MetricSuite]] = {s: {} for s in self.stages}
         self._nets: MetricSuite | None = None
         self.results: dict[str, dict[str, float | str]] = {}
+        #: ``{stage: {row: {"far", "tpr", "threshold"}}}``: the exact ROC of every row with
+        #: verification pairs in the last epoch (``row``: the group without its slash, or the
+        #: stage for the ungrouped suite); the runner writes them as ``roc_<row>.csv``
+        self.curves: dict[str, dict[str, dict]] = {}
 
     def flat_results(self) -> dict[str, float | str]:
         """All stages' last results in one flat dict (``{"val/psnr": ..., "test/psnr": ...}``)."""
@@ -134,17 +139,24 @@ class ReconstructionMetrics(pl.Callback):
         values = suite.compute()  # collective under DDP: every process calls it
         results = {f"{stage}/{name}": value for name, value in values.items()}
         groups = self.group_suites[stage]
-        thresholds: dict[str, float | None] = {}  # family -> the fixed protocol's threshold
+        thresholds: dict[str, dict] = {}  # family -> the fixed protocol's thresholds
+        self.curves[stage] = {}
+        roc = suite.roc()
+        if roc is not None:
+            self.curves[stage][stage] = roc
         for prefix, group in groups.items():  # same order on every process
             family = prefix.rstrip("/").rpartition("/")[0]
             family = f"{family}/" if family else ""
             if self.protocol == "fixed" and family not in thresholds:
                 ref = groups.get(f"{family}{self.reference}/")
-                thresholds[family] = ref.verification_threshold() if ref is not None else None
-                if thresholds[family] is not None:
-                    results[f"{family}verification/threshold"] = thresholds[family]
+                thresholds[family] = ref.thresholds() if ref is not None else {}
+                if thresholds[family].get(None) is not None:
+                    results[f"{family}verification/threshold"] = thresholds[family][None]
             results.update({f"{prefix}{name}": value
                             for name, value in group.compute(thresholds.get(family)).items()})
+            roc = group.roc()
+            if roc is not None:
+                self.curves[stage][prefix.rstrip("/")] = roc
             group.reset()
         if any(k.endswith("/tpr@far") or k == "tpr@far" for k in results):
             results["verification/protocol"] = self.protocol

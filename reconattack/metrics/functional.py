@@ -319,10 +319,10 @@ def _verification_inputs(scores: Tensor, is_same: Tensor, far: float) -> tuple[T
     return scores, labels
 
 
-def _roc_at_far(scores: Tensor, labels: Tensor, far: float) -> tuple[float, float]:
-    """(TPR, threshold) at ``far`` on the exact ROC: the largest TPR among the distinct
-    thresholds with FPR <= ``far``, and the smallest such threshold — the operating point of a
-    verifier set to accept ``far`` of the impostors (``inf``: the point that accepts nothing)."""
+def _roc(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact ROC of validated inputs: (FPR, TPR, thresholds), float64, one point per distinct
+    score (``score >= threshold`` accepts; tied scores move together) after the first point
+    (0, 0, +inf) that accepts nothing; FPR and TPR non-decreasing, thresholds decreasing."""
     n_pos = int(labels.sum())
     n_neg = labels.numel() - n_pos
     order = torch.argsort(scores, descending=True, stable=True)
@@ -336,8 +336,33 @@ def _roc_at_far(scores: Tensor, labels: Tensor, far: float) -> tuple[float, floa
     tpr = torch.cat([torch.zeros(1, dtype=torch.float64), tps / n_pos])
     fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fps / n_neg])
     thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), s[last]])
+    return fpr, tpr, thresholds
+
+
+def _roc_at_far(scores: Tensor, labels: Tensor, far: float) -> tuple[float, float]:
+    """(TPR, threshold) at ``far`` on the exact ROC: the largest TPR among the distinct
+    thresholds with FPR <= ``far``, and the smallest such threshold — the operating point of a
+    verifier set to accept ``far`` of the impostors (``inf``: the point that accepts nothing)."""
+    fpr, tpr, thresholds = _roc(scores, labels)
     last_ok = int(torch.nonzero(fpr <= far).flatten()[-1])  # FPR and TPR grow along the curve
     return float(tpr[last_ok]), float(thresholds[last_ok])
+
+
+def roc_curve(scores: Tensor, is_same: Tensor) -> dict[str, np.ndarray]:
+    """The exact ROC of verification pairs, as ``sklearn.metrics.roc_curve(drop_intermediate=False)``
+    computes it: ``{"far", "tpr", "threshold"}``, (K + 1,) float64 arrays for K distinct scores,
+    starting at (FAR 0, TPR 0, threshold +inf); ``score >= threshold`` accepts. What the run
+    directory's ``roc_<row>.csv`` holds. Inputs and errors as :func:`tpr_at_far`."""
+    scores, labels = _verification_inputs(scores, is_same, 0.0)
+    fpr, tpr, thresholds = _roc(scores, labels)
+    return {"far": fpr.numpy(), "tpr": tpr.numpy(), "threshold": thresholds.numpy()}
+
+
+def far_measurable(far: float, impostors: int) -> bool:
+    """Whether ``impostors`` impostor pairs can measure FAR ``far``: a verifier set to it must be
+    allowed at least one false accept, ``far * impostors >= 1``. Below, the ROC holds only its
+    FAR-0 point and a TPR there would be an extrapolation (smallest measurable FAR: 1 / impostors)."""
+    return far * impostors >= 1 - 1e-9
 
 
 def tpr_at_far(scores: Tensor, is_same: Tensor, far: float = 0.01) -> float:

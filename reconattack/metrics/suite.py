@@ -44,6 +44,7 @@ with repeated samples, as usual in Lightning; those repeats are counted.)
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -51,11 +52,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from reconattack.errors import ConfigError
 from reconattack.metrics import functional as MF
+from reconattack.metrics.retrieval import EMBEDDINGS, ImageRetrieval
+from reconattack.metrics.states import MISSING_PREFIX
+from reconattack.metrics.states import Collect as _Collect
+from reconattack.metrics.states import Count as _Count
+from reconattack.metrics.states import Moments as _Moments
+from reconattack.metrics.states import compute_state as _compute
 from reconattack.utils.weights import MissingWeightsError
 
 PIXEL_METRICS = ("mse", "psnr", "ssim")
@@ -78,7 +83,6 @@ NETWORKS = ("fid", "fid_cfgan", "lpips", "clip")
 KID_DEFAULTS = {"below": 2048, "subset_size": 1000, "subsets": 100, "seed": 0}
 #: settings of the CFGAN official code's FID (conf/metrics/default.yaml ``fid_cfgan``)
 FID_CFGAN_DEFAULTS = {"images": 99, "jpeg_quality": 95}
-MISSING_PREFIX = "missing: "
 #: ``quantize`` modes: how images become uint8-range values before PSNR / SSIM (and MSE).
 #: ``"round"``: both to the nearest integer. ``"truncate"``: reconstructions truncated as the
 #: CFGAN official code does (``CFGAN_main.py`` ``postprocess``: ``img * 127.5 + 127.5`` then
@@ -86,72 +90,6 @@ MISSING_PREFIX = "missing: "
 #: outside [0, 255]; they differ only for outputs outside [-1, 1]); ground truth rounded (it
 #: comes from uint8 files there, on which truncating and rounding agree).
 QUANTIZE = ("round", "truncate")
-
-
-class _Collect(Metric):
-    """Concatenating store for per-sample tensors, gathered over processes on ``compute``."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__(compute_with_cache=False)
-        self.add_state("values", default=[], dist_reduce_fx="cat")
-
-    def update(self, x: Tensor) -> None:
-        self.values.append(x.detach())
-
-    def compute(self) -> Tensor:
-        if isinstance(self.values, list) and not self.values:
-            return torch.empty(0)
-        return dim_zero_cat(self.values)  # a list locally, one tensor after a DDP gather
-
-
-class _Moments(Metric):
-    """Count, sum and sum of outer products of (N, D) features in float64, summed over
-    processes: the sufficient statistics of FID in constant memory."""
-
-    full_state_update = False
-
-    def __init__(self, dim: int) -> None:
-        super().__init__(compute_with_cache=False)
-        self.add_state("n", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, f: Tensor) -> None:
-        f = f.detach().to(self.total.device, torch.float64)
-        self.n += f.shape[0]
-        self.total += f.sum(0)
-        self.outer += f.T @ f
-
-    def compute(self) -> tuple[int, Tensor, Tensor]:
-        """(N, (D,) mean, (D, D) unbiased covariance); mean and covariance need N ≥ 2."""
-        n = int(self.n)
-        mean = self.total / max(n, 1)
-        cov = (self.outer - n * torch.outer(mean, mean)) / max(n - 1, 1)
-        return n, mean, cov
-
-
-class _Count(Metric):
-    """A number of samples, summed over processes."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__(compute_with_cache=False)
-        self.add_state("n", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, n: int) -> None:
-        self.n += int(n)
-
-    def compute(self) -> int:
-        return int(self.n)
-
-
-def _compute(metric: Metric) -> Tensor:
-    with warnings.catch_warnings():  # "compute called before update" on an empty store
-        warnings.simplefilter("ignore")
-        return metric.compute()
 
 
 class MetricSuite:
@@ -182,7 +120,12 @@ class MetricSuite:
             same for the CFGAN protocol's FID (it gets the protocol's images); ``"lpips"``: module
             (x, y), both (B, 3, H, W) in [-1, 1] → (B,) distances; ``"clip"``: module
             (B, 3, H, W) in [0, 1] → (B, D) embeddings (cosine taken here).
-        far: false-accept rate of TPR@FAR (paper: 0.01).
+        far: false-accept rate of TPR@FAR (paper: 0.01), reported as ``tpr@far``.
+        fars: the low FARs reported beside it (``tpr@far=0.1``, ``tpr@far=0.01``,
+            ``tpr@far=0.001``; membership-inference and face-verification practice), each under
+            the run's protocol and only where the row's impostor pairs can measure it
+            (:func:`~reconattack.metrics.functional.far_measurable`; else missing with the
+            reason); ``min_far`` (1 / impostor pairs) and the pair counts come with them.
         ranks: the CMC ranks of re-identification retrieval (``rank1``, ``rank5``; paper: 1, 5).
         protocol: how TPR@FAR is read off the scores
             (:data:`~reconattack.metrics.functional.VERIFICATION_PROTOCOLS`): ``"per_row"`` (this
@@ -200,6 +143,13 @@ class MetricSuite:
             many images); ``subset_size`` — at most this many features per subset (the subset
             size is ``min(subset_size, N, M)``: a set smaller than it is taken whole, as
             clean-fid does); ``subsets`` — number of subsets; ``seed`` — of the subset draws.
+        retrieval: rank-1 retrieval of each reconstruction's own original among the evaluation's
+            originals (:mod:`reconattack.metrics.retrieval`): ``{"embeddings": [...], "hog":
+            {...}}``; embeddings out of :data:`~reconattack.metrics.retrieval.EMBEDDINGS`
+            (``"clip"``: the CLIP network of the ``clip`` metric, missing with its reason when
+            its weights are; ``"hog"``: :class:`~reconattack.metrics.embeddings.HOGEmbedding`
+            with the ``hog`` settings, no weights). Keys ``retrieval/<embedding>/rank1``,
+            ``.../chance``, ``.../n``. None or no embeddings: off.
         fid_cfgan: settings of the CFGAN official code's FID (defaults
             :data:`FID_CFGAN_DEFAULTS`): ``images`` — the first this many images are used (99);
             ``jpeg_quality`` — OpenCV JPEG quality of the written reconstructions (95, OpenCV's
@@ -215,6 +165,7 @@ class MetricSuite:
         download: bool = True,
         feature_nets: Mapping[str, nn.Module] | None = None,
         far: float = 0.01,
+        fars: Iterable[float] = (0.1, 0.01, 0.001),
         ranks: Iterable[int] = (1, 5),
         protocol: str = "per_row",
         folds: int = 10,
@@ -224,6 +175,7 @@ class MetricSuite:
         clip_pretrained: str = "laion2b_s34b_b79k",
         kid: Mapping[str, int] | None = None,
         fid_cfgan: Mapping[str, int | None] | None = None,
+        retrieval: Mapping | None = None,
     ) -> None:
         self.metrics = tuple(str(m) for m in metrics)
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
@@ -253,6 +205,9 @@ class MetricSuite:
         if not 0.0 <= far <= 1.0:
             raise ConfigError(f"far must be in [0, 1], got {far}")
         self.far = float(far)
+        self.fars = tuple(float(f) for f in fars)
+        if any(not 0.0 < f <= 1.0 for f in self.fars):
+            raise ConfigError(f"fars must be in (0, 1], got {list(fars)}")
         self.ranks = tuple(int(k) for k in ranks)
         if not self.ranks or min(self.ranks) < 1:
             raise ConfigError(f"ranks must be CMC ranks >= 1, got {list(ranks)}")
@@ -276,6 +231,18 @@ class MetricSuite:
                 f"fid_cfgan needs images >= 2 and jpeg_quality in [0, 100] or null, "
                 f"got {self.fid_cfgan}"
             )
+
+        retrieval = dict(retrieval or {})
+        bad = sorted(set(retrieval) - {"embeddings", "hog"})
+        if bad:
+            raise ConfigError(f"metrics.retrieval takes embeddings and hog, got {bad}")
+        self.retrieval_embeddings = tuple(str(e) for e in (retrieval.get("embeddings") or ()))
+        bad = sorted(set(self.retrieval_embeddings) - set(EMBEDDINGS))
+        if bad:
+            raise ConfigError(f"unknown retrieval embeddings {bad}; choose from {list(EMBEDDINGS)}")
+        self.hog = dict(retrieval.get("hog") or {})
+        self._retr = {e: ImageRetrieval(e) for e in self.retrieval_embeddings}
+        self._images = False  # update() was called since the last reset (a row with images)
 
         per_image = [m for m in self.metrics if m not in ("fid", "kid", "fid_cfgan")]
         self._values: dict[str, _Collect] = {m: _Collect() for m in per_image}
@@ -313,6 +280,7 @@ class MetricSuite:
     def _networks(self) -> list[str]:
         """The networks the configured metrics need, in :data:`NETWORKS` order."""
         wanted = {NETWORK_OF[m] for m in self.metrics if m in NETWORK_OF}
+        wanted |= {e for e in self.retrieval_embeddings if e in NETWORKS}  # CLIP for retrieval
         return [n for n in NETWORKS if n in wanted]
 
     def _load(self) -> None:
@@ -342,9 +310,14 @@ class MetricSuite:
             except MissingWeightsError as exc:
                 self._missing[name] = str(exc)
                 users = [m for m in self.metrics if NETWORK_OF.get(m) == name]
+                users += [f"retrieval/{name}" for e in self.retrieval_embeddings if e == name]
                 warnings.warn(
                     f"metric {', '.join(users)} will be reported as missing: {exc}", stacklevel=3
                 )
+        if "hog" in self.retrieval_embeddings and "hog" not in self._nets:
+            from reconattack.metrics.embeddings import HOGEmbedding
+
+            self._nets["hog"] = HOGEmbedding(**self.hog)
         self._loaded = True
 
     def share_networks(self, other: MetricSuite) -> None:
@@ -366,6 +339,8 @@ class MetricSuite:
             return
         for net in self._nets.values():
             net.to(device)
+        for r in self._retr.values():
+            r.to(device)
         self._device = device
 
     # ------------------------------------------------------------------------------ updates
@@ -385,6 +360,7 @@ class MetricSuite:
         if not self._loaded:
             self._load()
         self._to(pred.device)
+        self._images = True
         pred = pred.detach().float()
         target = target.detach().to(pred.device, torch.float32)
         x = (pred.clamp(-1, 1) + 1) / 2
@@ -414,7 +390,13 @@ class MetricSuite:
         if "lpips" in self._nets:
             d = self._nets["lpips"](x * 2 - 1, y * 2 - 1)
             self._values["lpips"].update(d.reshape(-1).float())
-        if "clip" in self._nets:
+        for name, retrieval in self._retr.items():  # one embedding pass per image and network
+            if name in self._nets:
+                ex, ey = self._nets[name](x).float(), self._nets[name](y).float()
+                retrieval.update(ex, ey)
+                if name == "clip" and "clip" in self._values:
+                    self._values["clip"].update(F.cosine_similarity(ex, ey, dim=-1))
+        if "clip" in self._nets and "clip" not in self._retr and "clip" in self._values:
             ex = self._nets["clip"](x).float()
             ey = self._nets["clip"](y).float()
             self._values["clip"].update(F.cosine_similarity(ex, ey, dim=-1))
@@ -572,39 +554,90 @@ class MetricSuite:
         """Feature rows this process keeps for KID (both sides)."""
         return sum(self._kid_local.values())
 
-    def verification_threshold(self) -> float | None:
-        """The score threshold at which this suite's pairs reach FPR ``far`` (the operating point
-        the ``"fixed"`` protocol applies to every row), or None without verification data.
-        Called on every process under DDP (gathers)."""
+    def verification_threshold(self, far: float | None = None) -> float | None:
+        """The score threshold at which this suite's pairs reach FPR ``far`` (default the suite's
+        ``far``; the operating point the ``"fixed"`` protocol applies to every row), or None
+        without verification data — and, for a FAR of :attr:`fars`, where these pairs cannot
+        measure it. Called on every process under DDP (gathers)."""
+        scores = _compute(self._ver_scores)
+        if not scores.numel():
+            return None
+        labels = _compute(self._ver_labels).bool()
+        target = self.far if far is None else float(far)
+        if far is not None and not MF.far_measurable(target, int((~labels).sum())):
+            return None
+        try:
+            return MF.threshold_at_far(scores, labels, target)
+        except ValueError:
+            return None
+
+    def thresholds(self) -> dict[float | None, float | None]:
+        """The ``"fixed"`` protocol's operating points set on this (the reference) row's pairs:
+        ``{None: at far, f: at each of fars}`` (:meth:`verification_threshold`)."""
+        return {None: self.verification_threshold(), **{f: self.verification_threshold(f) for f in self.fars}}
+
+    def roc(self) -> dict[str, np.ndarray] | None:
+        """The exact ROC of this suite's verification pairs (:func:`~reconattack.metrics.functional.roc_curve`:
+        ``far``, ``tpr``, ``threshold``), or None without pairs of both kinds. Every process
+        calls it under DDP (gathers)."""
         scores = _compute(self._ver_scores)
         if not scores.numel():
             return None
         try:
-            return MF.threshold_at_far(scores, _compute(self._ver_labels).bool(), self.far)
+            return MF.roc_curve(scores, _compute(self._ver_labels).bool())
         except ValueError:
             return None
 
-    def _verification(self, threshold: float | None) -> dict[str, float | str]:
+    def _tpr(self, scores: Tensor, labels: Tensor, far: float, threshold: float | None) -> dict[str, float | str]:
+        """``{"tpr": ..., "std": ...}`` at ``far`` under the suite's protocol (``threshold``: the
+        fixed protocol's, set on the reference row)."""
+        if self.protocol == "kfold":
+            mean, std = MF.val_at_far_kfold(scores, labels, far, self.folds)
+            return {"tpr": mean, "std": std}
+        if self.protocol == "fixed":
+            if threshold is None:
+                return {"tpr": f"{MISSING_PREFIX}the fixed protocol's threshold comes from the reference row's "
+                               "pairs, which were not evaluated or cannot measure this FAR"}
+            return {"tpr": MF.tpr_at_threshold(scores, labels, threshold)}
+        return {"tpr": MF.tpr_at_far(scores, labels, far)}
+
+    def _verification(self, thresholds: Mapping[float | None, float | None] | float | None) -> dict[str, float | str]:
         scores = _compute(self._ver_scores)
         if not scores.numel():
             return {}
         labels = _compute(self._ver_labels).bool()
+        if not isinstance(thresholds, Mapping):
+            thresholds = {None: thresholds}
+        out: dict[str, float | str] = {}
         try:
-            if self.protocol == "kfold":
-                mean, std = MF.val_at_far_kfold(scores, labels, self.far, self.folds)
-                return {"tpr@far": mean, "tpr@far_std": std}
-            if self.protocol == "fixed":
-                if threshold is None:
-                    return {"tpr@far": f"{MISSING_PREFIX}the fixed protocol's threshold comes from the "
-                                       "reference row's pairs, which were not evaluated"}
-                return {"tpr@far": MF.tpr_at_threshold(scores, labels, threshold)}
-            return {"tpr@far": MF.tpr_at_far(scores, labels, self.far)}
+            main = self._tpr(scores, labels, self.far, thresholds.get(None))
         except ValueError as exc:
             return {"tpr@far": f"{MISSING_PREFIX}{exc}"}
+        out["tpr@far"] = main["tpr"]
+        if "std" in main:
+            out["tpr@far_std"] = main["std"]
+        impostors = int((~labels).sum())
+        # kfold sets each fold's threshold on the other folds' impostors
+        usable = impostors * (self.folds - 1) // self.folds if self.protocol == "kfold" else impostors
+        for far in self.fars:
+            key = f"tpr@far={far:g}"
+            if not MF.far_measurable(far, usable):
+                out[key] = (f"{MISSING_PREFIX}FAR {far:g} needs at least {math.ceil(1 / far - 1e-9)} impostor "
+                            f"pairs to set a threshold on; this row has {usable} (smallest measurable FAR "
+                            f"{1 / max(usable, 1):.3g}): not extrapolated")
+                continue
+            try:
+                out[key] = self._tpr(scores, labels, far, thresholds.get(far))["tpr"]
+            except ValueError as exc:
+                out[key] = f"{MISSING_PREFIX}{exc}"
+        out.update({"pairs/genuine": int(labels.sum()), "pairs/impostor": impostors,
+                    "min_far": 1 / max(usable, 1)})
+        return out
 
-    def compute(self, threshold: float | None = None) -> dict[str, float | str]:
+    def compute(self, threshold: Mapping[float | None, float | None] | float | None = None) -> dict[str, float | str]:
         """Final values over everything seen since the last :meth:`reset`; ``threshold``: the
-        verification threshold of the ``"fixed"`` protocol.
+        verification thresholds of the ``"fixed"`` protocol, ``{None: the one of far, f: the one of
+        each of fars}`` (:meth:`thresholds`; a number: the one of ``far``).
 
         Returns:
             ``{name: value}`` in the order of ``metrics``, each FID followed by ``fid_n`` and
@@ -633,6 +666,11 @@ class MetricSuite:
                         out[name] = float(vals.double().mean())
             # FID / KID real statistics are complete after the first evaluated epoch
             self._real_frozen = not self.reset_real_features
+            for name, retrieval in self._retr.items():
+                if name not in self._missing:
+                    out.update(retrieval.compute())  # collective under DDP
+                elif self._images:  # a row with images whose embedding is missing
+                    out[f"{retrieval.prefix}rank1"] = MISSING_PREFIX + self._missing[name]
         out.update(self._verification(threshold))
         out.update(self._retrieval())
         return out
@@ -646,6 +684,9 @@ class MetricSuite:
         self._ver_labels.reset()
         for m in self._ret.values():
             m.reset()
+        for r in self._retr.values():
+            r.reset()
+        self._images = False
         sides = ("fake", "real") if self.reset_real_features else ("fake",)
         for side in sides:
             if self._fid[side] is not None:

@@ -206,7 +206,11 @@ def test_suite_verification_and_edge_cases():
     suite.update_verification(scores[:120], labels[:120])
     suite.update_verification(scores[120:], labels[120:])
     res = suite.compute()
-    assert res == {"tpr@far": MF.tpr_at_far(scores, labels, 0.1)}
+    assert res["tpr@far"] == MF.tpr_at_far(scores, labels, 0.1) == res["tpr@far=0.1"]
+    n_imp = int((~labels).sum())
+    assert res["pairs/impostor"] == n_imp and res["pairs/genuine"] == 200 - n_imp and res["min_far"] == 1 / n_imp
+    assert n_imp == 91  # fewer than 100 impostor pairs: FAR 0.01 and 0.001 are not extrapolated
+    assert res["tpr@far=0.01"].startswith("missing: ") and res["tpr@far=0.001"].startswith("missing: ")
     suite.reset()
     suite.update_verification(torch.rand(4), torch.ones(4, dtype=torch.bool))
     assert suite.compute()["tpr@far"].startswith("missing: ")

@@ -47,6 +47,22 @@ def test_demo_pipeline_reports_every_row_and_encryption_metric(tmp_path):
     assert saved["ours/psnr"] == pytest.approx(metrics["ours/psnr"])
     for name in ("samples/test_grid.png", "samples/encrypt_grid.png", "checkpoints/attack.ckpt"):
         assert (run_dir / name).is_file(), name
+    # every verification row keeps its exact ROC; its TPR at the run's FAR is the metric's
+    from reconattack.metrics.roc import read_rocs
+
+    rocs = read_rocs(run_dir)
+    assert {"ours", "original", "protected", "key_model", "random", "service/original", "service/protected"} <= set(rocs)
+    for row, roc in rocs.items():
+        assert metrics[f"{row}/tpr@far"] == pytest.approx(roc["tpr"][roc["far"] <= 0.01].max()), row
+        # 12 impostor pairs measure FAR down to 1/12: the lower FARs are missing, not extrapolated
+        assert metrics[f"{row}/min_far"] == pytest.approx(1 / 12) and metrics[f"{row}/pairs/impostor"] == 12
+        assert metrics[f"{row}/tpr@far=0.1"] == pytest.approx(roc["tpr"][roc["far"] <= 0.1].max())
+        assert metrics[f"{row}/tpr@far=0.001"].startswith("missing: ")
+    # retrieval of each image's own original among the 12 held-out: HOG computed, CLIP missing offline
+    for row in ("ours", "original", "protected", "key_model", "random"):
+        assert 0 <= metrics[f"{row}/retrieval/hog/rank1"] <= 1 and metrics[f"{row}/retrieval/hog/n"] == 12
+        assert metrics[f"{row}/retrieval/clip/rank1"].startswith("missing: ")
+    assert metrics["original/retrieval/hog/rank1"] == 1.0  # the originals as saved find themselves
     assert (run_dir / "samples" / "test_grid.txt").read_text().splitlines() == [
         "target | ours | original | protected | key_model | random", "tile: 16x16"]
     art, = (tmp_path / "cache" / "artifacts" / "encrypted_gallery").glob("[!.]*")
@@ -203,6 +219,9 @@ def test_cli_ddp_cpu_two_processes_attack(tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert isinstance(m["ours/psnr"], float) and isinstance(m["ours/tpr@far"], float)
     assert m["artifacts/built"] == 3
+    # gathered over both processes: the 12 held-out originals, once each
+    assert m["ours/retrieval/hog/n"] == 12 and m["ours/pairs/impostor"] == 12
+    assert (tmp_path / "run" / "roc_ours.csv").is_file()
 
 
 def test_trained_demo_models_do_not_depend_on_what_ran_before(tmp_path):
