@@ -537,7 +537,8 @@ def test_report_of_a_real_avih_multirun(tmp_path):
     for share in ("0.5", "1.0"):
         ms = [m for _, m in jobs[share]]
         cells = _row(table, f"Ours (threat.key_share={share})")
-        for i, col in enumerate(("tpr@far", "mse", "lpips", "psnr", "clip", "ssim")):
+        for i, col in enumerate(("tpr@far", "tpr@far=0.001", "retrieval/clip/rank1", "retrieval/hog/rank1",
+                                 "mse", "lpips", "psnr", "clip", "ssim")):
             values = [m[f"ours/{col}"] for m in ms]
             if isinstance(values[0], str):
                 assert cells[i] == "missing"
@@ -636,3 +637,30 @@ def test_a_categorical_defence_setting_plots_in_its_order(tmp_path):
         _fake_run(tmp_path / "b", str(i), [f"defence.coordinates={coords}", f"defence.keep={keep}"],
                   {"test/ssim": 0.5}, config=_defence_config(coordinates=coords, keep=keep))
     assert build_report(tmp_path / "b").layout.sweep is None
+
+
+def test_the_report_opens_with_what_leaked_and_draws_each_rows_roc(tmp_path):
+    """Issue 29 §2 and §5: the sentence is the printed numbers in words (means over seeds), beside
+    the controls'; each setting's verification rows are drawn from their roc_<row>.csv."""
+    from reconattack.metrics.roc import write_rocs
+
+    cfg = _config("CFGAN")
+    cfg["threat"]["report"]["columns"]["retrieval/hog/rank1"] = "higher"
+    cfg["metrics"] = {"far": 0.01}
+    for seed, ours in ((0, 0.6), (1, 0.7)):
+        d = _fake_run(tmp_path, str(seed), [f"seed={seed}"], {
+            "test/psnr": 15.0, "test/retrieval/hog/rank1": ours, "test/retrieval/hog/chance": 0.05,
+            "test/retrieval/hog/n": 20, "test/retrieval/clip/rank1": "missing: no CLIP weights",
+            "test/tpr@far": 0.5, "baseline/mean_image/tpr@far": 0.01,
+            "baseline/mean_image/retrieval/hog/rank1": 0.05, "baseline/shuffled/retrieval/hog/rank1": 0.1},
+            config=cfg)
+        write_rocs(d, {"test": {"far": [0, 0.01, 0.5, 1], "tpr": [0, 0.5, 0.9, 1], "threshold": [float("inf"), 0.9, 0.5, 0.1]},
+                       "baseline/mean_image": {"far": [0, 0.5, 1], "tpr": [0, 0.5, 1], "threshold": [float("inf"), 0.5, 0.1]}})
+    write_reports(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    section = md[md.index("## What leaked"):md.index("## All metrics")]
+    assert ("reconstructions found their own original among 20 in 65 % (mean of 2 runs) of cases (nearest by HOG "
+            "descriptors (no learnt weights)), chance 5 %; mean image: 5 % (mean of 2 runs); shuffled: 10 % (mean of 2 runs).") in section
+    assert "At FAR 0.01, the evaluation model accepted 50 % (mean of 2 runs) of the genuine pairs" in section
+    assert "CLIP" not in section  # missing: never named as what was measured
+    assert "## ROC at low FAR" in md and _is_png(tmp_path / "report_roc.png")

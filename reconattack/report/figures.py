@@ -60,7 +60,7 @@ def write_plots(report: Report) -> list[Path]:
             ax.set_xscale("log")
         ax.set_xticks(ticks, [report.x_labels.get(x, f"{x:g}") for x in ticks])
         ax.minorticks_off()
-        col = metric.split("/")[-1]
+        col = metric.split("/", 1)[-1]  # the layout column (retrieval/hog/rank1: not just rank1)
         arrow = ARROWS.get(directions.get(col, ""), "")
         ax.set_xlabel(layout.sweep_label if report.series else lines[0].label)
         ax.set_ylabel(f"{metric} {arrow}".strip())
@@ -98,6 +98,50 @@ def _fallback_series(report: Report) -> dict[str, list[Series]]:
         if len({s.mean for s in stats}) == 1 and not any(s.std for s in stats):
             continue  # constant over the swept value (e.g. the encrypted gallery's metrics)
         out[m] = [Series(param, sorted((x, s.mean, s.std, s.n) for x, s in zip(xs, stats)), True)]
+    return out
+
+
+# ------------------------------------------------------------------------------ ROC curves
+
+def write_roc_plots(report: Report) -> list[tuple[Path, str]]:
+    """Per setting, the ROC of every verification row of its first finished run that has them
+    (``roc_<row>.csv``) in log-log axes: TPR against FAR, the attack's row solid, the others
+    dashed, the smallest FAR the pairs measure (1 / impostor pairs) where each curve starts.
+    Returns ``(path, caption)`` pairs (``report_roc.png``, or ``report_roc_<k>.png`` for the
+    k-th setting of several)."""
+    from reconattack.metrics.roc import read_rocs
+
+    attack_row = report.layout.attack_row if report.layout else "test"
+    drawn = []
+    for g in report.groups:
+        run = next((j for j in g.finished if any(j.dir.glob("roc_*.csv"))), None)
+        if run is not None:
+            drawn.append((g, run, read_rocs(run.dir)))
+    if not drawn:
+        return []
+    plt = _pyplot()
+    out = []
+    for k, (g, run, curves) in enumerate(drawn):
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+        for row, roc in sorted(curves.items(), key=lambda kv: (kv[0] != attack_row, kv[0])):
+            keep = (roc["far"] > 0) & (roc["tpr"] > 0)  # log axes: the points off zero
+            if not keep.any():
+                continue
+            ax.step(roc["far"][keep], roc["tpr"][keep], where="post", linestyle="-" if row == attack_row else "--",
+                    linewidth=1.8 if row == attack_row else 1.0, label=row)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("FAR (false accepts / impostor pairs)")
+        ax.set_ylabel("TPR ↑")
+        setting = g.setting or "(all)"
+        ax.set_title(textwrap.shorten(f"ROC: {setting}, run {run.name}", 90), fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        fig.tight_layout()
+        path = report.root / ("report_roc.png" if len(drawn) == 1 else f"report_roc_{k}.png")
+        atomic_write_bytes(path, _png(fig))
+        plt.close(fig)
+        out.append((path, f"{setting} (run {run.name}; its roc_<row>.csv files)"))
     return out
 
 

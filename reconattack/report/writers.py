@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from reconattack.metrics.diagnostics import MARK, MEANING, warnings_of
-from reconattack.report.figures import figure_path, write_grids, write_plots
-from reconattack.report.runs import EMPTY, MISSING, Options, Stat
+from reconattack.report.figures import figure_path, write_grids, write_plots, write_roc_plots
+from reconattack.report.runs import EMPTY, MISSING, Options, Stat, lookup
 from reconattack.report.tables import (
     ARROWS,
     Report,
@@ -35,15 +35,16 @@ def write_reports(root: Path, options: Options | None = None) -> list[Path]:
     root = report.root
     written = _write_csv(report)
     plots = write_plots(report)
+    rocs = write_roc_plots(report)
     grids = write_grids(report)
     written.append(atomic_write_text(root / "report.tex", _tex(report)))
-    md = _markdown(report, plots, grids)
+    md = _markdown(report, plots, grids, rocs)
     written.insert(0, atomic_write_text(root / "report.md", md))
     if report.options.wandb:  # the jobs' logger was W&B: the tables there too
         from reconattack.engine.tracking import log_report_tables
 
         log_report_tables(root, report.jobs, [p for p in written if p.suffix == ".csv"])
-    return written + plots + [f for p, _ in grids for f in (p, figure_path(p))]
+    return written + plots + [p for p, _ in rocs] + [f for p, _ in grids for f in (p, figure_path(p))]
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -58,7 +59,8 @@ def _md_cell(s: Stat) -> str:
     return "missing" if s.text.startswith(MISSING) else s.text.replace("|", "\\|")
 
 
-def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[str]]]) -> str:
+def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[str]]],
+              rocs: list[tuple[Path, str]] = ()) -> str:
     jobs = report.jobs
     counts = defaultdict(int)
     for j in jobs:
@@ -70,6 +72,7 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
           f"numbers are mean ± std over its finished runs (sample std, ddof=1; one run: its value), "
           f"`runs` says how many, `(n=k)` marks a metric fewer runs reported.", ""]
     md.append("Overrides common to all jobs: " + (" ".join(f"`{o}`" for o in report.common) or "none") + ".")
+    md += _md_leakage(report)
     reasons: dict[str, None] = {}
 
     def cell(s: Stat) -> str:
@@ -107,6 +110,11 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
         md += _md_answers(report)
     if plots:
         md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    if rocs:
+        md += ["", "## ROC at low FAR", "", "Each verification row's exact ROC in log-log axes (the attack's row "
+               "solid, the others dashed); a curve starts at the smallest FAR its impostor pairs measure.", ""]
+        for path, caption in rocs:
+            md += [f"![{path.stem}]({path.name})", "", caption, ""]
     if grids or report.notes:
         md += ["", "## Sample images", ""]
         for path, titles in grids:
@@ -131,8 +139,62 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
                         [[j.name, j.status, " ".join(o for o in j.overrides if o not in common).replace("|", "\\|"),
                           (j.error or "").replace("|", "\\|")] for j in bad])
     if reasons:
-        md += ["", "Metrics the runs reported as missing (no pretrained weights):", ""] + [f"- {r}" for r in reasons]
+        md += ["", "Metrics the runs reported as missing (no pretrained weights, or too few pairs to measure):", ""] + [f"- {r}" for r in reasons]
     return "\n".join(md) + "\n"
+
+
+EMBEDDING_WORDS = {"clip": "CLIP ViT-B-32 embeddings", "hog": "HOG descriptors (no learnt weights)"}
+
+
+def _pct(stat: Stat) -> str:
+    return f"{100 * stat.mean:.0f} %" + (f" (mean of {stat.n} runs)" if stat.n > 1 else "")
+
+
+def _leak_words(g, row: str, controls: list[dict], far: str) -> list[str]:
+    """What leaked, in words, for metrics row ``row`` of group ``g`` beside its controls' rows."""
+    out = []
+    for emb in ("clip", "hog"):  # the first embedding with numbers
+        key = f"retrieval/{emb}/rank1"
+        ours = g.stats.get(f"{row}/{key}")
+        if ours is None or ours.mean is None:
+            continue
+        n = g.stats.get(f"{row}/retrieval/{emb}/n")
+        chance = g.stats.get(f"{row}/retrieval/{emb}/chance")
+        among = f"among {n.mean:g}" if n is not None and n.mean is not None else "among the test set's"
+        text = (f"reconstructions found their own original {among} in {_pct(ours)} of cases (nearest by "
+                f"{EMBEDDING_WORDS[emb]})" + (f", chance {100 * chance.mean:.0f} %" if chance and chance.mean else ""))
+        others = [f"{c['label']}: {_pct(st)}" for c in controls
+                  if (st := g.stats.get(f"{c['row']}/{key}")) is not None and st.mean is not None]
+        out.append(text + ("; " + "; ".join(others) if others else "") + ".")
+        break
+    tpr = g.stats.get(f"{row}/tpr@far")
+    if tpr is not None and tpr.mean is not None:
+        others = [f"{c['label']}: {_pct(st)}" for c in controls
+                  if (st := g.stats.get(f"{c['row']}/tpr@far")) is not None and st.mean is not None]
+        out.append(f"At FAR {far}, the evaluation model accepted {_pct(tpr)} of the genuine pairs made with the "
+                   "reconstructions" + ("; " + "; ".join(others) if others else "") + ".")
+    return out
+
+
+def _md_leakage(report: Report) -> list[str]:
+    """"What leaked", opening the report: per table, block and attack setting, the retrieval of
+    each reconstruction's own original and the verification TPR in words, from the numbers the
+    tables print (means over the setting's runs), beside the controls'."""
+    layout = report.layout
+    if layout is None or not report.tables:
+        return []
+    lines = []
+    for table in report.tables:
+        for r in (r for r in table.rows if r.kind == "attack"):
+            for block, g in r.groups.items():
+                where = ", ".join(x for x in (table.title, block if len(table.blocks) > 1 else "") if x)
+                far = lookup(g.config, "metrics.far")
+                words = _leak_words(g, r.prefix, layout.controls, f"{far:g}" if isinstance(far, (int, float)) else "far")
+                if words:
+                    lines.append(f"- **{r.label}**" + (f" ({where})" if where else "") + ": " + " ".join(words))
+    if not lines:
+        return []
+    return ["", "## What leaked", "", *lines]
 
 
 def _marked(label: str, flagged: bool) -> str:
