@@ -120,7 +120,9 @@ def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None,
     kwargs = OmegaConf.to_container(cfg.metrics, resolve=True)
     if metrics is not None:
         kwargs["metrics"] = list(metrics)
-    return hydra.utils.instantiate(kwargs, stages=stages, log_prefix=log_prefix)
+    # not recursive: metrics.identity.model is a face model's config (its net is built by the
+    # suite, from the checkpoint, only when the identity rows are computed)
+    return hydra.utils.instantiate(kwargs, stages=stages, log_prefix=log_prefix, _recursive_=False)
 
 
 #: Lightning's shorthand precisions, by their full names

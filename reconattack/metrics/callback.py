@@ -141,9 +141,8 @@ class ReconstructionMetrics(pl.Callback):
         groups = self.group_suites[stage]
         thresholds: dict[str, dict] = {}  # family -> the fixed protocol's thresholds
         self.curves[stage] = {}
-        roc = suite.roc()
-        if roc is not None:
-            self.curves[stage][stage] = roc
+        for kind, roc in suite.rocs().items():
+            self.curves[stage][f"{stage}/{kind}" if kind else stage] = roc
         for prefix, group in groups.items():  # same order on every process
             family = prefix.rstrip("/").rpartition("/")[0]
             family = f"{family}/" if family else ""
@@ -154,9 +153,9 @@ class ReconstructionMetrics(pl.Callback):
                     results[f"{family}verification/threshold"] = thresholds[family][None]
             results.update({f"{prefix}{name}": value
                             for name, value in group.compute(thresholds.get(family)).items()})
-            roc = group.roc()
-            if roc is not None:
-                self.curves[stage][prefix.rstrip("/")] = roc
+            for kind, roc in group.rocs().items():
+                row = prefix.rstrip("/")
+                self.curves[stage][f"{row}/{kind}" if kind else row] = roc
             group.reset()
         if any(k.endswith("/tpr@far") or k == "tpr@far" for k in results):
             results["verification/protocol"] = self.protocol

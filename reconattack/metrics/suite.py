@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from reconattack.errors import ConfigError
 from reconattack.metrics import functional as MF
+from reconattack.metrics.identity import IdentityLeakage, crop_faces, load_recogniser
 from reconattack.metrics.retrieval import EMBEDDINGS, ImageRetrieval
 from reconattack.metrics.states import MISSING_PREFIX
 from reconattack.metrics.states import Collect as _Collect
@@ -78,7 +79,7 @@ NETWORK_OF = {
     "lpips": "lpips",
     "clip": "clip",
 }
-NETWORKS = ("fid", "fid_cfgan", "lpips", "clip")
+NETWORKS = ("fid", "fid_cfgan", "lpips", "clip", "face")
 #: KID settings (conf/metrics/default.yaml ``kid``)
 KID_DEFAULTS = {"below": 2048, "subset_size": 1000, "subsets": 100, "seed": 0}
 #: settings of the CFGAN official code's FID (conf/metrics/default.yaml ``fid_cfgan``)
@@ -150,6 +151,12 @@ class MetricSuite:
             its weights are; ``"hog"``: :class:`~reconattack.metrics.embeddings.HOGEmbedding`
             with the ``hog`` settings, no weights). Keys ``retrieval/<embedding>/rank1``,
             ``.../chance``, ``.../n``. None or no embeddings: off.
+        identity: identity leakage by a face recogniser the attack did not use
+            (:mod:`reconattack.metrics.identity`): ``{"model": a conf/face config, "crop": (top,
+            left, bottom, right) fractions or None, "max_impostors": int}``; keys ``id/...``
+            (type-I TPR at each of ``fars``, ``cos``, ``rank1``); missing with the reason when
+            the recogniser's checkpoint is not there. ``feature_nets["face"]`` injects one
+            (tests). None: off.
         fid_cfgan: settings of the CFGAN official code's FID (defaults
             :data:`FID_CFGAN_DEFAULTS`): ``images`` — the first this many images are used (99);
             ``jpeg_quality`` — OpenCV JPEG quality of the written reconstructions (95, OpenCV's
@@ -176,6 +183,7 @@ class MetricSuite:
         kid: Mapping[str, int] | None = None,
         fid_cfgan: Mapping[str, int | None] | None = None,
         retrieval: Mapping | None = None,
+        identity: Mapping | None = None,
     ) -> None:
         self.metrics = tuple(str(m) for m in metrics)
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
@@ -242,6 +250,14 @@ class MetricSuite:
             raise ConfigError(f"unknown retrieval embeddings {bad}; choose from {list(EMBEDDINGS)}")
         self.hog = dict(retrieval.get("hog") or {})
         self._retr = {e: ImageRetrieval(e) for e in self.retrieval_embeddings}
+        identity = dict(identity or {})
+        bad = sorted(set(identity) - {"model", "crop", "max_impostors"})
+        if bad:
+            raise ConfigError(f"metrics.identity takes model, crop and max_impostors, got {bad}")
+        self.identity_model = identity.get("model")
+        self.identity_crop = identity.get("crop")
+        on = self.identity_model is not None or "face" in self.feature_nets
+        self._identity = IdentityLeakage(self.fars, int(identity.get("max_impostors") or 999)) if on else None
         self._images = False  # update() was called since the last reset (a row with images)
 
         per_image = [m for m in self.metrics if m not in ("fid", "kid", "fid_cfgan")]
@@ -281,6 +297,8 @@ class MetricSuite:
         """The networks the configured metrics need, in :data:`NETWORKS` order."""
         wanted = {NETWORK_OF[m] for m in self.metrics if m in NETWORK_OF}
         wanted |= {e for e in self.retrieval_embeddings if e in NETWORKS}  # CLIP for retrieval
+        if self._identity is not None:
+            wanted.add("face")
         return [n for n in NETWORKS if n in wanted]
 
     def _load(self) -> None:
@@ -303,6 +321,8 @@ class MetricSuite:
                     self._nets[name] = pretrained.load_cfgan_inception(path, self.download)
                 elif name == "lpips":
                     self._nets[name] = pretrained.load_lpips(path, self.download)
+                elif name == "face":
+                    self._nets[name] = load_recogniser(self.identity_model)
                 else:
                     self._nets[name] = pretrained.load_clip(
                         path, self.download, self.clip_model, self.clip_pretrained
@@ -311,6 +331,7 @@ class MetricSuite:
                 self._missing[name] = str(exc)
                 users = [m for m in self.metrics if NETWORK_OF.get(m) == name]
                 users += [f"retrieval/{name}" for e in self.retrieval_embeddings if e == name]
+                users += ["id/*"] * (name == "face")
                 warnings.warn(
                     f"metric {', '.join(users)} will be reported as missing: {exc}", stacklevel=3
                 )
@@ -341,6 +362,8 @@ class MetricSuite:
             net.to(device)
         for r in self._retr.values():
             r.to(device)
+        if self._identity is not None:
+            self._identity.to(device)
         self._device = device
 
     # ------------------------------------------------------------------------------ updates
@@ -390,6 +413,11 @@ class MetricSuite:
         if "lpips" in self._nets:
             d = self._nets["lpips"](x * 2 - 1, y * 2 - 1)
             self._values["lpips"].update(d.reshape(-1).float())
+        if self._identity is not None and "face" in self._nets:
+            net = self._nets["face"]
+            ex = net(crop_faces(x, self.identity_crop) * 2 - 1).float()
+            ey = net(crop_faces(y, self.identity_crop) * 2 - 1).float()
+            self._identity.update(ex, ey)
         for name, retrieval in self._retr.items():  # one embedding pass per image and network
             if name in self._nets:
                 ex, ey = self._nets[name](x).float(), self._nets[name](y).float()
@@ -576,17 +604,21 @@ class MetricSuite:
         ``{None: at far, f: at each of fars}`` (:meth:`verification_threshold`)."""
         return {None: self.verification_threshold(), **{f: self.verification_threshold(f) for f in self.fars}}
 
-    def roc(self) -> dict[str, np.ndarray] | None:
-        """The exact ROC of this suite's verification pairs (:func:`~reconattack.metrics.functional.roc_curve`:
-        ``far``, ``tpr``, ``threshold``), or None without pairs of both kinds. Every process
-        calls it under DDP (gathers)."""
+    def rocs(self) -> dict[str, dict[str, np.ndarray]]:
+        """The exact ROCs of this suite's verification rows (:func:`~reconattack.metrics.functional.roc_curve`:
+        ``far``, ``tpr``, ``threshold``): ``""`` its verification pairs, ``"id"`` the identity
+        rows' type-I pairs of the last :meth:`compute`; a row without pairs of both kinds is
+        left out. Every process calls it under DDP (gathers)."""
+        out = {}
         scores = _compute(self._ver_scores)
-        if not scores.numel():
-            return None
-        try:
-            return MF.roc_curve(scores, _compute(self._ver_labels).bool())
-        except ValueError:
-            return None
+        if scores.numel():
+            try:
+                out[""] = MF.roc_curve(scores, _compute(self._ver_labels).bool())
+            except ValueError:
+                pass
+        if self._identity is not None and self._identity.curve is not None:
+            out["id"] = self._identity.curve
+        return out
 
     def _tpr(self, scores: Tensor, labels: Tensor, far: float, threshold: float | None) -> dict[str, float | str]:
         """``{"tpr": ..., "std": ...}`` at ``far`` under the suite's protocol (``threshold``: the
@@ -671,6 +703,11 @@ class MetricSuite:
                     out.update(retrieval.compute())  # collective under DDP
                 elif self._images:  # a row with images whose embedding is missing
                     out[f"{retrieval.prefix}rank1"] = MISSING_PREFIX + self._missing[name]
+            if self._identity is not None:
+                if "face" not in self._missing:
+                    out.update(self._identity.compute())  # collective under DDP
+                elif self._images:
+                    out["id/rank1"] = MISSING_PREFIX + self._missing["face"]
         out.update(self._verification(threshold))
         out.update(self._retrieval())
         return out
@@ -686,6 +723,9 @@ class MetricSuite:
             m.reset()
         for r in self._retr.values():
             r.reset()
+        if self._identity is not None:
+            self._identity.queries.reset()
+            self._identity.gallery.reset()
         self._images = False
         sides = ("fake", "real") if self.reset_real_features else ("fake",)
         for side in sides:
