@@ -3,6 +3,10 @@ task*, CVPR 2023, read from the paper; its code is StyleGAN2-ADA under NVIDIA's 
 licence and is not used). Networks only; the adaptation is described in
 :mod:`reconattack.attacks.glead` and ``conf/model/glead_paper.yaml``.
 
+- every convolution and linear layer uses StyleGAN2's *equalized learning rate*
+  (:class:`EqualizedConv2d`, :class:`EqualizedLinear`: weights stored N(0, 1), scaled by
+  1 / sqrt(fan_in) when used) and its activation, leaky ReLU x sqrt 2: the learning rates of
+  ``conf/attack/glead.yaml`` are StyleGAN2's, which presuppose both;
 - :class:`ModulatedConv2d` — StyleGAN2's convolution: weights scaled per sample by a style
   (an affine map of a latent code w) and demodulated (each output channel's weights renormalised
   to unit norm), computed as one grouped convolution over the batch.
@@ -11,7 +15,9 @@ licence and is not used). Networks only; the adaptation is described in
   image (two modulated 3x3 convolutions with noise and leaky ReLU, then a modulated 1x1 to RGB
   added to the upsampled RGB of the blocks before: the skip architecture); one w per block.
 - :class:`SiftEncoder` — the SIFT map (B, C, S, S) to that spatial map and the w codes.
-- :class:`GleaDGenerator` — encoder + synthesis: map → image (B, 3, H, W) in [-1, 1] (tanh).
+- :class:`GleaDGenerator` — encoder + synthesis: map → image (B, 3, H, W), trained toward
+  [-1, 1] with a linear output as StyleGAN2's (no tanh: a saturated tanh stops the L1 term's
+  gradient, and the demo's run never came back from one; the evaluation clamps).
 - :class:`GleaDDiscriminator` — a residual discriminator (StyleGAN2's resnet architecture) with
   GLeaD's decoding heads: from its features of an image, the spatial map and the w codes that the
   generator's synthesis must turn back into that image (:meth:`GleaDDiscriminator.leading`).
@@ -29,20 +35,61 @@ from torch import nn
 from reconattack.errors import ConfigError
 
 
+class EqualizedConv2d(nn.Module):
+    """StyleGAN2's convolution with the equalized learning rate: the weights are stored N(0, 1)
+    and scaled by 1 / sqrt(fan_in) at every forward pass, so an Adam step moves every layer's
+    effective weights by the same relative amount (StyleGAN2's learning rates, 2e-3 to 2.5e-3,
+    presuppose it; with the scale folded into stored weights they are about sqrt(fan_in) times
+    too large and the demo diverged). (B, in_ch, H, W) → (B, out_ch, H / stride, W / stride)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.gain, self.stride, self.padding = 1 / math.sqrt(in_ch * kernel * kernel), int(stride), kernel // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.gain, self.bias, self.stride, self.padding)
+
+
+class EqualizedLinear(nn.Module):
+    """StyleGAN2's fully connected layer with the equalized learning rate (weights N(0, 1) scaled
+    by 1 / sqrt(in_features) at run time; the bias starts at ``bias_init``: 1 for the affine maps
+    to styles). (..., in_features) → (..., out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.gain = 1 / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.gain, self.bias)
+
+
+class ScaledLeakyReLU(nn.Module):
+    """Leaky ReLU (slope 0.2) times sqrt 2: StyleGAN2's activation, which keeps unit-variance
+    activations unit-variance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, 0.2) * math.sqrt(2)
+
+
 class ModulatedConv2d(nn.Module):
     """StyleGAN2's modulated convolution (see the module docstring).
 
     Input x (B, in_ch, H, W) and w (B, w_dim); output (B, out_ch, H', W') with H' = 2H when ``up``
-    (bilinear upsampling before the convolution).
+    (bilinear upsampling before the convolution). As StyleGAN2's: weights stored N(0, 1), styles
+    from an equalized affine map starting at 1; without demodulation (the RGB layers) the styles
+    are scaled by 1 / sqrt(fan_in).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True,
                  up: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel) / math.sqrt(in_ch * kernel * kernel))
-        self.affine = nn.Linear(w_dim, in_ch)
-        nn.init.zeros_(self.affine.weight)
-        nn.init.ones_(self.affine.bias)  # styles start at 1: the plain convolution
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.affine = EqualizedLinear(w_dim, in_ch, bias_init=1.0)  # styles start near 1
+        self.style_gain = 1.0 if demodulate else 1 / math.sqrt(in_ch * kernel * kernel)
         self.demodulate, self.up, self.padding = bool(demodulate), bool(up), kernel // 2
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -50,7 +97,7 @@ class ModulatedConv2d(nn.Module):
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             h, wd = 2 * h, 2 * wd
-        style = self.affine(w)  # (B, in)
+        style = self.affine(w) * self.style_gain  # (B, in)
         weight = self.weight[None] * style[:, None, :, None, None]  # (B, out, in, k, k)
         if self.demodulate:
             weight = weight * torch.rsqrt(weight.pow(2).sum((2, 3, 4), keepdim=True) + 1e-8)
@@ -102,8 +149,8 @@ class GleaDSynthesis(nn.Module):
             ``start * 2 ** (len(widths) - 1)``.
         w_dim: latent code size; one code per block (``num_ws = len(widths)``).
 
-    ``forward(spatial (B, widths[0], start, start), ws (B, num_ws, w_dim))`` → (B, 3, H, W) in
-    [-1, 1].
+    ``forward(spatial (B, widths[0], start, start), ws (B, num_ws, w_dim))`` → (B, 3, H, W), the
+    summed RGB of the blocks, linear (StyleGAN2's skip output; trained toward [-1, 1], not bounded).
     """
 
     def __init__(self, widths: Sequence[int], w_dim: int = 512) -> None:
@@ -117,12 +164,12 @@ class GleaDSynthesis(nn.Module):
         x, rgb = spatial, None
         for i, block in enumerate(self.blocks):
             x, rgb = block(x, rgb, ws[:, i])
-        return torch.tanh(rgb)
+        return rgb
 
 
 def _down(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, 2, 1), nn.LeakyReLU(0.2, True),
-                         nn.Conv2d(out_ch, out_ch, 3, 1, 1), nn.LeakyReLU(0.2, True))
+    return nn.Sequential(EqualizedConv2d(in_ch, out_ch, 3, 2), ScaledLeakyReLU(),
+                         EqualizedConv2d(out_ch, out_ch, 3), ScaledLeakyReLU())
 
 
 class SiftEncoder(nn.Module):
@@ -133,9 +180,9 @@ class SiftEncoder(nn.Module):
     def __init__(self, in_ch: int, widths: Sequence[int], num_ws: int, w_dim: int) -> None:
         super().__init__()
         w = [int(c) for c in widths]
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 3, 1, 1), nn.LeakyReLU(0.2, True))
+        self.stem = nn.Sequential(EqualizedConv2d(in_ch, w[0], 3), ScaledLeakyReLU())
         self.stages = nn.Sequential(*[_down(a, b) for a, b in zip(w[:-1], w[1:])])
-        self.to_ws = nn.Linear(w[-1], num_ws * w_dim)
+        self.to_ws = EqualizedLinear(w[-1], num_ws * w_dim)
         self.num_ws, self.w_dim = int(num_ws), int(w_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +192,7 @@ class SiftEncoder(nn.Module):
 
 
 class GleaDGenerator(nn.Module):
-    """SIFT map (B, in_ch, S, S) → image (B, 3, H, W) in [-1, 1]: :class:`SiftEncoder` to the
+    """SIFT map (B, in_ch, S, S) → image (B, 3, H, W) (linear, trained toward [-1, 1]): :class:`SiftEncoder` to the
     synthesis's start map and codes, then :class:`GleaDSynthesis`. The start resolution is the
     map's after ``len(encoder) - 1`` halvings; the image's after ``len(synthesis) - 1`` doublings
     of it."""
@@ -170,12 +217,13 @@ class _ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv0 = nn.Conv2d(in_ch, in_ch, 3, 1, 1)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 2, 1)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1, 2, 0, bias=False)
+        self.conv0 = EqualizedConv2d(in_ch, in_ch, 3)
+        self.conv1 = EqualizedConv2d(in_ch, out_ch, 3, 2)
+        self.skip = EqualizedConv2d(in_ch, out_ch, 1, 2, bias=False)
+        self.act = ScaledLeakyReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.leaky_relu(self.conv1(F.leaky_relu(self.conv0(x), 0.2)), 0.2)
+        y = self.act(self.conv1(self.act(self.conv0(x))))
         return (y + self.skip(x)) / math.sqrt(2)
 
 
@@ -201,17 +249,18 @@ class GleaDDiscriminator(nn.Module):
         side = int(image_size) // 2 ** (len(w) - 1)
         if side < 1 or side * 2 ** (len(w) - 1) != int(image_size):
             raise ConfigError(f"GleaD discriminator: {len(w) - 1} halvings do not divide the image side {image_size}")
-        self.from_rgb = nn.Conv2d(3, w[0], 1)
+        self.from_rgb = EqualizedConv2d(3, w[0], 1)
         self.blocks = nn.ModuleList(_ResBlock(a, b) for a, b in zip(w[:-1], w[1:]))
         self.lead_at = int(lead_at)
-        self.out = nn.Sequential(nn.Conv2d(w[-1], w[-1], 3, 1, 1), nn.LeakyReLU(0.2, True), nn.Flatten(),
-                                 nn.Linear(w[-1] * side * side, w[-1]), nn.LeakyReLU(0.2, True), nn.Linear(w[-1], 1))
-        self.to_spatial = nn.Conv2d(w[lead_at], spatial_ch, 3, 1, 1)
-        self.to_ws = nn.Linear(w[-1], num_ws * w_dim)
+        self.out = nn.Sequential(EqualizedConv2d(w[-1], w[-1], 3), ScaledLeakyReLU(), nn.Flatten(),
+                                 EqualizedLinear(w[-1] * side * side, w[-1]), ScaledLeakyReLU(),
+                                 EqualizedLinear(w[-1], 1))
+        self.to_spatial = EqualizedConv2d(w[lead_at], spatial_ch, 3)
+        self.to_ws = EqualizedLinear(w[-1], num_ws * w_dim)
         self.num_ws, self.w_dim = int(num_ws), int(w_dim)
 
     def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.leaky_relu(self.from_rgb(x), 0.2)
+        h = F.leaky_relu(self.from_rgb(x), 0.2) * math.sqrt(2)
         lead = None
         for i, block in enumerate(self.blocks, start=1):
             h = block(h)
@@ -229,4 +278,4 @@ class GleaDDiscriminator(nn.Module):
         return self.out(h).squeeze(1), self.to_spatial(lead), ws
 
 
-__all__ = ["GleaDDiscriminator", "GleaDGenerator", "GleaDSynthesis", "ModulatedConv2d", "SiftEncoder"]
+__all__ = ["EqualizedConv2d", "EqualizedLinear", "GleaDDiscriminator", "GleaDGenerator", "GleaDSynthesis", "ModulatedConv2d", "SiftEncoder"]
