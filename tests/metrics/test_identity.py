@@ -45,8 +45,8 @@ def test_impostor_pairs_are_every_other_original_or_a_seeded_sample():
 def test_type_i_verification_cosine_and_rank1_equal_the_written_out_definitions(seed):
     rng = np.random.default_rng(seed)
     n = 40
-    originals = rng.normal(size=(n, 8)).astype(np.float32).astype(np.float64)  # the stored precision
-    recon = (originals + rng.normal(scale=1.2, size=(n, 8))).astype(np.float32).astype(np.float64)
+    originals = rng.normal(size=(n, 8)).astype(np.float16).astype(np.float64)  # the stored precision
+    recon = (originals + rng.normal(scale=1.2, size=(n, 8))).astype(np.float16).astype(np.float64)
     leak = IdentityLeakage(fars=(0.1, 0.01, 0.001), max_impostors=999)
     leak.update(torch.tensor(recon[:25]), torch.tensor(originals[:25]))
     leak.update(torch.tensor(recon[25:]), torch.tensor(originals[25:]))
