@@ -5,6 +5,15 @@ keypoints shared, the descriptor bits, Gaussian noise on the descriptors, coordi
 only (SLI-B's case); the attacker trains through the same defence. AVIH: the VC weight (the attack
 paper's Remark 1), with the key model's own recovery beside the attack's.
 
+What each SIFT defence costs the system is measured in the same runs (``threat.utility``,
+reconattack/threats/sift_utility.py: matching accuracy, homography accuracy and AUC, pair
+retrieval of each held-out image against a random homography of it; ``utility/*`` in
+metrics.json), so each SIFT curve's report also draws leakage against utility
+(``report_privacy_utility.png``: the attack's retrieval rank-1 and PSNR against
+``utility/h_acc@3``, a point per strength in the sweep's order, the undefended first, the
+controls as lines). Coordinates withheld and positions only report the geometric measures as
+missing (with the reason) and pair retrieval by descriptors where descriptors are shared.
+
     python experiments/defences.py --scale demo
     python experiments/defences.py --scale paper --dry-run
 """
@@ -44,7 +53,8 @@ DEMO = Scale(
     about="Demo scale: demo_defence_sift (CFGAN's coarse net, 400 steps, on the SIFT of the 100 "
           "scikit-image LFW faces at 64x64, 20 held out) trained and tested through each SIFT defence "
           "at each strength, and demo_avih (digits, key share 70 %) at VC weights 0.3 / 3 / 30; seed 0, "
-          "one report per curve (a row per strength, each metric against it with the controls).",
+          "one report per curve (a row per strength, each metric against it with the controls; for SIFT "
+          "also leakage against the utility the defence leaves, measured in the same runs).",
 )
 
 PAPER = Scale(
@@ -53,7 +63,7 @@ PAPER = Scale(
     about="Paper scale: cfgan_celebahq (CFGAN at the paper's sizes on CelebA-HQ, GPUs) trained and "
           "tested through each SIFT defence at each strength, and avih_attack_lfw (key share 10 %) at "
           "VC weights 0.3 / 3 / 30 (each weight encrypts its own gallery); seed 0 (add seed=0,1,2 for "
-          "error bars), one report per curve.",
+          "error bars), one report per curve (SIFT: with its privacy-utility figure).",
 )
 
 RECIPE = Recipe(

@@ -664,3 +664,64 @@ def test_the_report_opens_with_what_leaked_and_draws_each_rows_roc(tmp_path):
     assert "At FAR 0.01, the evaluation model accepted 50 % (mean of 2 runs) of the genuine pairs" in section
     assert "CLIP" not in section  # missing: never named as what was measured
     assert "## ROC at low FAR" in md and _is_png(tmp_path / "report_roc.png")
+
+
+def _utility_config(**defence):
+    cfg = _defence_config(**defence)
+    report = cfg["threat"]["report"]
+    report["columns"].update({"retrieval/hog/rank1": "higher", "utility/h_acc@3": "higher", "utility/mma@3": "higher"})
+    report["privacy_utility"] = {"x": "utility/h_acc@3", "y": ["retrieval/hog/rank1", "psnr"]}
+    return cfg
+
+
+def test_a_defence_sweep_with_utility_draws_privacy_against_utility(tmp_path):
+    """Issue 29 §3: a defence sweep whose runs measured utility (``utility/*``, run metrics) gets
+    ``report_privacy_utility.png`` and its section; the points in the sweep's order (its first
+    setting, no defence, first), the controls' values beside; the utility columns on the attack's
+    rows only. Without utility numbers, or without a defence sweep, there is no figure."""
+    from reconattack.report.tables import privacy_utility
+
+    runs = [(1.0, 0.9, 0.8, 0.6, 16.0), (0.5, 0.7, 0.75, 0.4, 15.5), (0.25, 0.3, 0.6, 0.2, 15.0)]
+    for i, (keep, h_acc, mma, rank1, psnr) in enumerate(runs):
+        _fake_run(tmp_path / "sweep", str(i), [f"defence.keep={keep}"], {
+            "test/psnr": psnr, "test/retrieval/hog/rank1": rank1, "test/retrieval/hog/chance": 0.05,
+            "baseline/mean_image/psnr": 14.9, "baseline/mean_image/retrieval/hog/rank1": 0.05,
+            "baseline/shuffled/psnr": 14.0 + i / 10, "baseline/shuffled/retrieval/hog/rank1": 0.1,
+            "utility/h_acc@3": h_acc, "utility/mma@3": mma, "utility/pairs": 20,
+            "utility/mma@1": "missing: not measured here"}, config=_utility_config(keep=keep))
+    report = build_report(tmp_path / "sweep")
+    assert report.defence == "defence.keep"
+    panels = privacy_utility(report)
+    assert list(panels) == ["test/retrieval/hog/rank1", "test/psnr"]
+    (line,) = panels["test/psnr"]
+    assert [(v, u.mean, y.mean) for v, u, y in line.points] == [("1", 0.9, 16.0), ("0.5", 0.7, 15.5),
+                                                                 ("0.25", 0.3, 15.0)]
+    assert dict(line.controls) == {"mean image": [14.9] * 3, "shuffled": [14.0, 14.1, 14.2]}
+    assert panels["test/retrieval/hog/rank1"][0].chance == [0.05] * 3
+    assert report.series["utility/h_acc@3"][0].points[0][:2] == (0.25, 0.3)  # a run metric's own plot
+    written = write_reports(tmp_path / "sweep")
+    figure = tmp_path / "sweep" / "report_privacy_utility.png"
+    assert figure in written and _is_png(figure)
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    section = md[md.index("## Privacy–utility"):]
+    assert "![report_privacy_utility](report_privacy_utility.png)" in section
+    layout = md[md.index("## Paper layout"):]
+    assert "utility/h_acc@3 ↑" in layout and "utility/mma@3 ↑" in layout
+    cells = _row(md, "CFGAN (defence.keep=0.5)", "## Paper layout")
+    assert "0.7000" in cells and "0.7500" in cells
+    assert "0.7000" not in _row(md, "mean image", "## Paper layout")  # a run metric is no control's
+    # no utility numbers: no figure
+    for i, keep in enumerate((1.0, 0.5)):
+        _fake_run(tmp_path / "plain", str(i), [f"defence.keep={keep}"], {"test/psnr": 15.0 - i},
+                  config=_utility_config(keep=keep))
+    assert privacy_utility(build_report(tmp_path / "plain")) == {}
+    write_reports(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "report_privacy_utility.png").exists()
+    assert "## Privacy–utility" not in (tmp_path / "plain" / "report.md").read_text()
+    # seeds of one defence setting: no defence sweep, no figure
+    for seed in (0, 1):
+        _fake_run(tmp_path / "seeds", str(seed), [f"seed={seed}"],
+                  {"test/psnr": 15.0, "test/retrieval/hog/rank1": 0.5, "utility/h_acc@3": 0.9},
+                  config=_utility_config(keep=0.5))
+    write_reports(tmp_path / "seeds")
+    assert not (tmp_path / "seeds" / "report_privacy_utility.png").exists()

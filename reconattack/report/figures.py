@@ -1,6 +1,7 @@
 """Plots and sample grids of a report: each layout column against the swept threat parameter
-(``report_<metric>.png``), and the runs' sample images side by side (``report_grid[_<table>].png``,
-its column names in ``.txt``, and a titled ``_figure.png``).
+(``report_<metric>.png``), a defence sweep's privacy-utility figure (``report_privacy_utility.png``),
+and the runs' sample images side by side (``report_grid[_<table>].png``, its column names in
+``.txt``, and a titled ``_figure.png``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from reconattack.report.runs import distinguish, with_overrides
-from reconattack.report.tables import ARROWS, Report, Series
+from reconattack.report.tables import ARROWS, Report, Series, privacy_utility
 from reconattack.utils.files import atomic_write_bytes, atomic_write_text
 from reconattack.utils.grids import GRID_PAD
 
@@ -60,7 +61,9 @@ def write_plots(report: Report) -> list[Path]:
             ax.set_xscale("log")
         ax.set_xticks(ticks, [report.x_labels.get(x, f"{x:g}") for x in ticks])
         ax.minorticks_off()
-        col = metric.split("/", 1)[-1]  # the layout column (retrieval/hog/rank1: not just rank1)
+        # the layout column: a run metric is one (utility/h_acc@3); else the row's prefix off
+        # (test/retrieval/hog/rank1: retrieval/hog/rank1, not just rank1)
+        col = metric if metric in directions else metric.split("/", 1)[-1]
         arrow = ARROWS.get(directions.get(col, ""), "")
         ax.set_xlabel(layout.sweep_label if report.series else lines[0].label)
         ax.set_ylabel(f"{metric} {arrow}".strip())
@@ -99,6 +102,68 @@ def _fallback_series(report: Report) -> dict[str, list[Series]]:
             continue  # constant over the swept value (e.g. the encrypted gallery's metrics)
         out[m] = [Series(param, sorted((x, s.mean, s.std, s.n) for x, s in zip(xs, stats)), True)]
     return out
+
+
+# ------------------------------------------------------------------------------ privacy-utility
+
+PRIVACY_UTILITY = "report_privacy_utility.png"
+
+
+def write_privacy_utility(report: Report) -> list[Path]:
+    """A defence sweep's privacy-utility figure (:func:`~reconattack.report.tables.privacy_utility`),
+    ``report_privacy_utility.png``: a panel per leakage metric (the layout's ``privacy_utility.y``
+    on the attack's row), utility (``privacy_utility.x``) on the horizontal axis; per attack
+    setting one point per defence setting (means, error bars the std over seeds), joined in the
+    sweep's order and each named by its value, the first setting (no defence, in a sweep that
+    starts without one) a star; the controls' rows as horizontal dashed lines (their mean over the
+    settings, with the band of their range when they differ) and the metric's chance, where the
+    runs report one, dotted. Returns ``[path]``, or ``[]`` when the report is no defence sweep
+    with the utility numbers."""
+    panels = privacy_utility(report)
+    if not panels:
+        return []
+    plt = _pyplot()
+    layout = report.layout
+    directions = dict(layout.columns)
+    x_metric = layout.privacy_utility["x"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (leak, lines) in zip(axes[0], panels.items()):
+        drawn_controls: set[str] = set()
+        for k, line in enumerate(lines):
+            colour = f"C{k}"
+            xs = [u.mean for _, u, _ in line.points]
+            ys = [v.mean for _, _, v in line.points]
+            ax.errorbar(xs, ys, xerr=[u.std or 0.0 for _, u, _ in line.points],
+                        yerr=[v.std or 0.0 for _, _, v in line.points], color=colour, marker="o", capsize=3,
+                        label=line.label)
+            first, u0, v0 = line.points[0]
+            ax.plot([u0.mean], [v0.mean], marker="*", markersize=15, color=colour, linestyle="none",
+                    label=f"first setting: {report.defence}={first}" + (f" ({line.label})" if len(lines) > 1 else ""))
+            for text, u, v in line.points:
+                ax.annotate(text, (u.mean, v.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for j, (label, values) in enumerate(line.controls):
+                if label in drawn_controls and len(lines) > 1:
+                    continue
+                drawn_controls.add(label)
+                lo, hi, mean = min(values), max(values), float(np.mean(values))
+                style = dict(color=f"C{len(lines) + j}", linestyle="--", linewidth=1.0)
+                varies = hi - lo > 1e-9 * max(1.0, abs(mean))  # not float noise
+                ax.axhline(mean, **style, label=label + (" (mean of the settings; band: their range)" if varies else ""))
+                if varies:
+                    ax.axhspan(lo, hi, color=style["color"], alpha=0.12)
+            if line.chance and k == 0:
+                ax.axhline(float(np.mean(line.chance)), color="grey", linestyle=":", linewidth=1.0, label="chance")
+        col = leak.split("/", 1)[-1]
+        ax.set_xlabel(f"utility: {x_metric} {ARROWS.get(directions.get(x_metric, ''), '')}".strip())
+        ax.set_ylabel(f"leakage: {leak} {ARROWS.get(directions.get(col, ''), '')}".strip())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
+    fig.suptitle(textwrap.fill(f"{layout.title}: leakage against utility over {layout.sweep_label}", 100), fontsize=9)
+    fig.tight_layout()
+    path = report.root / PRIVACY_UTILITY
+    atomic_write_bytes(path, _png(fig))
+    plt.close(fig)
+    return [path]
 
 
 # ------------------------------------------------------------------------------ ROC curves

@@ -1,5 +1,9 @@
 """The paper layout and its tables: rows of the attack and the controls, the paper's numbers beside
-ours, the series over the swept threat parameter, and the key-share answer (:class:`Report`).
+ours, the series over the swept threat parameter, the key-share answer, and a defence sweep's
+privacy-utility lines (:func:`privacy_utility`) (:class:`Report`).
+
+A layout column is a metric of each row (``psnr``: ``<row>/psnr``), or a metric of the run itself
+that no row has (``utility/h_acc@3``), shown on the attack's rows (:func:`column_stat`).
 
 The layout comes from the runs' own configs (the threat's ``report`` section, :class:`Layout`),
 never from code that names an attack or a threat.
@@ -56,6 +60,9 @@ class Layout:
     threshold: dict | None
     paper: str | None
     settings: list[tuple[str, str]] = field(default_factory=list)  # (config key, label)
+    #: a defence sweep's privacy-utility figure: ``{"x": a run metric (utility), "y": [the attack
+    #: row's metrics (leakage)]}``, or None (:func:`privacy_utility`)
+    privacy_utility: dict | None = None
 
     @classmethod
     def of(cls, config: dict) -> Layout | None:
@@ -71,8 +78,9 @@ class Layout:
         # the controls, then the checks: rows the threat's evaluation reports beside them without
         # images of their own (the AVIH service model's verification rows)
         rows = {**(spec.get("controls") or {}), **(spec.get("checks") or {})}
+        checks = set(spec.get("checks") or {}) - set(spec.get("controls") or {})
         controls = [{"name": str(name), "row": str(c["row"]), "label": str(c.get("label", c["row"])),
-                     "per_attack": bool(c.get("per_attack"))} for name, c in rows.items()]
+                     "per_attack": bool(c.get("per_attack")), "check": name in checks} for name, c in rows.items()]
         sweep = spec.get("sweep") or None
         if sweep is not None and not (isinstance(sweep, dict) and sweep.get("key")):
             raise ConfigError(f"threat.report.sweep must be null or {{key, label}}, got {sweep!r}")
@@ -86,12 +94,20 @@ class Layout:
                 raise ConfigError(f"threat.report.threshold.baseline must be one of the controls "
                                   f"{[c['name'] for c in controls]}, got {threshold['baseline']!r}")
         as_list = lambda v: [str(k) for k in (v or [])]  # noqa: E731
+        trade = spec.get("privacy_utility") or None
+        if trade is not None:
+            if not (isinstance(trade, dict) and isinstance(trade.get("x"), str) and trade.get("y")):
+                raise ConfigError(f"threat.report.privacy_utility must be null or {{x: metric, y: [metrics]}}, "
+                                  f"got {trade!r}")
+            ys = trade["y"] if isinstance(trade["y"], list) else [trade["y"]]
+            trade = {"x": trade["x"], "y": [str(y) for y in ys]}
         return cls(title=str(threat.get("label") or threat.get("name") or "Results"),
                    attack_row=str(spec.get("attack_row", "test")), controls=controls, columns=columns,
                    tables_by=as_list(spec.get("tables_by")), blocks_by=as_list(spec.get("blocks_by")),
                    sweep=dict(sweep) if sweep else None, threshold=dict(threshold) if threshold else None,
                    paper=spec.get("paper"),
-                   settings=[(str(k), str(v)) for k, v in (spec.get("settings") or {}).items()])
+                   settings=[(str(k), str(v)) for k, v in (spec.get("settings") or {}).items()],
+                   privacy_utility=trade)
 
     @property
     def sweep_key(self) -> str | None:
@@ -239,6 +255,7 @@ class Report:
     margin: float | None = None
     notes: list[str] = field(default_factory=list)
     x_labels: dict[float, str] = field(default_factory=dict)  # tick labels of a categorical sweep
+    defence: str | None = None  # the defence setting the runs vary (``defence.keep``): a defence sweep
 
 
 def defence_sweep(layout: Layout, groups: list[Group]) -> tuple[Layout, dict | None]:
@@ -281,9 +298,12 @@ def build_report(root: Path, options: Options | None = None) -> Report:
     done = [g for g in groups if g.finished]
     layout = next((lay for lay in (Layout.of(g.config) for g in done) if lay is not None), None)
     categories = None
+    swept = None
     if layout is not None and done:
-        layout, categories = defence_sweep(layout, done)
-    report = Report(root, options, jobs, groups, common, metrics, layout)
+        defended, categories = defence_sweep(layout, done)
+        swept = defended.sweep_key if defended is not layout else None  # a defence setting is the sweep
+        layout = defended
+    report = Report(root, options, jobs, groups, common, metrics, layout, defence=swept)
     if layout is None or not done:
         return report
     for g in done:
@@ -315,10 +335,10 @@ def _table(layout: Layout, value: tuple, members: list[Group], paper: dict | Non
     label_order = list(dict.fromkeys(g.label for g in members))
 
     def has(g: Group, prefix: str) -> bool:  # a row another group's runs have is no row of this one
-        return any(reported(g.stats.get(f"{prefix}/{c}", EMPTY)) for c in cols)
+        return any(reported(column_stat(g, prefix, c, prefix == layout.attack_row)) for c in cols)
 
     def cells(g: Group, prefix: str) -> dict[str, Stat]:
-        return {c: g.stats.get(f"{prefix}/{c}", EMPTY) for c in cols}
+        return {c: column_stat(g, prefix, c, prefix == layout.attack_row) for c in cols}
 
     # the attack's rows: the label, and what tells same-label groups of a block apart
     attack_rows: dict[str, Row] = {}
@@ -382,6 +402,17 @@ def reported(s: Stat) -> bool:
     return s.mean is not None or bool(s.text)
 
 
+def column_stat(g: Group, prefix: str, col: str, attack: bool) -> Stat:
+    """The cell of layout column ``col`` on metrics row ``prefix`` of setting ``g``: its
+    ``<prefix>/<col>``; on the attack's rows, a column that no row has but the run itself
+    (``utility/h_acc@3``: what the run's defence leaves of the features' use, one number per run)
+    is that run metric. The controls' rows never show a run metric: it is not theirs."""
+    s = g.stats.get(f"{prefix}/{col}")
+    if s is None and attack:
+        s = g.stats.get(col)
+    return EMPTY if s is None else s
+
+
 def _with_paper(rows: list[Row], paper: dict, cols: list[str]) -> tuple[list[Row], int]:
     """``rows`` with, after each, the paper's numbers for its setting (identical tables merged)."""
     out, added = [], 0
@@ -419,29 +450,42 @@ def _sweep_series(table: Table, sweep_key: str) -> dict[tuple, tuple[list[Group]
     return {k: (m, extra[k]) for k, m in by_series.items()}
 
 
-def _series(report: Report) -> None:
-    """Per layout column, one line per table and attack setting over the swept value, the
-    controls dashed (needs a sweep with two or more values)."""
+def _named_series(report: Report) -> list[tuple[Table, str, list[tuple[str, list[Group]]]]]:
+    """Per table: the table, what names it among several (else ""), and its attack settings over
+    the swept value as ``(line name, their groups in the runs' order)``."""
     layout = report.layout
-    if layout.sweep_key is None:
-        return
-    if len({g.x for t in report.tables for g in t.groups if g.x is not None}) < 2:
-        return
     several = len(report.tables) > 1
-    per_table = []  # (table, where, its attack series with their line names)
+    out = []
     for table in report.tables:
         where = ", ".join(v for v in table.value if v != "null") if several else ""
         named = []
         for skey, (members, extra) in _sweep_series(table, layout.sweep_key).items():
             parts = [where] * bool(where) + [f"{k}={v}" for k, v in extra]
             named.append((f"{skey[0]} ({', '.join(parts)})" if parts else skey[0], members))
-        per_table.append((table, where, named))
+        out.append((table, where, named))
+    return out
+
+
+def _series(report: Report) -> None:
+    """Per layout column, one line per table and attack setting over the swept value, the
+    controls dashed (needs a sweep with two or more values). A column that is a run metric
+    (:func:`column_stat`, ``utility/...``) is plotted under its own name, without controls."""
+    layout = report.layout
+    if layout.sweep_key is None:
+        return
+    if len({g.x for t in report.tables for g in t.groups if g.x is not None}) < 2:
+        return
+    per_table = _named_series(report)
+    every = [g for t in report.tables for g in t.groups]
     for col, _ in layout.columns:
+        row_metric = f"{layout.attack_row}/{col}"
+        run_level = not any(row_metric in g.stats for g in every) and any(col in g.stats for g in every)
+        metric = col if run_level else row_metric
         lines: list[Series] = []
         for table, where, named in per_table:
             for name, members in named:
-                _add_line(lines, name, members, f"{layout.attack_row}/{col}", True)
-            for spec in layout.controls:
+                _add_line(lines, name, members, metric, True)
+            for spec in [] if run_level else layout.controls:
                 firsts: dict[float, Group] = {}
                 for g in table.groups:
                     if g.x is not None and f"{spec['row']}/{col}" in g.stats:
@@ -449,7 +493,58 @@ def _series(report: Report) -> None:
                 name = f"{spec['label']} ({where})" if where else spec["label"]
                 _add_line(lines, name, list(firsts.values()), f"{spec['row']}/{col}", False)
         if any(s.attack for s in lines):
-            report.series[f"{layout.attack_row}/{col}"] = lines
+            report.series[metric] = lines
+
+
+@dataclass
+class TradeOff:
+    """One attack setting's line of the privacy-utility figure (:func:`privacy_utility`).
+
+    ``points``: ``(the swept value as printed, utility, leakage)`` per setting in the runs' order
+    (a multirun's first value first: no defence in the recipes); ``controls``: ``(label, the
+    control row's leakage at each setting)`` (the layout's controls, not its checks); ``chance``: the leakage of a guess (the metric's
+    ``chance`` beside it, e.g. ``retrieval/hog/chance``) at each setting, where the runs have it."""
+
+    label: str
+    points: list[tuple[str, Stat, Stat]]
+    controls: list[tuple[str, list[float]]]
+    chance: list[float]
+
+
+def privacy_utility(report: Report) -> dict[str, list[TradeOff]]:
+    """The privacy-utility figure's lines of a defence sweep: ``{leakage metric (the attack row's
+    <y>): [TradeOff per table and attack setting]}`` for each ``y`` of the layout's
+    ``privacy_utility`` against its ``x`` (a run metric: ``utility/h_acc@3``). Empty when the
+    report is no defence sweep (:func:`defence_sweep`), the layout names no figure, or no
+    setting has both numbers."""
+    layout = report.layout
+    spec = layout.privacy_utility if layout is not None else None
+    if not spec or report.defence is None or not report.tables:
+        return {}
+    out: dict[str, list[TradeOff]] = {}
+    for y in spec["y"]:
+        leak = f"{layout.attack_row}/{y}"
+        chance_key = f"{layout.attack_row}/{y.rsplit('/', 1)[0]}/chance" if "/" in y else None
+        lines = []
+        for _, _, named in _named_series(report):
+            for name, members in named:
+                pts = [(report.x_labels.get(g.x, f"{g.x:g}"), u, v) for g in members
+                       if (u := g.stats.get(spec["x"])) is not None and u.mean is not None
+                       and (v := g.stats.get(leak)) is not None and v.mean is not None]
+                if not pts:
+                    continue
+                controls = []
+                for c in (c for c in layout.controls if not c.get("check")):  # the controls, not the checks
+                    values = [s.mean for g in members if (s := g.stats.get(f"{c['row']}/{y}")) is not None
+                              and s.mean is not None]
+                    if values:
+                        controls.append((c["label"], values))
+                chance = [s.mean for g in members if chance_key and (s := g.stats.get(chance_key)) is not None
+                          and s.mean is not None]
+                lines.append(TradeOff(name, pts, controls, chance))
+        if lines:
+            out[leak] = lines
+    return out
 
 
 def _add_line(lines: list[Series], label: str, groups: list[Group], metric: str, attack: bool) -> None:

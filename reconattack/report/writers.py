@@ -10,7 +10,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from reconattack.metrics.diagnostics import MARK, MEANING, warnings_of
-from reconattack.report.figures import figure_path, write_grids, write_plots, write_roc_plots
+from reconattack.report.figures import (
+    figure_path,
+    write_grids,
+    write_plots,
+    write_privacy_utility,
+    write_roc_plots,
+)
 from reconattack.report.runs import EMPTY, MISSING, Options, Stat, lookup
 from reconattack.report.tables import (
     ARROWS,
@@ -35,16 +41,17 @@ def write_reports(root: Path, options: Options | None = None) -> list[Path]:
     root = report.root
     written = _write_csv(report)
     plots = write_plots(report)
+    trade = write_privacy_utility(report)
     rocs = write_roc_plots(report)
     grids = write_grids(report)
     written.append(atomic_write_text(root / "report.tex", _tex(report)))
-    md = _markdown(report, plots, grids, rocs)
+    md = _markdown(report, plots, grids, rocs, trade)
     written.insert(0, atomic_write_text(root / "report.md", md))
     if report.options.wandb:  # the jobs' logger was W&B: the tables there too
         from reconattack.engine.tracking import log_report_tables
 
         log_report_tables(root, report.jobs, [p for p in written if p.suffix == ".csv"])
-    return written + plots + [p for p, _ in rocs] + [f for p, _ in grids for f in (p, figure_path(p))]
+    return written + plots + trade + [p for p, _ in rocs] + [f for p, _ in grids for f in (p, figure_path(p))]
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -60,7 +67,7 @@ def _md_cell(s: Stat) -> str:
 
 
 def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[str]]],
-              rocs: list[tuple[Path, str]] = ()) -> str:
+              rocs: list[tuple[Path, str]] = (), trade: list[Path] = ()) -> str:
     jobs = report.jobs
     counts = defaultdict(int)
     for j in jobs:
@@ -110,6 +117,14 @@ def _markdown(report: Report, plots: list[Path], grids: list[tuple[Path, list[st
         md += _md_answers(report)
     if plots:
         md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    if trade:
+        spec = report.layout.privacy_utility
+        md += ["", "## Privacy–utility", "",
+               f"What each setting of {report.layout.sweep_label} leaves of the features' use (`{spec['x']}`, "
+               f"measured in the same run) against what the attack still reads (the attack row's "
+               + ", ".join(f"`{y}`" for y in spec["y"]) + "): a point per setting (mean over its runs), joined "
+               "in the sweep's order, the first setting a star; dashed: the controls' rows; dotted: chance.", ""]
+        md += [f"![{p.stem}]({p.name})" for p in trade]
     if rocs:
         md += ["", "## ROC at low FAR", "", "Each verification row's exact ROC in log-log axes (the attack's row "
                "solid, the others dashed); a curve starts at the smallest FAR its impostor pairs measure.", ""]

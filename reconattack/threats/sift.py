@@ -27,6 +27,12 @@ what the model will see of its keypoints — the per-image keypoint counts and t
 of the training images at the model's size (:mod:`reconattack.data.sift.stats`) — and writes them
 to ``sift_stats.json`` in the run directory: ``invert`` compares each database image with them, and
 the stored rows with ``scale_filter: training`` keep the keypoints in their range of scales.
+
+Utility (``threat.utility``): what the run's defence costs the system that uses the features, in
+the same run: once its data is prepared, rank 0 matches each held-out image's shared features
+(through the defence, as the attack sees them) with those the system extracts from a random
+homography of the image (:mod:`reconattack.threats.sift_utility`); metrics ``utility/*`` in
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from reconattack.data.sift.mapper import SiftMapper
 from reconattack.data.sift.stats import STATS_FILE, KeypointStats, TrustSettings
 from reconattack.data.sift_data import SiftDataModule
 from reconattack.threats.base import Reconstruct, ThreatEvaluation, ThreatModel
+from reconattack.threats.sift_utility import UtilitySettings, sift_utility
 from reconattack.utils.config import build, plain
 from reconattack.utils.files import atomic_write_text
 
@@ -110,6 +117,9 @@ class SiftThreat(ThreatModel):
         keypoint_stats: the training statistics' settings
             (:class:`~reconattack.data.sift.stats.TrustSettings`: how many training images, the
             range of quantiles, the share outside it that ``invert`` warns of).
+        utility: the utility measurement's settings (:class:`~reconattack.threats.sift_utility.
+            UtilitySettings`: on or off, the random homographies, RANSAC, the thresholds, how many
+            test images); metrics ``utility/*``.
     """
 
     provides = frozenset({"sift_map", "paired_images"})
@@ -119,7 +129,8 @@ class SiftThreat(ThreatModel):
     def __init__(self, data: Any, seed: int = 0, contrast_threshold: float = 0.03,
                  compress: bool = True, cache_dir: str = "./cache/sift", placement: str = "first",
                  occupancy: bool = False, features: str = "opencv", colmap: Any = None,
-                 stored: Any = None, defence: Any = None, keypoint_stats: Any = None, **base: Any) -> None:
+                 stored: Any = None, defence: Any = None, keypoint_stats: Any = None, utility: Any = None,
+                 **base: Any) -> None:
         super().__init__(data, seed=seed, defence=defence, **base)
         self.contrast_threshold, self.compress = float(contrast_threshold), bool(compress)
         self.placement, self.occupancy = str(placement), bool(occupancy)
@@ -140,6 +151,8 @@ class SiftThreat(ThreatModel):
         self.mean_image: torch.Tensor | None = None
         #: how the training statistics are made and read (``threat.keypoint_stats``)
         self.trust = TrustSettings.from_config(plain(keypoint_stats))
+        #: the utility measurement (``threat.utility``; :meth:`prepare`)
+        self.utility = UtilitySettings.from_config(plain(utility))
         #: the training statistics (:meth:`prepare`; None without a training split)
         self.stats: KeypointStats | None = None
 
@@ -166,6 +179,8 @@ class SiftThreat(ThreatModel):
                      *self.stats.range, STATS_FILE)
             if ctx.is_global_zero:
                 atomic_write_text(ctx.run_dir / STATS_FILE, json.dumps(self.stats.to_json(), indent=1))
+        if self.utility.enabled and ctx.is_global_zero:  # once per run: metrics.json is rank 0's
+            return sift_utility(self.dm.datasets.get("test"), self.utility, self.seed)
         return {}
 
     def datamodule(self, iterations: int | None = None) -> SiftDataModule:
