@@ -725,3 +725,29 @@ def test_a_defence_sweep_with_utility_draws_privacy_against_utility(tmp_path):
                   config=_utility_config(keep=0.5))
     write_reports(tmp_path / "seeds")
     assert not (tmp_path / "seeds" / "report_privacy_utility.png").exists()
+
+
+def test_an_avih_defence_sweep_draws_the_attack_against_the_services_accuracy(tmp_path):
+    """The face layout's privacy-utility figure (conf/threat/_avih_face.yaml): utility is the
+    service model's TPR@FAR with the encrypted gallery, leakage the attack's TPR@FAR; one point
+    per VC weight in the sweep's order."""
+    from omegaconf import OmegaConf
+
+    from reconattack.report.tables import privacy_utility
+    from tests.helpers import compose_cfg
+
+    cfg = OmegaConf.to_container(compose_cfg(["+experiment=demo_avih", "defence=avih"]), resolve=False)
+    for i, (vc, service, ours) in enumerate([(0.3, 0.84, 0.7), (3, 0.8, 0.58), (30, 0.03, 0.01)]):
+        cfg["defence"]["vc_weight"] = vc
+        _fake_run(tmp_path, str(i), [f"defence.vc_weight={vc}"],
+                  {"ours/tpr@far": ours, "service/protected/tpr@far": service, "random/tpr@far": 0.01,
+                   "ours/retrieval/hog/rank1": ours / 2}, config=cfg)
+    report = build_report(tmp_path)
+    assert report.defence == "defence.vc_weight"
+    panels = privacy_utility(report)
+    assert list(panels) == ["ours/tpr@far", "ours/retrieval/hog/rank1"]
+    (line,) = panels["ours/tpr@far"]
+    assert [(u.mean, y.mean) for _, u, y in line.points] == [(0.84, 0.7), (0.8, 0.58), (0.03, 0.01)]
+    assert ("Random", [0.01] * 3) in line.controls
+    write_reports(tmp_path)
+    assert _is_png(tmp_path / "report_privacy_utility.png")
