@@ -162,7 +162,7 @@ EMBEDDING_WORDS = {"clip": "CLIP ViT-B-32 embeddings", "hog": "HOG descriptors (
 
 
 def _pct(stat: Stat) -> str:
-    return f"{100 * stat.mean:.0f} %" + (f" (mean of {stat.n} runs)" if stat.n > 1 else "")
+    return f"{100 * stat.mean:.0f} %"
 
 
 def _leak_words(g, row: str, controls: list[dict], far: str) -> list[str]:
@@ -204,8 +204,11 @@ def _md_leakage(report: Report) -> list[str]:
             for block, g in r.groups.items():
                 where = ", ".join(x for x in (table.title, block if len(table.blocks) > 1 else "") if x)
                 far = lookup(g.config, "metrics.far")
-                words = _leak_words(g, r.prefix, layout.controls, f"{far:g}" if isinstance(far, (int, float)) else "far")
+                controls = [c for c in layout.controls if not c.get("check")]  # not the stored rows
+                words = _leak_words(g, r.prefix, controls, f"{far:g}" if isinstance(far, (int, float)) else "far")
+                runs = len(g.finished)
                 if words:
+                    where = ", ".join(x for x in (where, f"means of {runs} runs" if runs > 1 else "") if x)
                     lines.append(f"- **{r.label}**" + (f" ({where})" if where else "") + ": " + " ".join(words))
     if not lines:
         return []
