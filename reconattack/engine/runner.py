@@ -366,7 +366,6 @@ def evaluate(ctx: RunContext, threat: ThreatModel, attack: Attack | None,
     return dict(cb.results.get("test", {}))
 
 
-
 # ------------------------------------------------------------------------------ the run
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the experiment of ``cfg`` (see the module docstring); returns its flat metrics.
