@@ -113,13 +113,19 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_steps: int, log
         callbacks=cbs, plugins=plugins, default_root_dir=str(run_dir / "checkpoints" / stage), _convert_="all")
 
 
-def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None, log_prefix: str = ""):
+def make_metric_callback(cfg: DictConfig, stages: tuple[str, ...], metrics=None, log_prefix: str = "",
+                         leakage: bool = True):
     """The shared :class:`~reconattack.metrics.callback.ReconstructionMetrics` from ``cfg.metrics``
     for ``stages``; ``metrics`` overrides the configured metric names; ``log_prefix`` names the
-    logged curves (``"<stage>/"``)."""
+    logged curves (``"<stage>/"``); ``leakage=False`` leaves out the retrieval and identity rows
+    (``metrics.retrieval``, ``metrics.identity``: the final evaluation's; not a training stage's
+    validation curves nor the whole encrypted gallery's build, whose per-image embeddings would
+    grow with it)."""
     kwargs = OmegaConf.to_container(cfg.metrics, resolve=True)
     if metrics is not None:
         kwargs["metrics"] = list(metrics)
+    if not leakage:
+        kwargs["retrieval"], kwargs["identity"] = None, None
     # not recursive: metrics.identity.model is a face model's config (its net is built by the
     # suite, from the checkpoint, only when the identity rows are computed)
     return hydra.utils.instantiate(kwargs, stages=stages, log_prefix=log_prefix, _recursive_=False)
@@ -282,10 +288,12 @@ class RunContext:
         return make_trainer(self.cfg, self.run_dir, name, max_steps, logger=logger,
                             callbacks=callbacks, whole=single_device, **overrides)
 
-    def metric_callback(self, stages: tuple[str, ...] = ("test",), metrics=None, log_prefix: str = ""):
+    def metric_callback(self, stages: tuple[str, ...] = ("test",), metrics=None, log_prefix: str = "",
+                        leakage: bool = True):
         """The shared metrics callback (``metrics`` config; ``metrics`` overrides the names;
-        ``log_prefix`` names the logged curves)."""
-        return make_metric_callback(self.cfg, stages, metrics, log_prefix)
+        ``log_prefix`` names the logged curves; ``leakage``: with the retrieval and identity rows,
+        :func:`make_metric_callback`)."""
+        return make_metric_callback(self.cfg, stages, metrics, log_prefix, leakage)
 
     def artifacts(self, reuse: bool = True):
         """The content-addressed artifact store under ``paths.cache_dir/artifacts`` (or, with

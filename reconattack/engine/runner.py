@@ -201,7 +201,8 @@ def fit_stage(ctx: RunContext, attack: Attack, stage: str, module: AttackStage,
     dm.setup("fit")
     last = last_checkpoint(ctx.run_dir, stage)
     history = ctx.diagnostics.loss_history(iterations)
-    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS, log_prefix=f"{stage}/"), RNGState(),
+    callbacks = [ctx.metric_callback(("val",), metrics=INTERMEDIATE_METRICS, log_prefix=f"{stage}/", leakage=False),
+                 RNGState(),
                  Preemption(last, ctx.preempt_signals, stage), ValidationSamples(stage, attack.num_samples),
                  *([history] if history is not None else [])]
     if attack.checkpoint_every:

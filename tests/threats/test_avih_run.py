@@ -125,7 +125,7 @@ def test_cli_key_share_sweep_encrypts_once(tmp_path):
     assert "ours/tpr@far" in table and "threat.key_share" in table
     assert "## Paper layout" in table  # a 2-step attack is flagged by the collapse checks: the mark may follow
     assert re.search(r"^\| Ours \(threat\.key_share=0\.1\)( ⚠)? \|", table, re.M)
-    assert "| tpr@far ↑ | mse ↓ |" in table
+    assert "| tpr@far ↑ | tpr@far=0.001 ↑ | retrieval/clip/rank1 ↑ | retrieval/hog/rank1 ↑ | mse ↓ |" in table
     assert "| Key model |" in table and "missing: " not in table and "- LPIPS" in table
 
 

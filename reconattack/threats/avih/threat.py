@@ -283,7 +283,7 @@ class AVIHThreat(ThreatModel):
             seed=int(e.seed), log_every=int(e.log_every), sink=sink)
 
     def _encryption_test(self, ctx, encryptor: AVIHEncryptor, jobs: EncryptionJobs) -> dict:
-        cb = ctx.metric_callback(("test",))
+        cb = ctx.metric_callback(("test",), leakage=False)  # the encryption's image metrics, streamed
         trainer = ctx.trainer("encrypt", callbacks=[cb], inference_mode=False, single_device=True)
         loader = DataLoader(jobs, batch_size=int(self.encrypt_cfg.batch_size), shuffle=False,
                             num_workers=int(self.data_cfg.get("num_workers", 0)))
