@@ -295,9 +295,13 @@ def test_every_demo_job_runs_a_fast_dev_run(tmp_path):
     assert len(seen) >= 10
 
 
+@pytest.mark.slow
 def test_a_demo_recipe_runs_end_to_end_at_a_tiny_size(tmp_path):
     """avih_table1_2 at demo scale, shrunk by pass-through overrides (which replace the recipe's
-    key shares and seeds): the multirun, then the report, whose path is printed."""
+    key shares and seeds): the multirun, then the report, whose path is printed. Slow (about
+    140 s of the default suite's 11 minutes): in the default suite the recipe's steps are run with
+    faked jobs (test_a_failed_multirun_still_gets_its_report_and_stops_the_recipe) and a real AVIH
+    multirun with its report by tests/test_report.py::test_report_of_a_real_avih_multirun."""
     cfg = compose_cfg(["+experiment=demo_avih"])
     extra = [o for o in [*base_overrides(tmp_path), *tiny_overrides(cfg)]
              if not o.startswith(("paths.output_dir=", "paths.data_dir="))]
