@@ -365,6 +365,15 @@ def far_measurable(far: float, impostors: int) -> bool:
     return far * impostors >= 1 - 1e-9
 
 
+def unmeasurable_far(far: float, impostors: int, have: str = "there are") -> str | None:
+    """Why ``impostors`` impostor pairs cannot measure FAR ``far`` (:func:`far_measurable`), for
+    a metric reported missing; None when they can. ``have`` introduces the count in the text."""
+    if far_measurable(far, impostors):
+        return None
+    return (f"FAR {far:g} needs at least {math.ceil(1 / far - 1e-9)} impostor pairs to set a threshold on; "
+            f"{have} {impostors} (smallest measurable FAR {1 / max(impostors, 1):.3g}): not extrapolated")
+
+
 def tpr_at_far(scores: Tensor, is_same: Tensor, far: float = 0.01) -> float:
     """True-positive rate at a false-accept rate, from the exact ROC curve (protocol
     ``per_row``).

@@ -153,12 +153,8 @@ class IdentityLeakage:
         impostors = int(impostor.numel())
         for far in self.fars:
             key = f"{PREFIX}tpr@far={far:g}"
-            if MF.far_measurable(far, impostors):
-                out[key] = MF.tpr_at_far(scores, labels, far)
-            else:
-                out[key] = (f"{MISSING_PREFIX}FAR {far:g} needs at least {int(np.ceil(1 / far - 1e-9))} impostor "
-                            f"pairs; {n} originals give {impostors} (smallest measurable FAR "
-                            f"{1 / max(impostors, 1):.3g}): not extrapolated")
+            why = MF.unmeasurable_far(far, impostors, f"{n} originals give")
+            out[key] = MISSING_PREFIX + why if why else MF.tpr_at_far(scores, labels, far)
         return out | {f"{PREFIX}min_far": 1 / max(impostors, 1), f"{PREFIX}pairs/genuine": int(genuine.numel()),
                       f"{PREFIX}pairs/impostor": impostors}
 

@@ -44,7 +44,6 @@ with repeated samples, as usual in Lightning; those repeats are counted.)
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -418,16 +417,13 @@ class MetricSuite:
             ex = net(crop_faces(x, self.identity_crop) * 2 - 1).float()
             ey = net(crop_faces(y, self.identity_crop) * 2 - 1).float()
             self._identity.update(ex, ey)
-        for name, retrieval in self._retr.items():  # one embedding pass per image and network
-            if name in self._nets:
-                ex, ey = self._nets[name](x).float(), self._nets[name](y).float()
-                retrieval.update(ex, ey)
-                if name == "clip" and "clip" in self._values:
-                    self._values["clip"].update(F.cosine_similarity(ex, ey, dim=-1))
-        if "clip" in self._nets and "clip" not in self._retr and "clip" in self._values:
-            ex = self._nets["clip"](x).float()
-            ey = self._nets["clip"](y).float()
-            self._values["clip"].update(F.cosine_similarity(ex, ey, dim=-1))
+        # one embedding pass per image and network: CLIP's serves the clip metric and retrieval
+        for name in {*self._retr, *(["clip"] if "clip" in self._values else [])} & set(self._nets):
+            ex, ey = self._nets[name](x).float(), self._nets[name](y).float()
+            if name in self._retr:
+                self._retr[name].update(ex, ey)
+            if name == "clip" and "clip" in self._values:
+                self._values["clip"].update(F.cosine_similarity(ex, ey, dim=-1))
         if "fid" in self._nets:  # one Inception pass per image for FID and KID
             sides = {"fake": x} if self._real_frozen else {"fake": x, "real": y}
             for side, imgs in sides.items():
@@ -653,10 +649,9 @@ class MetricSuite:
         usable = impostors * (self.folds - 1) // self.folds if self.protocol == "kfold" else impostors
         for far in self.fars:
             key = f"tpr@far={far:g}"
-            if not MF.far_measurable(far, usable):
-                out[key] = (f"{MISSING_PREFIX}FAR {far:g} needs at least {math.ceil(1 / far - 1e-9)} impostor "
-                            f"pairs to set a threshold on; this row has {usable} (smallest measurable FAR "
-                            f"{1 / max(usable, 1):.3g}): not extrapolated")
+            why = MF.unmeasurable_far(far, usable, "this row has")
+            if why:
+                out[key] = MISSING_PREFIX + why
                 continue
             try:
                 out[key] = self._tpr(scores, labels, far, thresholds.get(far))["tpr"]
@@ -724,8 +719,7 @@ class MetricSuite:
         for r in self._retr.values():
             r.reset()
         if self._identity is not None:
-            self._identity.queries.reset()
-            self._identity.gallery.reset()
+            self._identity.reset()
         self._images = False
         sides = ("fake", "real") if self.reset_real_features else ("fake",)
         for side in sides:
