@@ -94,6 +94,20 @@ def test_mutual_nn_matches_brute_force(seed):
     assert [tuple(p) for p in got.tolist()] == _brute_mutual_nn(d1, d2)
 
 
+def test_mutual_nn_of_integer_descriptors_is_the_brute_force_ties_included():
+    """Integer descriptors (SIFT's uint8) take the exact float64 product: the brute-force matches,
+    ties included (1-bit descriptors are full of them); float ones the summed differences."""
+    rng = np.random.default_rng(0)
+    for n, m in ((40, 55), (1, 7), (30, 30)):
+        a, b = rng.integers(0, 160, (n, 128)).astype(np.uint8), rng.integers(0, 160, (m, 128)).astype(np.uint8)
+        coarse_a, coarse_b = (a // 128) * 128 + 64, (b // 128) * 128 + 64  # one bit a value: ties
+        for x, y in ((a, b), (coarse_a, coarse_b), (a[:, :2] // 64, b[:, :2] // 64)):
+            assert [tuple(p) for p in mutual_nearest_neighbours(x, y).tolist()] == _brute_mutual_nn(x, y)
+    f1, f2 = rng.normal(size=(20, 8)), rng.normal(size=(25, 8))
+    assert [tuple(p) for p in mutual_nearest_neighbours(f1, f2).tolist()] == _brute_mutual_nn(f1, f2)
+    assert mutual_nearest_neighbours(np.zeros((0, 128), np.uint8), a).shape == (0, 2)
+
+
 def test_mutual_nn_in_blocks_and_torch(monkeypatch):
     _, d1, _, d2 = _synthetic_pair(7)
     monkeypatch.setattr(matching, "_BLOCK_ELEMENTS", 50)  # a few rows per block

@@ -16,8 +16,7 @@ from reconattack.data.sift.mapper import SiftMapper
 from reconattack.data.sift_data import SiftImageDataset
 from reconattack.defences.sift import SiftDefence
 from reconattack.errors import ConfigError
-from reconattack.metrics.matching import mutual_nearest_neighbours
-from reconattack.metrics.utility import MatchingUtility, mutual_matches, pair_retrieval
+from reconattack.metrics.utility import MatchingUtility, pair_retrieval
 from reconattack.threats.sift_utility import UtilitySettings, sift_utility
 
 SIDE = 128
@@ -66,20 +65,6 @@ def _short(metrics: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ the measures
-
-def test_mutual_matches_are_the_reference_mutual_nearest_neighbours():
-    """The fast path (integer descriptors, exact float64 products) gives the reference's matches,
-    ties included (1-bit descriptors are full of them); float descriptors go to the reference."""
-    rng = np.random.default_rng(0)
-    for n, m in ((40, 55), (1, 7), (30, 30)):
-        a, b = rng.integers(0, 160, (n, 128)).astype(np.uint8), rng.integers(0, 160, (m, 128)).astype(np.uint8)
-        coarse_a, coarse_b = (a // 128) * 128 + 64, (b // 128) * 128 + 64  # one bit a value: ties
-        for x, y in ((a, b), (coarse_a, coarse_b), (a[:, :2] // 64, b[:, :2] // 64)):
-            assert np.array_equal(mutual_matches(x, y), mutual_nearest_neighbours(x, y))
-    f1, f2 = rng.normal(size=(20, 8)), rng.normal(size=(25, 8))
-    assert np.array_equal(mutual_matches(f1, f2), mutual_nearest_neighbours(f1, f2))
-    assert mutual_matches(np.zeros((0, 128), np.uint8), a).shape == (0, 2)
-
 
 def test_pair_retrieval_is_the_written_out_loop_with_shared_ties():
     rng = np.random.default_rng(1)
