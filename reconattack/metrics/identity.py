@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from reconattack.metrics import functional as MF
-from reconattack.metrics.retrieval import retrieval_rank1
-from reconattack.metrics.states import MISSING_PREFIX, Collect, compute_state
+from reconattack.metrics.retrieval import EmbeddingPairs, retrieval_rank1
+from reconattack.metrics.states import MISSING_PREFIX
 
 PREFIX = "id/"
 
@@ -96,9 +96,10 @@ def load_recogniser(model) -> torch.nn.Module:
                            format=fmt)
 
 
-class IdentityLeakage:
+class IdentityLeakage(EmbeddingPairs):
     """Type-I verification, cosine and rank-1 identification of one row's reconstructions by a
-    face recogniser (see the module docstring).
+    face recogniser (see the module docstring); ``update`` takes (B, E) recogniser embeddings of
+    the reconstructions and of their originals (:class:`~reconattack.metrics.retrieval.EmbeddingPairs`).
 
     Args:
         fars: the FARs of ``id/tpr@far=<far>``.
@@ -107,37 +108,22 @@ class IdentityLeakage:
     """
 
     def __init__(self, fars: Iterable[float] = (0.1, 0.01, 0.001), max_impostors: int = 999, seed: int = 0) -> None:
+        super().__init__()
         self.fars = tuple(float(f) for f in fars)
         self.max_impostors, self.seed = int(max_impostors), int(seed)
         if self.max_impostors < 1:
             raise ValueError(f"identity.max_impostors must be >= 1, got {max_impostors}")
-        self.queries, self.gallery = Collect(), Collect()
         self.curve: dict | None = None
-
-    def to(self, device: torch.device) -> IdentityLeakage:
-        self.queries.to(device)
-        self.gallery.to(device)
-        return self
-
-    def update(self, pred_embedding: Tensor, target_embedding: Tensor) -> None:
-        """(B, E) recogniser embeddings of the reconstructions and of their originals (any scale:
-        normalised at compute), in the same order."""
-        if pred_embedding.shape != target_embedding.shape:
-            raise ValueError(f"embeddings differ in shape: {tuple(pred_embedding.shape)} vs "
-                             f"{tuple(target_embedding.shape)}")
-        # float16: the per-image store is what grows with the test set (compared in float64)
-        self.queries.update(pred_embedding.detach().to(torch.float16))
-        self.gallery.update(target_embedding.detach().to(torch.float16))
 
     def compute(self) -> dict[str, float | int | str]:
         """The ``id/...`` results over every process's images (collective under DDP); sets
         :attr:`curve` to the type-I ROC (or None)."""
         self.curve = None
-        q, g = compute_state(self.queries), compute_state(self.gallery)
-        if not q.numel():
+        pairs = self.gathered()
+        if pairs is None:
             return {}
-        q = torch.nn.functional.normalize(q.double(), dim=1)
-        distinct, own = torch.unique(torch.nn.functional.normalize(g.double(), dim=1), dim=0, return_inverse=True)
+        q, distinct, own = pairs
+        q, distinct = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(distinct, dim=1)
         n = int(distinct.shape[0])
         out: dict[str, float | int | str] = {f"{PREFIX}cos": float((q * distinct[own]).sum(1).mean())}
         if n < 2:
@@ -159,8 +145,7 @@ class IdentityLeakage:
                       f"{PREFIX}pairs/impostor": impostors}
 
     def reset(self) -> None:
-        self.queries.reset()
-        self.gallery.reset()
+        super().reset()
         self.curve = None
 
 

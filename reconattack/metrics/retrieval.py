@@ -72,27 +72,14 @@ def retrieval_rank1(queries: Tensor, gallery: Tensor, own: Tensor | None = None)
     return out
 
 
-class ImageRetrieval:
-    """Rank-1 retrieval of each reconstruction's own original among the evaluation's originals,
-    for one row and one named embedding (see the module docstring).
+class EmbeddingPairs:
+    """The per-image store of a leakage row: (B, D) embeddings of the reconstructions (queries)
+    and of their originals (gallery), in the same order, kept in float16
+    :class:`~reconattack.metrics.states.Collect` stores (the part that grows with the test set)
+    and concatenated over DDP processes by :meth:`gathered` (which every process must call)."""
 
-    What it compares: reconstructions (queries) against the held-out originals of the same
-    evaluation (gallery), by cosine similarity of ``embedding``.
-
-    Args:
-        embedding: the embedding's name (``"clip"``, ``"hog"``): the metric keys carry it.
-
-    The embeddings are kept in :class:`~reconattack.metrics.states.Collect` stores, concatenated
-    over DDP processes on :meth:`compute` (which every process must call).
-    """
-
-    def __init__(self, embedding: str) -> None:
-        self.embedding = str(embedding)
+    def __init__(self) -> None:
         self.queries, self.gallery = Collect(), Collect()
-
-    @property
-    def prefix(self) -> str:
-        return f"retrieval/{self.embedding}/"
 
     def update(self, pred_embedding: Tensor, target_embedding: Tensor) -> None:
         """Add a batch: (B, D) embeddings of the reconstructions and of their originals, in the
@@ -104,19 +91,53 @@ class ImageRetrieval:
         self.queries.update(pred_embedding.detach().to(torch.float16))
         self.gallery.update(target_embedding.detach().to(torch.float16))
 
-    def to(self, device: torch.device) -> ImageRetrieval:
+    def to(self, device: torch.device):
         self.queries.to(device)
         self.gallery.to(device)
         return self
+
+    def gathered(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(queries (M, D), distinct originals (N, D), own (M,))`` over every process's images,
+        float64: an original seen twice (a DDP sampler's padding) is one gallery item, ``own[a]``
+        the index of query ``a``'s; None without data."""
+        q, g = compute_state(self.queries), compute_state(self.gallery)  # (M, D) each
+        if not q.numel():
+            return None
+        distinct, own = torch.unique(g.double(), dim=0, return_inverse=True)
+        return q.double(), distinct, own
+
+    def reset(self) -> None:
+        self.queries.reset()
+        self.gallery.reset()
+
+
+class ImageRetrieval(EmbeddingPairs):
+    """Rank-1 retrieval of each reconstruction's own original among the evaluation's originals,
+    for one row and one named embedding (see the module docstring).
+
+    What it compares: reconstructions (queries) against the held-out originals of the same
+    evaluation (gallery), by cosine similarity of ``embedding``.
+
+    Args:
+        embedding: the embedding's name (``"clip"``, ``"hog"``): the metric keys carry it.
+    """
+
+    def __init__(self, embedding: str) -> None:
+        super().__init__()
+        self.embedding = str(embedding)
+
+    @property
+    def prefix(self) -> str:
+        return f"retrieval/{self.embedding}/"
 
     def compute(self) -> dict[str, float | int | str]:
         """``{"retrieval/<e>/rank1", ".../chance", ".../n"}`` over every process's images. Empty
         without data; a missing entry with fewer than 2 distinct originals (nothing to retrieve
         among)."""
-        q, g = compute_state(self.queries), compute_state(self.gallery)  # (M, D) each
-        if not q.numel():
+        pairs = self.gathered()
+        if pairs is None:
             return {}
-        distinct, own = torch.unique(g, dim=0, return_inverse=True)
+        q, distinct, own = pairs
         n = int(distinct.shape[0])
         if n < 2:
             return {f"{self.prefix}rank1": f"{MISSING_PREFIX}retrieval needs at least 2 distinct originals, got {n}"}
@@ -124,9 +145,5 @@ class ImageRetrieval:
         return {f"{self.prefix}rank1": float(scores.mean()), f"{self.prefix}chance": 1.0 / n,
                 f"{self.prefix}n": n}
 
-    def reset(self) -> None:
-        self.queries.reset()
-        self.gallery.reset()
 
-
-__all__ = ["BLOCK", "EMBEDDINGS", "ImageRetrieval", "retrieval_rank1"]
+__all__ = ["BLOCK", "EMBEDDINGS", "EmbeddingPairs", "ImageRetrieval", "retrieval_rank1"]
