@@ -81,8 +81,7 @@ def load_recogniser(model) -> torch.nn.Module:
 
     from omegaconf import OmegaConf
 
-    from reconattack.models.face import make_face_model
-    from reconattack.utils.config import build, factory
+    from reconattack.models.face import face_model_from_config
     from reconattack.utils.weights import MissingWeightsError
 
     model = OmegaConf.create(model) if isinstance(model, dict) else model
@@ -91,9 +90,7 @@ def load_recogniser(model) -> torch.nn.Module:
     if not checkpoint or not Path(str(checkpoint)).is_file():
         raise MissingWeightsError(f"face recogniser {name}: checkpoint {checkpoint} not found; download it (README: "
                                   "face models) and give its path as metrics.identity.model.checkpoint")
-    fmt = build(model.format) if model.get("format") else None
-    return make_face_model(factory(model.net), str(model.get("channel_order", "rgb")), checkpoint=str(checkpoint),
-                           format=fmt)
+    return face_model_from_config(model, checkpoint=str(checkpoint))
 
 
 class IdentityLeakage(EmbeddingPairs):

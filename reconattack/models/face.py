@@ -514,3 +514,15 @@ def make_face_model(make_net: Callable[[], nn.Module], channel_order: str = "rgb
         embedder.eval()
         embedder.requires_grad_(False)
     return embedder
+
+
+def face_model_from_config(m, checkpoint: str | os.PathLike | None = None, seed: int | None = None,
+                           published: bool = True) -> FaceEmbedder:
+    """:func:`make_face_model` from a ``conf/face/*`` config ``m`` (``net`` with its ``_target_``,
+    ``channel_order``, ``format``): the checkpoint read in ``m.format`` when it is a published one,
+    auto-detected otherwise (``published=False``: the weights a demo training saved)."""
+    from reconattack.utils.config import build, factory
+
+    fmt = build(m.format) if checkpoint and published and m.get("format") else None
+    return make_face_model(factory(m.net), str(m.get("channel_order", "rgb")), checkpoint=checkpoint, format=fmt,
+                           seed=seed)

@@ -20,10 +20,10 @@ from torch.utils.data import Dataset
 
 from reconattack.data.avih import ImageSet
 from reconattack.errors import ConfigError
-from reconattack.models.face import make_face_model
+from reconattack.models.face import face_model_from_config
 from reconattack.models.keys import make_key_model
 from reconattack.threats.base import Artifacts
-from reconattack.utils.config import build, factory, plain
+from reconattack.utils.config import factory, plain
 from reconattack.utils.files import file_fingerprint
 from reconattack.utils.seeding import seeded
 
@@ -48,9 +48,7 @@ class FaceModels:
         """A model from its config ``m``: loaded from ``checkpoint`` — a published one in
         ``m.format``, or (``published=False``) the weights a demo training saved
         (:meth:`trained_weights`) — or built from ``seed``."""
-        fmt = build(m.format) if checkpoint and published and m.get("format") else None
-        return make_face_model(factory(m.net), str(m.get("channel_order", "rgb")),
-                               checkpoint=checkpoint, format=fmt, seed=seed)
+        return face_model_from_config(m, checkpoint=checkpoint, seed=seed, published=published)
 
     @staticmethod
     def trained_weights(model: nn.Module) -> dict:
