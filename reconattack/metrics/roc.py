@@ -5,6 +5,7 @@ at any FAR the pairs can measure from it; the report draws it in log-log axes.""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,22 @@ def write_rocs(run_dir: Path, curves: dict[str, dict]) -> list[Path]:
 
 
 def read_rocs(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{row: {"far", "tpr", "threshold"}}`` of the ``roc_*.csv`` files of a run directory."""
+    """``{row: {"far", "tpr", "threshold"}}`` of the ``roc_*.csv`` files of a run directory (one
+    someone else made, for the report): a file that is not this module's three numeric columns
+    under its header (truncated, edited, another tool's) is left out, never a traceback."""
     out = {}
     for path in sorted(Path(run_dir).glob(f"{PREFIX}*{SUFFIX}")):
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.readline().strip() != HEADER:
+                    continue
+                with warnings.catch_warnings():  # an empty table is left out below, not announced
+                    warnings.simplefilter("ignore", UserWarning)
+                    table = np.loadtxt(f, delimiter=",", ndmin=2)
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if table.shape[1] != 3 or not table.shape[0]:
+            continue
         out[row_of(path)] = {"far": table[:, 0], "tpr": table[:, 1], "threshold": table[:, 2]}
     return out
 

@@ -119,3 +119,14 @@ def test_the_fixed_protocol_applies_the_reference_rows_threshold_at_each_far(tmp
 def test_row_names_round_trip_through_file_names(tmp_path):
     for row in ("ours", "service/original", "id/type_ii", "test"):
         assert row_of(roc_path(tmp_path, row)) == row
+
+
+def test_roc_files_someone_else_broke_are_left_out(tmp_path):
+    """The report reads run directories it did not write: a truncated, edited or foreign
+    roc_*.csv is skipped, the good ones are read."""
+    write_rocs(tmp_path, {"ours": {"far": [0, 0.5, 1], "tpr": [0, 0.7, 1], "threshold": [float("inf"), 0.4, 0.1]}})
+    (tmp_path / "roc_bad.csv").write_text("far,tpr,threshold\n0,0\n0.5,x,1\n")
+    (tmp_path / "roc_foreign.csv").write_text("fpr;tpr\n0;0\n")
+    (tmp_path / "roc_binary.csv").write_bytes(b"\xff\xfe\x00junk")
+    (tmp_path / "roc_empty.csv").write_text("far,tpr,threshold\n")
+    assert list(read_rocs(tmp_path)) == ["ours"]
